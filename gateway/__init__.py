@@ -1,0 +1,1 @@
+"""The edge daemon and the `keyop` command line: the only package that wires the others."""

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sync import packet as pk
+from sync import topics
+
+EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
+ID = "01JDA5Q1Y4S7M2R8K3VZC6TB9E"
+
+
+def _draft(**over: object) -> pk.Draft:
+    data = {
+        "kopVersion": "1.0",
+        "workOrder": {"id": "WO-42", "customerOrders": ["PO-7781"]},
+        "operation": {"id": "OP30", "name": "welding"},
+        "runId": "WO-42.OP30.welder-2.1",
+        "equipment": {"path": "plant1/body/line-3/welder-2", "level": "WorkUnit"},
+        "state": {"value": "Running"},
+        "quantities": {"uom": "C62", "planned": 500, "produced": 214, "good": 209, "scrap": 5,
+                       "rework": 0},
+        "delta": {"good": 10},
+        "params": {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"}},
+        "tzOffset": "+08:00",
+        "timeQuality": "synced",
+        "origin": {"protocol": "opcua", "ref": "ns=3;s=W2.Count"},
+    }
+    data.update(over)
+    return pk.Draft("keyop.operation.progress", "WO-42/OP30", 1_795_000_000.12, data)
+
+
+def _render(draft: pk.Draft, seq: int = 18342) -> bytes:
+    return pk.render(draft, id=ID, source="plant1/edge-07", sequence=seq, epoch=EPOCH,
+                     recorded=1_795_000_000.164)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    raw = _render(_draft())
+    packet = pk.decode(raw)
+    assert packet.seq == 18342
+    assert packet.sequence == "00000000000000018342"
+    assert packet.time.endswith("Z") and packet.time.count(".") == 1
+    assert packet.data.params is not None
+    assert packet.data.params["weldCurrent"].class_ == "restricted"
+    again = pk.decode(pk.encode(packet))
+    assert again == packet
+    assert json.loads(pk.encode(packet)) == json.loads(raw)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda e: e.pop("id"), "id: Field required"),
+        (lambda e: e.update(source="Plant1/edge"), "source: String should match"),
+        (lambda e: e.update(sequence="42"), "sequence: String should match"),
+        (lambda e: e.update(type="keyop.operation.exploded"), "unknown event type"),
+        (lambda e: e["data"].pop("quantities"), "data.quantities required"),
+        (lambda e: e["data"]["quantities"].update(produced=1), "produced (1) must equal"),
+        (lambda e: e["data"]["quantities"].update(good=-1), "data.quantities.good"),
+        (lambda e: e["data"]["params"]["weldCurrent"].update({"class": "secret"}),
+         "data.params.weldCurrent.class"),
+        (lambda e: e["data"].pop("equipment"), "data.equipment: Field required"),
+    ],
+)
+def test_validation_names_the_field(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    event = json.loads(_render(_draft()))
+    mutate(event)
+    with pytest.raises(pk.PacketError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pk.decode(json.dumps(event))
+
+
+def test_garbage_and_oversize_are_refused() -> None:
+    with pytest.raises(pk.PacketError, match="not valid JSON"):
+        pk.decode(b"{nope")
+    with pytest.raises(pk.PacketError, match="expected a JSON object"):
+        pk.decode(b"[1]")
+    with pytest.raises(pk.PacketError, match="exceeds"):
+        pk.decode(b" " * (pk.MAX_EVENT_BYTES + 1))
+
+
+def test_batches_split_into_events() -> None:
+    one, two = _render(_draft(), 1), _render(_draft(), 2)
+    batch = b"[" + one + b"," + two + b"]"
+    events = pk.decode_many(batch)
+    assert [pk.from_obj(e).seq for e in events] == [1, 2]
+    assert len(pk.decode_many(one)) == 1
+
+
+def test_schema_names_types_and_conditional_requirements() -> None:
+    schema = pk.json_schema()
+    assert "keyop.operation.completed" in schema["properties"]["type"]["enum"]
+    assert any("quantities" in rule["then"]["properties"]["data"]["required"]
+               for rule in schema["allOf"])
+    json.dumps(schema)
+
+
+def test_topics_refuse_wildcards_and_sanitise_orders() -> None:
+    assert topics.up_events("edge-07") == "keyop/v1/up/edge-07/events"
+    assert topics.sup_events("acme", "WO 42/#") == "keyop/v1/sup/acme/events/WO_42__"
+    for bad in ["a+b", "#", "a/b", "", "Upper"]:
+        with pytest.raises(topics.TopicError):
+            topics.sup_all(bad)
+    assert topics.gateway_from_up_topic("keyop/v1/up/edge-07/events") == "edge-07"
