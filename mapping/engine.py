@@ -183,7 +183,9 @@ class _StationStep:
 
     def _order_changed(self) -> None:
         value = self.sample.value
-        order = None if value in (None, 0, "", False) else self.spec.order.format.format(value=value)
+        order = (
+            None if value in (None, 0, "", False) else self.spec.order.format.format(value=value)
+        )
         if order == self.state.order:
             return
         run = self.state.run
@@ -277,7 +279,9 @@ class _StationStep:
         data: dict[str, Any] = {
             "kopVersion": "1.0",
             "workOrder": {"id": run.work_order},
-            "operation": _drop_none({"id": self.spec.operation.id, "name": self.spec.operation.name}),
+            "operation": _drop_none(
+                {"id": self.spec.operation.id, "name": self.spec.operation.name}
+            ),
             "runId": run.run_id,
             "equipment": {"path": self.station.equipment_path, "level": self.spec.equipment.level},
             "state": state_obj,

@@ -12,9 +12,10 @@ A parse error names the column inside the expression, which the loader turns int
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from drivers.base import Value
@@ -69,7 +70,7 @@ def _truthy(value: Value) -> bool:
 
 
 class _Parser:
-    def __init__(self, text: str, known: Callable[[str], bool]) -> None:
+    def __init__(self, text: str, known: Collection[str]) -> None:
         self.text = text
         self.known = known
         self.tokens: list[tuple[str, str, int]] = []
@@ -99,7 +100,7 @@ class _Parser:
         return token
 
     def expect(self, text: str) -> None:
-        kind, value, pos = self.take()
+        _kind, value, pos = self.take()
         if value != text:
             raise ExpressionError(f"expected {text!r}, found {value or 'end of expression'!r}", pos)
 
@@ -161,8 +162,10 @@ class _Parser:
         kind, value, pos = self.take()
         if kind != "name" or value in ("and", "or", "not", "true", "false"):
             raise ExpressionError(f"expected a signal name, found {value or 'end'!r}", pos)
-        if not self.known(value):
-            raise ExpressionError(f"unknown signal {value!r}", pos)
+        if value not in self.known:
+            close = difflib.get_close_matches(value, list(self.known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ExpressionError(f"unknown signal {value!r}{hint}", pos)
         self.signals.add(value)
         return value, pos
 
@@ -216,8 +219,8 @@ def _edge(kind: str, name: str) -> Evaluator:
     return lambda env, ev: ev.signal == name and ev.previous is not None and ev.value != ev.previous
 
 
-def compile_expression(text: str, known: Callable[[str], bool]) -> Expression:
-    """Parse `text`; `known(name)` says whether a signal exists. Raises `ExpressionError`."""
+def compile_expression(text: str, known: Collection[str]) -> Expression:
+    """Parse `text`; `known` holds the signal names that exist. Raises `ExpressionError`."""
     if not text.strip():
         raise ExpressionError("empty expression", 0)
     parser = _Parser(text, known)

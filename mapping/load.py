@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable
 from pathlib import Path as FsPath
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mapping import yamlsrc
 from mapping.engine import CompiledMapping, CompiledStation, SignalOrigin
 from mapping.errors import MappingError, Problem
 from mapping.expr import ExpressionError, compile_expression
-from mapping.model import MappingFile, Station
+from mapping.model import (
+    Id,
+    MappingFile,
+    ModbusTcpSource,
+    Plant,
+    Signal,
+    SignalName,
+    Source,
+    Station,
+)
 from mapping.yamlsrc import Document, Path
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -29,11 +40,13 @@ def _value_path(doc: Document, path: Path) -> Path:
     return value if value in doc.positions else path
 
 
-def validation_problems(doc: Document, error: ValidationError) -> list[Problem]:
+def validation_problems(
+    doc: Document, error: ValidationError, prefix: Path = ()
+) -> list[Problem]:
     """Turn pydantic's errors into `file:line:col` problems pointing at the offending YAML."""
     problems = []
     for item in error.errors():
-        loc: tuple[str | int, ...] = tuple(item["loc"])
+        loc: tuple[str | int, ...] = (*prefix, *item["loc"])
         kind = item["type"]
         if loc and loc[-1] == "[key]":
             loc = loc[:-1]
@@ -61,9 +74,23 @@ def validation_problems(doc: Document, error: ValidationError) -> list[Problem]:
 
 
 class _Checker:
-    def __init__(self, doc: Document, model: MappingFile) -> None:
+    """Cross-references and expressions, over whatever parts passed their own validation."""
+
+    def __init__(
+        self,
+        doc: Document,
+        plant: Plant | None,
+        sources: dict[str, Source],
+        signals: dict[str, Signal],
+        signal_names: set[str],
+        source_names: set[str],
+    ) -> None:
         self.doc = doc
-        self.model = model
+        self.plant = plant
+        self.sources = sources
+        self.signals = signals
+        self.signal_names = signal_names
+        self.source_names = source_names
         self.problems: list[Problem] = []
 
     def at(self, path: Path, message: str, offset: int = 0) -> None:
@@ -71,29 +98,26 @@ class _Checker:
         self.problems.append(Problem(self.doc.file, line, column + offset, message))
 
     def signal_ref(self, path: Path, name: str) -> None:
-        if name not in self.model.signals:
-            self.at(path, f"unknown signal {name!r}{_suggest(name, self.model.signals)}")
+        if name not in self.signal_names:
+            self.at(path, f"unknown signal {name!r}{_suggest(name, self.signal_names)}")
 
-    def run(self) -> tuple[tuple[CompiledStation, ...], ZoneInfo | None]:
-        model = self.model
-        for name, signal in model.signals.items():
-            if signal.source not in model.sources:
+    def check_signals(self) -> None:
+        for name, signal in self.signals.items():
+            if signal.source not in self.source_names:
                 self.at(
                     ("signals", name, "source"),
                     f"signal {name!r}: unknown source {signal.source!r}"
-                    f"{_suggest(signal.source, model.sources)}",
+                    f"{_suggest(signal.source, self.source_names)}",
                 )
-        zone: ZoneInfo | None = None
+
+    def timezone(self) -> ZoneInfo | None:
+        if self.plant is None:
+            return None
         try:
-            zone = ZoneInfo(model.plant.timezone)
+            return ZoneInfo(self.plant.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            self.at(("plant", "timezone"), f"unknown time zone {model.plant.timezone!r}")
-        stations = []
-        for station_id, station in model.stations.items():
-            compiled = self.station(station_id, station)
-            if compiled is not None:
-                stations.append(compiled)
-        return tuple(stations), zone
+            self.at(("plant", "timezone"), f"unknown time zone {self.plant.timezone!r}")
+            return None
 
     def station(self, station_id: str, spec: Station) -> CompiledStation | None:
         base: Path = ("stations", station_id)
@@ -111,16 +135,16 @@ class _Checker:
             self.signal_ref((*base, "params", name, "signal"), param.signal)
         start_path = (*base, "start")
         try:
-            start = compile_expression(spec.start, lambda n: n in self.model.signals)
+            start = compile_expression(spec.start, self.signal_names)
         except ExpressionError as error:
             # The column points into the expression (plus one for an opening quote).
             quoted = self._quoted(start_path)
             self.at(start_path, f"start: {error}", error.offset + quoted)
             return None
-        plant = self.model.plant
+        plant = self.plant
+        parts = (plant.site, plant.area, plant.line) if plant else ()
         path = spec.equipment.path or "/".join(
-            part for part in (plant.site, plant.area, plant.line, spec.equipment.cell or station_id)
-            if part
+            part for part in (*parts, spec.equipment.cell or station_id) if part
         )
         signals = {spec.order.signal, spec.counters.good.signal, *start.signals}
         if spec.counters.scrap:
@@ -136,23 +160,63 @@ class _Checker:
         return 1 if column - 1 < len(text) and text[column - 1] in "'\"" else 0
 
 
+class _Shell(BaseModel):
+    """The top level alone; each section's entries are validated one by one after it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    plant: Plant
+    sources: dict[Id, Any]
+    signals: dict[SignalName, Any]
+    stations: dict[Id, Any]
+
+
+def _section(
+    doc: Document, name: str, model: type[BaseModel], problems: list[Problem]
+) -> tuple[dict[str, Any], set[str]]:
+    """Validate each entry of a section on its own, so one bad entry hides no other problem."""
+    raw = doc.value.get(name)
+    if not isinstance(raw, dict):
+        return {}, set()
+    valid: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            valid[key] = model.model_validate(value)
+        except ValidationError as error:
+            problems += validation_problems(doc, error, prefix=(name, key))
+    return valid, set(raw)
+
+
 def compile_document(doc: Document) -> CompiledMapping:
     """Validate a parsed document and compile it; raise `MappingError` listing every problem."""
     if not isinstance(doc.value, dict):
         raise MappingError([doc.problem((), "a mapping file must be a YAML mapping at the top")])
+    problems: list[Problem] = []
+    plant: Plant | None = None
     try:
-        model = MappingFile.model_validate(doc.value)
+        plant = _Shell.model_validate(doc.value).plant
     except ValidationError as error:
-        raise MappingError(validation_problems(doc, error)) from None
-    checker = _Checker(doc, model)
-    stations, zone = checker.run()
-    if checker.problems or zone is None:
-        raise MappingError(checker.problems)
+        problems += validation_problems(doc, error)
+        raw_plant = doc.value.get("plant")
+        with contextlib.suppress(ValidationError):
+            plant = Plant.model_validate(raw_plant)
+    sources, source_names = _section(doc, "sources", ModbusTcpSource, problems)
+    signals, signal_names = _section(doc, "signals", Signal, problems)
+    stations, _ = _section(doc, "stations", Station, problems)
+    checker = _Checker(doc, plant, sources, signals, signal_names, source_names)
+    checker.check_signals()
+    zone = checker.timezone()
+    compiled = [checker.station(key, spec) for key, spec in stations.items()]
+    problems += checker.problems
+    if problems or zone is None:
+        raise MappingError(problems)
+    model = MappingFile.model_validate(doc.value)
     origins = {
         name: SignalOrigin(model.sources[s.source].protocol.split("_")[0], s.source, s.address)
         for name, s in model.signals.items()
     }
-    return CompiledMapping(model, stations, origins, zone)
+    return CompiledMapping(model, tuple(c for c in compiled if c is not None), origins, zone)
 
 
 def read_document(path: str | FsPath) -> Document:

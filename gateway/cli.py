@@ -1,0 +1,169 @@
+"""`keyop`: the command line of the edge daemon, the hub, the authoring tools and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mapping.errors import MappingError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _print_problems(error: MappingError) -> None:
+    for problem in error.problems:
+        print(problem, file=sys.stderr)
+
+
+def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_gateway_config
+    from gateway.devices import build_drivers
+    from gateway.logs import setup_logging
+    from gateway.runtime import Gateway
+    from mapping.load import load_mapping
+
+    setup_logging(args.log_level)
+    # Everything is checked before the outbox is opened: a bad config touches nothing.
+    try:
+        config = load_gateway_config(args.config)
+        doc, compiled = load_mapping(config.mapping_path)
+        drivers = build_drivers(doc, compiled)
+    except MappingError as error:
+        _print_problems(error)
+        print(f"keyop run: refusing to start ({len(error.problems)} problem(s))", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(asyncio.get_running_loop(), stop)
+        await Gateway(config, compiled, drivers).run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from hub.service import main as hub_main
+
+    if args.hub_command == "run" or args.hub_command is None:
+        setup_logging(args.log_level)
+        return hub_main(args.config)
+    return EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config import load_gateway_config
+    from gateway.devices import build_drivers
+    from mapping.load import load_mapping, read_document
+
+    failed = False
+    for file in args.files:
+        try:
+            doc = read_document(file)
+            mapping_path = file
+            if isinstance(doc.value, dict) and "gateway" in doc.value:
+                mapping_path = str(load_gateway_config(file).mapping_path)
+            mdoc, compiled = load_mapping(mapping_path)
+            build_drivers(mdoc, compiled)
+        except MappingError as error:
+            _print_problems(error)
+            failed = True
+            continue
+        print(f"{file}: ok ({len(compiled.stations)} station(s), "
+              f"{len(compiled.model.signals)} signal(s))")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.what == "packet":
+        from sync.packet import json_schema
+
+        schema = json_schema()
+    else:
+        from mapping.model import MappingFile
+
+        schema = MappingFile.model_json_schema(by_alias=True)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "keyop mapping v1"
+    print(json.dumps(schema, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level, stream=sys.stderr)
+    return run_demo(duration=args.duration, broker=args.broker, workdir=args.workdir)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import run_bench_e2e
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level)
+    if args.bench == "e2e":
+        result = asyncio.run(run_bench_e2e(packets=args.packets, rate=args.rate))
+        print(json.dumps(result))
+        return EXIT_OK if result["lost"] == 0 and result["duplicates"] == 0 else EXIT_FAILED
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyop", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the edge gateway")
+    run.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    run.set_defaults(func=cmd_run)
+
+    hub = sub.add_parser("hub", help="run the collaboration hub")
+    hub.add_argument("hub_command", nargs="?", choices=["run"], default="run")
+    hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
+    hub.set_defaults(func=cmd_hub)
+
+    check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print a JSON Schema")
+    schema.add_argument("what", choices=["packet", "mapping"])
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="simulator + gateway + hub + a supplier's feed")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run, then print a JSON summary (default: until Ctrl-C)")
+    demo.add_argument("--broker", default=None, help="HOST:PORT of a broker to use instead")
+    demo.add_argument("--workdir", type=Path, default=None, help="keep files here")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line last")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    e2e = bench_sub.add_parser("e2e", help="mapping → outbox → uplink → broker → hub")
+    e2e.add_argument("--packets", type=int, default=20_000)
+    e2e.add_argument("--rate", type=float, default=None, help="packets/s offered (default: max)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
