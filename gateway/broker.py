@@ -65,6 +65,7 @@ class PrivateBroker:
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="keyop-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
         self.extra_config = extra_config
         self.process: subprocess.Popen[bytes] | None = None

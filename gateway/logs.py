@@ -41,6 +41,10 @@ def setup_logging(level: str = "INFO", stream: object = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter (asyncua, pymodbus) stays at WARNING unless asked for.
-    for noisy in ("asyncua", "pymodbus", "paho"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Library chatter stays quiet unless asked for: our drivers log each fault once themselves,
+    # while pymodbus repeats a line on every reconnect attempt and every timeout.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("asyncua").setLevel(quiet)
+    logging.getLogger("pymodbus").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
+    )

@@ -77,7 +77,7 @@ class Observer:
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_disconnect = on_disconnect
-        client.reconnect_delay_set(min_delay=0.1, max_delay=1.0)
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_message = on_message
         client.connect(self.host, self.port, keepalive=15)
         client.loop_start()

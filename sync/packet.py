@@ -11,13 +11,13 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SPEC_VERSION = "1.0"
-KOP_VERSION = "1.0"
-DATA_SCHEMA = "keyop:packet:1"
+SPEC_VERSION: Final = "1.0"
+KOP_VERSION: Final = "1.0"
+DATA_SCHEMA: Final = "keyop:packet:1"
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json; charset=utf-8"
 MAX_EVENT_BYTES = 64 * 1024

@@ -42,8 +42,8 @@ def test_bad_mapping_is_refused_at_start_without_touching_the_outbox(tmp_path: P
     type_column = text.splitlines()[type_line - 1].index("float128") + 1
     mapping = str(tmp_path / "mapping.yaml")
     assert lines == [
-        f"{mapping}:{type_line}:{type_column}: signals.press.scrap.type: Input should be 'bool', 'int16', "
-        "'uint16', 'int32' or 'uint32' (got 'float128')",
+        f"{mapping}:{type_line}:{type_column}: signals.press.scrap.type: Input should be "
+        "'bool', 'int16', 'uint16', 'int32' or 'uint32' (got 'float128')",
         f"{mapping}:{signal_line}:{column}: start: unknown signal 'press.bussy' "
         "(did you mean 'press.busy'?)",
     ], result.stderr
@@ -56,7 +56,7 @@ def test_bad_address_is_reported_at_the_signal(tmp_path: Path) -> None:
     config = _gateway_with_mapping(tmp_path, text)
     result = keyop("check", str(config))
     assert result.returncode == 1
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "hx:2" in l)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "hx:2" in t)
     assert f"mapping.yaml:{line}:" in result.stderr
     assert "press.scrap" in result.stderr and "expected hr:N" in result.stderr
 

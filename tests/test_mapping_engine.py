@@ -96,7 +96,10 @@ def test_bad_samples_change_nothing_and_counting_resumes() -> None:
     rec.feed("press.busy", None, Quality.BAD)
     rec.feed("press.good", 16)  # six parts made while the link was down
     rec.feed("press.busy", True)  # no new edge after an outage
-    assert [p[0:3] for p in rec.summary()] == [("started", "WO-1003", 0), ("progress", "WO-1003", 6)]
+    assert [p[0:3] for p in rec.summary()] == [
+        ("started", "WO-1003", 0),
+        ("progress", "WO-1003", 6),
+    ]
 
 
 def test_order_change_mid_run_aborts_the_run() -> None:

@@ -1,0 +1,374 @@
+"""The uplink against a real Mosquitto and a tiny fake hub that acks like the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from ulid import ULID
+
+from edge_store import Entry, GroupWriter, Outbox
+from gateway.broker import PrivateBroker
+from sync import packet as pk
+from sync import topics
+from sync.uplink import Uplink, UplinkConfig
+
+pytestmark = pytest.mark.timeout(30)
+
+GATEWAY = "edge-07"
+SOURCE = f"plant1/{GATEWAY}"
+
+
+def packet_entry(good: int) -> Entry:
+    """An entry rendering a realistic progress packet once the outbox gives it an identity."""
+    draft = pk.Draft(
+        "keyop.operation.progress",
+        "WO-42/OP30",
+        1_795_000_000.12,
+        {
+            "kopVersion": "1.0",
+            "workOrder": {"id": "WO-42", "customerOrders": ["PO-7781"]},
+            "operation": {"id": "OP30", "name": "welding"},
+            "runId": "WO-42.OP30.welder-2.1",
+            "equipment": {"path": "plant1/body/line-3/welder-2", "level": "WorkUnit"},
+            "state": {"value": "Running"},
+            "quantities": {"uom": "C62", "planned": 500, "produced": good, "good": good,
+                           "scrap": 0, "rework": 0},
+            "tzOffset": "+08:00",
+            "timeQuality": "synced",
+        },
+    )
+    event_id = str(ULID())
+
+    def render(seq: int, epoch: str) -> bytes:
+        return pk.render(draft, id=event_id, source=SOURCE, sequence=seq, epoch=epoch,
+                         recorded=1_795_000_000.2)
+
+    return Entry(id=event_id, render=render)
+
+
+class FakeHub:
+    """Subscribes to every gateway's events, stores by sequence, acks the contiguous prefix."""
+
+    def __init__(self, broker: PrivateBroker, *, ack: bool = True) -> None:
+        self.lock = threading.Lock()
+        self.ack = ack
+        self.arrivals: list[int] = []  # every sequence received, repeats included
+        self.bodies: dict[int, list[bytes]] = {}
+        self.messages: list[tuple[str, dict[str, str], int]] = []  # content type, user props, n
+        self.sizes: list[int] = []
+        self.contiguous = 0
+        self.epoch = ""
+        self.status: list[tuple[dict[str, Any], bool]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="fake-hub", protocol=mqtt.MQTTv5
+        )
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port, 15)
+        self.client.loop_start()
+        assert self.subscribed.wait(5), "fake hub did not subscribe"
+
+    def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
+        # The broker runs without persistence: subscribe again after every (re)connect.
+        client.subscribe([("keyop/v1/up/+/events", 1), ("keyop/v1/up/+/status", 1)])
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith("/status"):
+            with self.lock:
+                self.status.append((json.loads(message.payload), bool(message.retain)))
+            return
+        props = message.properties
+        content_type = getattr(props, "ContentType", "")
+        user = dict(getattr(props, "UserProperty", []))
+        events = pk.decode_many(bytes(message.payload))
+        if content_type == pk.CONTENT_TYPE:
+            assert len(events) == 1 and isinstance(events[0], dict)
+        else:
+            assert content_type == pk.BATCH_CONTENT_TYPE
+        with self.lock:
+            self.messages.append((content_type, user, len(events)))
+            self.sizes.append(len(message.payload))
+            for obj in events:
+                packet = pk.from_obj(obj)
+                self.epoch = packet.sourceepoch
+                self.arrivals.append(packet.seq)
+                self.bodies.setdefault(packet.seq, []).append(json.dumps(obj).encode())
+            while self.contiguous + 1 in self.bodies:
+                self.contiguous += 1
+        if self.ack:
+            self.send_ack(topics.gateway_from_up_topic(message.topic) or GATEWAY)
+
+    def send_ack(self, gateway: str = GATEWAY) -> mqtt.MQTTMessageInfo:
+        with self.lock:
+            body = {"sourceepoch": self.epoch, "sequence": pk.format_sequence(self.contiguous)}
+        return self.client.publish(topics.down_ack(gateway), json.dumps(body), qos=1)
+
+    def seen(self) -> set[int]:
+        with self.lock:
+            return set(self.arrivals)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Bounded poll: True as soon as `predicate` holds, False after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _config(broker: PrivateBroker, **over: Any) -> UplinkConfig:
+    values: dict[str, Any] = {
+        "host": broker.host, "port": broker.port, "gateway": GATEWAY, "source": SOURCE,
+        "ack_timeout_s": 2.0, "backoff_min_s": 0.1, "backoff_max_s": 0.5, "inflight_max": 20,
+        "keepalive_s": 5,
+    }
+    values.update(over)
+    return UplinkConfig(**values)
+
+
+def _run_with_uplink(
+    config: UplinkConfig, outbox: Outbox, body: Callable[[Uplink], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        uplink = Uplink(config, outbox)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await body(uplink)
+        finally:
+            await asyncio.wait_for(uplink.stop(), 10)
+            await task
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Any:
+    box = Outbox(tmp_path / "outbox.db", SOURCE)
+    yield box
+    box.close()
+
+
+def test_packets_arrive_in_order_and_rows_go_only_on_ack(
+    broker: PrivateBroker, outbox: Outbox
+) -> None:
+    n = 250
+    outbox.append([packet_entry(i) for i in range(n)])
+    hub = FakeHub(broker, ack=False)
+
+    async def body(uplink: Uplink) -> None:
+        assert await until(lambda: hub.seen() == set(range(1, n + 1)))
+        # Everything arrived, nothing is acknowledged: every row is still there.
+        assert outbox.stats().pending == n and uplink.acked_seq == 0
+        hub.ack = True
+        hub.send_ack()
+        assert await uplink.wait_acked(n, 10)
+        assert outbox.stats().pending == 0
+        # A single new row, announced by wake(), goes out as a single event.
+        async with GroupWriter(outbox) as writer:
+            seq = await writer.append(packet_entry(n))
+        uplink.wake()
+        assert seq == n + 1
+        assert await uplink.wait_acked(seq, 10)
+        assert uplink.published_events >= n + 1
+
+    try:
+        _run_with_uplink(_config(broker), outbox, body)
+    finally:
+        hub.close()
+    first_arrival = list(dict.fromkeys(hub.arrivals))
+    assert first_arrival == list(range(1, n + 2)), "first arrivals must be in seq order"
+    batches = [m for m in hub.messages if m[0] == pk.BATCH_CONTENT_TYPE]
+    assert batches and all(count <= 100 for _, _, count in batches)
+    # ~750-byte events: the 64 KiB cap, not batch_max_events, closes these batches.
+    _, first_user, first_count = batches[0]
+    assert 1 < first_count < 100
+    assert first_user["sequence"] == (
+        f"{pk.format_sequence(1)}-{pk.format_sequence(first_count)}"
+    )
+    assert max(hub.sizes) <= pk.MAX_EVENT_BYTES
+    content_type, user, count = hub.messages[-1]
+    assert (content_type, count) == (pk.CONTENT_TYPE, 1)
+    assert user["sequence"] == pk.format_sequence(n + 1)
+    assert user["type"] == "keyop.operation.progress"
+    assert set(user) >= {"id", "type", "sequence"}
+
+
+def test_unacked_rows_are_resent_with_the_same_bytes(
+    broker: PrivateBroker, outbox: Outbox
+) -> None:
+    outbox.append([packet_entry(i) for i in range(3)])
+    hub = FakeHub(broker, ack=False)
+
+    async def body(uplink: Uplink) -> None:
+        assert await until(lambda: all(len(hub.bodies.get(s, [])) >= 2 for s in (1, 2, 3)))
+        assert uplink.resends >= 1
+        assert outbox.stats().pending == 3
+        hub.ack = True
+        hub.send_ack()
+        assert await uplink.wait_acked(3, 10)
+
+    try:
+        _run_with_uplink(_config(broker, ack_timeout_s=0.5), outbox, body)
+    finally:
+        hub.close()
+    for seq in (1, 2, 3):
+        copies = hub.bodies[seq]
+        assert all(c == copies[0] for c in copies), "a resend carries the same identity"
+    assert outbox.stats().pending == 0
+
+
+def test_reconnects_after_broker_restart_and_loses_nothing(
+    broker: PrivateBroker, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sync.uplink")
+    outbox.append([packet_entry(i) for i in range(50)])
+    hub = FakeHub(broker)
+
+    async def body(uplink: Uplink) -> None:
+        assert await uplink.wait_acked(50, 10)
+        broker.stop()
+        assert await until(lambda: not uplink.connected)
+        # Rows committed while the broker is away wait in the outbox.
+        outbox.append([packet_entry(i) for i in range(50, 120)])
+        uplink.wake()
+        broker.start()
+        assert await uplink.wait_acked(120, 12)
+        assert uplink.reconnects >= 1
+
+    try:
+        _run_with_uplink(_config(broker, ack_timeout_s=1.0), outbox, body)
+    finally:
+        hub.close()
+    assert hub.seen() == set(range(1, 121))
+    assert outbox.stats().pending == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "sync.uplink"]
+    assert messages.count("uplink: connection to broker lost") == 1
+    assert messages.count("uplink: connection recovered") == 1
+    assert "uplink: cannot connect to broker" not in messages  # the loss was logged already
+
+
+def test_birth_is_retained_and_will_fires_on_abrupt_loss(
+    broker: PrivateBroker, outbox: Outbox
+) -> None:
+    outbox.append([packet_entry(1)])
+    status_topic = topics.up_status(GATEWAY)
+
+    async def body(uplink: Uplink) -> None:
+        assert await until(lambda: uplink.connected)
+        # A late subscriber gets the retained birth.
+        hub = FakeHub(broker)
+        try:
+            assert await until(lambda: len(hub.status) >= 1)
+            birth, retained = hub.status[0]
+            assert retained and birth["online"] is True
+            assert birth["sourceepoch"] == outbox.epoch
+            assert birth["lastSequence"] == pk.format_sequence(1)
+            assert birth["version"] == "0.1.0" and birth["ts"].endswith("Z")
+            # Kill the TCP connection under paho: no DISCONNECT, so the broker sends the will.
+            link = uplink._link
+            assert link is not None
+            link.client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            assert await until(lambda: len(hub.status) >= 3)
+            will, new_birth = hub.status[1][0], hub.status[2][0]
+            assert will == {"online": False, "session": birth["session"]}
+            assert new_birth["online"] is True and new_birth["session"] != birth["session"]
+            assert await until(lambda: uplink.reconnects == 1)
+            # A clean stop says offline with the current session, retained.
+            await uplink.stop()
+            assert await until(lambda: len(hub.status) >= 4)
+            assert hub.status[3][0] == {"online": False, "session": new_birth["session"]}
+        finally:
+            hub.close()
+
+    _run_with_uplink(_config(broker), outbox, body)
+
+    late = FakeHub(broker)
+    try:
+        assert late.subscribed.wait(5)
+        retained: list[tuple[dict[str, Any], bool]] = []
+
+        async def wait_retained() -> bool:
+            return await until(lambda: bool(late.status))
+
+        assert asyncio.run(wait_retained())
+        retained = late.status
+        assert retained[0][1] is True and retained[0][0]["online"] is False
+    finally:
+        late.close()
+    assert status_topic.endswith("/status")
+
+
+def test_acks_for_another_epoch_or_older_sequence_are_ignored(
+    broker: PrivateBroker, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox.append([packet_entry(i) for i in range(5)])
+    hub = FakeHub(broker, ack=False)
+
+    def ack(epoch: str, seq: int) -> None:
+        body = {"sourceepoch": epoch, "sequence": pk.format_sequence(seq)}
+        hub.client.publish(topics.down_ack(GATEWAY), json.dumps(body), qos=1)
+
+    async def body(uplink: Uplink) -> None:
+        assert await until(lambda: hub.seen() == {1, 2, 3, 4, 5})
+        ack(str(ULID()), 5)  # another epoch: never deletes
+        ack(outbox.epoch, 2)
+        assert await uplink.wait_acked(2, 5)
+        ack(outbox.epoch, 1)  # older than what is acked: no effect
+        ack(outbox.epoch, 99)  # beyond anything allocated: refused
+        ack(outbox.epoch, 4)
+        assert await uplink.wait_acked(4, 5)
+        assert uplink.acked_seq == 4
+        assert [s for s, _ in outbox.pending(0, 10)] == [5]
+
+    caplog.set_level(logging.WARNING, logger="sync.uplink")
+    try:
+        _run_with_uplink(_config(broker), outbox, body)
+    finally:
+        hub.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "uplink: hub ack for another epoch ignored" in messages
+    assert "uplink: hub ack beyond the last allocated sequence ignored" in messages
+
+
+def test_acks_sent_while_away_arrive_through_the_persistent_session(
+    broker: PrivateBroker, outbox: Outbox
+) -> None:
+    outbox.append([packet_entry(i) for i in range(3)])
+    hub = FakeHub(broker, ack=False)
+    try:
+
+        async def first_run(uplink: Uplink) -> None:
+            assert await until(lambda: hub.seen() == {1, 2, 3})
+
+        _run_with_uplink(_config(broker), outbox, first_run)
+        # The gateway is down (stopped cleanly); the hub acks now. The broker keeps the ack
+        # in the gateway's session (clean_start=False, session expiry > 0).
+        hub.send_ack().wait_for_publish(5)  # the broker has it before the gateway returns
+
+        async def second_run(uplink: Uplink) -> None:
+            # The hub stays silent from here on: only the queued ack can delete the rows.
+            assert await uplink.wait_acked(3, 10)
+
+        _run_with_uplink(_config(broker), outbox, second_run)
+    finally:
+        hub.close()
+    assert outbox.stats().pending == 0
