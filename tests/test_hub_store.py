@@ -1,0 +1,144 @@
+"""The hub store on SQLite and PostgreSQL: stored once, duplicates counted, contiguous seqs,
+gaps, independent sources and epochs, supplier cursors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hub.store import Incoming, Store
+from sync import packet as pk
+
+EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
+EPOCH2 = "01JCZ0K3M9B4X2W7Q5N8D1F6HB"
+SOURCE = "plant1/edge-07"
+BASE_TIME = 1_795_000_000.0
+
+
+def make_event(
+    seq: int,
+    *,
+    source: str = SOURCE,
+    epoch: str = EPOCH,
+    work_order: str = "WO-1001",
+    operation: str = "OP30",
+    params: dict[str, Any] | None = None,
+    state: str = "Running",
+    time_offset: float | None = None,
+) -> bytes:
+    """A valid operation.progress packet as the edge renders it; id derived from source and seq."""
+    good = 10 * seq
+    data: dict[str, Any] = {
+        "kopVersion": "1.0",
+        "workOrder": {"id": work_order, "customerOrders": ["PO-7781"]},
+        "operation": {"id": operation},
+        "runId": f"{work_order}.{operation}.welder-2.1",
+        "equipment": {"path": "plant1/body/line-3/welder-2"},
+        "state": {"value": state},
+        "quantities": {"uom": "C62", "produced": good, "good": good, "scrap": 0, "rework": 0},
+        "tzOffset": "+00:00",
+        "timeQuality": "synced",
+    }
+    if params is not None:
+        data["params"] = params
+    draft = pk.Draft("keyop.operation.progress", f"{work_order}/{operation}",
+                     BASE_TIME + (seq if time_offset is None else time_offset), data)
+    # A ULID-shaped id unique per (source, epoch, seq): Crockford digits only.
+    salt = sum(source.encode()) % 100 + (0 if epoch == EPOCH else 50)
+    ident = f"01JDA5Q1Y4S7M2{salt:03d}{seq:09d}"
+    return pk.render(draft, id=ident, source=source, sequence=seq, epoch=epoch,
+                     recorded=BASE_TIME + seq)
+
+
+def incoming(seq: int, **kw: Any) -> Incoming:
+    raw = json.loads(make_event(seq, **kw))
+    return Incoming(pk.from_obj(raw), raw)
+
+
+@pytest.fixture
+def store(hub_db_url: str) -> Iterator[Store]:
+    s = Store(hub_db_url)
+    yield s
+    s.close()
+
+
+def test_batch_is_stored_once_and_repeats_are_duplicates(store: Store) -> None:
+    batch = [incoming(1), incoming(2), incoming(3)]
+    first = store.store_batch(batch)
+    assert (first.new, first.duplicates, first.gaps) == (3, 0, [])
+    progress = first.progress[(SOURCE, EPOCH)]
+    assert (progress.previous, progress.contiguous, progress.advanced) == (0, 3, True)
+
+    again = store.store_batch(batch)
+    assert (again.new, again.duplicates) == (0, 3)
+    assert again.progress[(SOURCE, EPOCH)].contiguous == 3
+    assert not again.progress[(SOURCE, EPOCH)].advanced
+    assert store.count_packets() == 3
+
+    inside = store.store_batch([incoming(4), incoming(4)])
+    assert (inside.new, inside.duplicates) == (1, 1)
+    assert store.count_packets() == 4
+
+
+def test_contiguous_waits_for_the_hole_and_gaps_are_reported(store: Store) -> None:
+    r = store.store_batch([incoming(1), incoming(3), incoming(5)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 1
+    assert [(g.first, g.last) for g in r.gaps] == [(2, 2)]
+
+    r = store.store_batch([incoming(2)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 3
+    assert [(g.first, g.last) for g in r.gaps] == [(4, 4)]
+
+    r = store.store_batch([incoming(4)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 5
+    assert r.gaps == []
+    assert store.contiguous(SOURCE, EPOCH) == 5
+
+
+def test_sources_and_epochs_are_independent(store: Store) -> None:
+    other = "plant1/edge-08"
+    r = store.store_batch([
+        incoming(1), incoming(2),
+        incoming(1, source=other), incoming(3, source=other),
+        incoming(1, epoch=EPOCH2),
+    ])
+    assert r.new == 5
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 2
+    assert r.progress[(other, EPOCH)].contiguous == 1
+    assert r.progress[(SOURCE, EPOCH2)].contiguous == 1
+    assert [(g.source, g.first) for g in r.gaps] == [(other, 2)]
+    assert store.contiguous(SOURCE, EPOCH2) == 1
+    assert store.contiguous("plant1/nobody", EPOCH) == 0
+
+
+def test_cursors_and_packets_after(store: Store) -> None:
+    assert store.get_cursors(["acme", "bolt"]) == {"acme": 0, "bolt": 0}
+    store.store_batch([incoming(s) for s in range(1, 6)])
+    rows = store.packets_after(0, 3)
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert json.loads(rows[0].body)["sequence"] == pk.format_sequence(1)
+    assert rows[0].work_order == "WO-1001" and rows[0].operation == "OP30"
+    assert [r.seq for r in store.packets_after(rows[-1].pk, 10)] == [4, 5]
+
+    store.set_cursors({"acme": rows[1].pk})
+    store.set_cursors({"acme": rows[2].pk, "bolt": rows[0].pk})
+    assert store.get_cursors(["acme", "bolt", "new"]) == {
+        "acme": rows[2].pk, "bolt": rows[0].pk, "new": 0}
+
+
+def test_latest_state_follows_event_time_not_arrival(store: Store) -> None:
+    # seq 2 happened last but arrives first.
+    store.store_batch([incoming(2, time_offset=100)])
+    store.store_batch([incoming(1, time_offset=50)])
+    newest = store.latest_state_pk("WO-1001", "OP30")
+    rows = store.packets_after(0, 10)
+    assert newest == next(r.pk for r in rows if r.seq == 2)
+    assert store.latest_state_pk("WO-9", "OP30") is None
+
+
+def test_dead_letters_are_kept(store: Store) -> None:
+    store.dead_letter_many([("keyop/v1/up/edge-07/events", "not JSON", b"{nope")])
+    assert store.list_dead_letters() == [("keyop/v1/up/edge-07/events", "not JSON", b"{nope")]
