@@ -26,6 +26,7 @@ from edge_store.outbox import Outbox
 from edge_store.writer import GroupWriter
 from gateway.broker import PrivateBroker
 from gateway.runtime import Pipeline
+from gateway.stack import wait_hub_online
 from mapping import yamlsrc
 from mapping.engine import Engine
 from mapping.load import compile_document
@@ -108,8 +109,8 @@ async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, An
     tasks = [asyncio.create_task(uplink.run()), asyncio.create_task(pipeline.map_samples()),
              asyncio.create_task(pipeline.commit_drafts())]
     try:
-        # Let the hub subscribe before the clock starts (its start-up is not the gateway's cost).
-        await asyncio.sleep(0)
+        # The hub's start-up is not the gateway's cost: start the clock once it is subscribed.
+        await asyncio.to_thread(wait_hub_online, "127.0.0.1", broker.port)
         deadline = time.monotonic() + 30
         while not uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
             await asyncio.sleep(0.05)

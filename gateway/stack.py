@@ -7,6 +7,7 @@ real processes (`keyop hub`, `keyop run`) exactly as they would in a plant.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.broker import PrivateBroker, wait_for_port
 from simulators.modbus_device import PressDevice
+from sync import topics
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 GATEWAY_ID = "edge-07"
@@ -98,6 +100,33 @@ class Observer:
             self._client.disconnect()
             self._client.loop_stop()
             self._client = None
+
+
+def wait_hub_online(host: str, port: int, timeout: float = 30.0) -> None:
+    """Block until the hub's retained status says online: its ingest subscription is then in
+    place (the hub subscribes before it announces itself on the same connection)."""
+    online = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                         client_id=f"keyop-wait-hub-{os.getpid()}-{time.monotonic_ns()}")
+
+    def on_connect(c: mqtt.Client, *_args: Any) -> None:
+        c.subscribe(topics.hub_status(), qos=1)
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            if json.loads(message.payload).get("online") is True:
+                online.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(host, port, keepalive=15)
+    client.loop_start()
+    try:
+        if not online.wait(timeout):
+            raise TimeoutError(f"the hub did not come online at {host}:{port} in {timeout}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _dump(path: Path, data: dict[str, Any]) -> Path:
@@ -204,6 +233,7 @@ class Stack:
         self.observer = Observer(self.host, self.port)
         self.observer.start()
         self.start_hub()
+        await asyncio.to_thread(wait_hub_online, self.host, self.port)
         self.start_gateway()
 
     async def wait_polled(self, timeout: float = 30.0) -> None:
