@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import progress_draft, render_event
 
 from hub.config import ConfigError, HubConfig, load_config, parse_config
 from hub.routing import redact, route_matches, state_of, suppliers_for
@@ -41,23 +42,9 @@ PARAMS = {
 def event(work_order: str = "WO-1001", *, operation: str = "OP30",
           path: str = "plant1/body/line-3/welder-2", customer: str = "PO-7781",
           params: dict[str, Any] | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "workOrder": {"id": work_order, "customerOrders": [customer]},
-        "operation": {"id": operation},
-        "runId": "r1",
-        "equipment": {"path": path},
-        "state": {"value": "Running"},
-        "quantities": {"uom": "C62", "produced": 3, "good": 3, "scrap": 0, "rework": 0},
-        "tzOffset": "+00:00",
-        "timeQuality": "synced",
-    }
-    if params is not None:
-        data["params"] = params
-    raw = pk.render(pk.Draft("keyop.operation.progress", f"{work_order}/{operation}",
-                             1_795_000_000.0, data),
-                    id="01JDA5Q1Y4S7M2R8K3VZC6TB9E", source="plant1/edge-07", sequence=7,
-                    epoch="01JCZ0K3M9B4X2W7Q5N8D1F6HA", recorded=1_795_000_000.0)
-    result: dict[str, Any] = json.loads(raw)
+    draft = progress_draft(work_order=work_order, operation=operation, path=path,
+                           customer_orders=[customer], params=params, good=3, scrap=0)
+    result: dict[str, Any] = json.loads(render_event(draft, seq=7))
     return result
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from factories import progress_draft, render_event
 
 from hub.store import Incoming, Store
 from sync import packet as pk
@@ -30,27 +31,15 @@ def make_event(
     time_offset: float | None = None,
 ) -> bytes:
     """A valid operation.progress packet as the edge renders it; id derived from source and seq."""
-    good = 10 * seq
-    data: dict[str, Any] = {
-        "kopVersion": "1.0",
-        "workOrder": {"id": work_order, "customerOrders": ["PO-7781"]},
-        "operation": {"id": operation},
-        "runId": f"{work_order}.{operation}.welder-2.1",
-        "equipment": {"path": "plant1/body/line-3/welder-2"},
-        "state": {"value": state},
-        "quantities": {"uom": "C62", "produced": good, "good": good, "scrap": 0, "rework": 0},
-        "tzOffset": "+00:00",
-        "timeQuality": "synced",
-    }
-    if params is not None:
-        data["params"] = params
-    draft = pk.Draft("keyop.operation.progress", f"{work_order}/{operation}",
-                     BASE_TIME + (seq if time_offset is None else time_offset), data)
+    draft = progress_draft(
+        work_order=work_order, operation=operation, good=10 * seq, scrap=0, planned=None,
+        state=state, params=params, time=BASE_TIME + (seq if time_offset is None else time_offset),
+    )
     # A ULID-shaped id unique per (source, epoch, seq): Crockford digits only.
     salt = sum(source.encode()) % 100 + (0 if epoch == EPOCH else 50)
     ident = f"01JDA5Q1Y4S7M2{salt:03d}{seq:09d}"
-    return pk.render(draft, id=ident, source=source, sequence=seq, epoch=epoch,
-                     recorded=BASE_TIME + seq)
+    return render_event(draft, seq=seq, source=source, epoch=epoch, id=ident,
+                        recorded=BASE_TIME + seq)
 
 
 def incoming(seq: int, **kw: Any) -> Incoming:

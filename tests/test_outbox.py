@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from factories import outbox_entry
 from ulid import ULID
 
 from edge_store import (
@@ -27,32 +28,8 @@ SOURCE = "plant1/edge-07"
 ULID_RE = re.compile(pk.ULID_PATTERN)
 
 
-def _draft(good: int = 209) -> pk.Draft:
-    data = {
-        "kopVersion": "1.0",
-        "workOrder": {"id": "WO-42"},
-        "operation": {"id": "OP30", "name": "welding"},
-        "runId": "WO-42.OP30.welder-2.1",
-        "equipment": {"path": "plant1/body/line-3/welder-2"},
-        "state": {"value": "Running"},
-        "quantities": {"uom": "C62", "produced": good + 5, "good": good, "scrap": 5,
-                       "rework": 0},
-        "tzOffset": "+08:00",
-        "timeQuality": "synced",
-    }
-    return pk.Draft("keyop.operation.progress", "WO-42/OP30", 1_795_000_000.12, data)
-
-
 def packet_entry(good: int = 209, source: str = SOURCE) -> Entry:
-    """An entry that renders a real v1 packet once the outbox gives it seq and epoch."""
-    draft = _draft(good)
-    event_id = str(ULID())
-
-    def render(seq: int, epoch: str) -> bytes:
-        return pk.render(draft, id=event_id, source=source, sequence=seq, epoch=epoch,
-                         recorded=1_795_000_000.2)
-
-    return Entry(id=event_id, render=render, priority=draft.priority)
+    return outbox_entry(source=source, good=good)
 
 
 def _failing_entry() -> Entry:

@@ -3,37 +3,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from factories import progress_draft, render_event
 
 from sync import packet as pk
 from sync import topics
 
-EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
-ID = "01JDA5Q1Y4S7M2R8K3VZC6TB9E"
-
 
 def _draft(**over: object) -> pk.Draft:
-    data = {
-        "kopVersion": "1.0",
-        "workOrder": {"id": "WO-42", "customerOrders": ["PO-7781"]},
-        "operation": {"id": "OP30", "name": "welding"},
-        "runId": "WO-42.OP30.welder-2.1",
-        "equipment": {"path": "plant1/body/line-3/welder-2", "level": "WorkUnit"},
-        "state": {"value": "Running"},
-        "quantities": {"uom": "C62", "planned": 500, "produced": 214, "good": 209, "scrap": 5,
-                       "rework": 0},
-        "delta": {"good": 10},
-        "params": {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"}},
-        "tzOffset": "+08:00",
-        "timeQuality": "synced",
-        "origin": {"protocol": "opcua", "ref": "ns=3;s=W2.Count"},
-    }
-    data.update(over)
-    return pk.Draft("keyop.operation.progress", "WO-42/OP30", 1_795_000_000.12, data)
+    return progress_draft(
+        good=209,
+        scrap=5,
+        delta={"good": 10},
+        params={"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"}},
+        origin={"protocol": "opcua", "ref": "ns=3;s=W2.Count"},
+        **over,
+    )
 
 
 def _render(draft: pk.Draft, seq: int = 18342) -> bytes:
-    return pk.render(draft, id=ID, source="plant1/edge-07", sequence=seq, epoch=EPOCH,
-                     recorded=1_795_000_000.164)
+    return render_event(draft, seq=seq)
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from factories import outbox_entry
 from ulid import ULID
 
 from edge_store import Entry, GroupWriter, Outbox
@@ -28,31 +29,7 @@ SOURCE = f"plant1/{GATEWAY}"
 
 
 def packet_entry(good: int) -> Entry:
-    """An entry rendering a realistic progress packet once the outbox gives it an identity."""
-    draft = pk.Draft(
-        "keyop.operation.progress",
-        "WO-42/OP30",
-        1_795_000_000.12,
-        {
-            "kopVersion": "1.0",
-            "workOrder": {"id": "WO-42", "customerOrders": ["PO-7781"]},
-            "operation": {"id": "OP30", "name": "welding"},
-            "runId": "WO-42.OP30.welder-2.1",
-            "equipment": {"path": "plant1/body/line-3/welder-2", "level": "WorkUnit"},
-            "state": {"value": "Running"},
-            "quantities": {"uom": "C62", "planned": 500, "produced": good, "good": good,
-                           "scrap": 0, "rework": 0},
-            "tzOffset": "+08:00",
-            "timeQuality": "synced",
-        },
-    )
-    event_id = str(ULID())
-
-    def render(seq: int, epoch: str) -> bytes:
-        return pk.render(draft, id=event_id, source=SOURCE, sequence=seq, epoch=epoch,
-                         recorded=1_795_000_000.2)
-
-    return Entry(id=event_id, render=render)
+    return outbox_entry(source=SOURCE, good=good)
 
 
 class FakeHub:
