@@ -304,15 +304,18 @@ def from_obj(obj: Any) -> Packet:
         raise PacketError(_describe(error)) from None
 
 
+def _load(payload: bytes | str, what: str) -> Any:
+    if len(payload) > MAX_EVENT_BYTES:
+        raise PacketError(f"{what}: {len(payload)} bytes exceeds the {MAX_EVENT_BYTES} cap")
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PacketError(f"{what}: not valid JSON ({error})") from None
+
+
 def decode(payload: bytes | str) -> Packet:
     """Decode and validate one packet."""
-    if len(payload) > MAX_EVENT_BYTES:
-        raise PacketError(f"packet: {len(payload)} bytes exceeds the {MAX_EVENT_BYTES} cap")
-    try:
-        obj = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PacketError(f"packet: not valid JSON ({error})") from None
-    return from_obj(obj)
+    return from_obj(_load(payload, "packet"))
 
 
 def decode_many(payload: bytes | str) -> list[Any]:
@@ -321,15 +324,8 @@ def decode_many(payload: bytes | str) -> list[Any]:
     The caller validates each with `from_obj`, so one bad event in a batch does not sink the
     others.
     """
-    if len(payload) > MAX_EVENT_BYTES:
-        raise PacketError(f"payload: {len(payload)} bytes exceeds the {MAX_EVENT_BYTES} cap")
-    try:
-        obj = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PacketError(f"payload: not valid JSON ({error})") from None
-    if isinstance(obj, list):
-        return obj
-    return [obj]
+    obj = _load(payload, "payload")
+    return obj if isinstance(obj, list) else [obj]
 
 
 def json_schema() -> dict[str, Any]:
