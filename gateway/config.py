@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mapping import yamlsrc
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
-from mapping.model import ID_PATTERN, Duration
+from mapping.types import ID_PATTERN, Duration
 
 
 class _Strict(BaseModel):

@@ -9,22 +9,15 @@ from pathlib import Path as FsPath
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from mapping import yamlsrc
 from mapping.engine import CompiledMapping, CompiledStation, SignalOrigin
 from mapping.errors import MappingError, Problem
 from mapping.expr import ExpressionError, compile_expression
-from mapping.model import (
-    Id,
-    MappingFile,
-    ModbusTcpSource,
-    Plant,
-    Signal,
-    SignalName,
-    Source,
-    Station,
-)
+from mapping.model import MappingFile, Plant, Station
+from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source
+from mapping.types import Id, SignalName
 from mapping.yamlsrc import Document, Path
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -173,7 +166,7 @@ class _Shell(BaseModel):
 
 
 def _section(
-    doc: Document, name: str, model: type[BaseModel], problems: list[Problem]
+    doc: Document, name: str, adapter: TypeAdapter[Any], problems: list[Problem]
 ) -> tuple[dict[str, Any], set[str]]:
     """Validate each entry of a section on its own, so one bad entry hides no other problem."""
     raw = doc.value.get(name)
@@ -182,7 +175,7 @@ def _section(
     valid: dict[str, Any] = {}
     for key, value in raw.items():
         try:
-            valid[key] = model.model_validate(value)
+            valid[key] = adapter.validate_python(value)
         except ValidationError as error:
             problems += validation_problems(doc, error, prefix=(name, key))
     return valid, set(raw)
@@ -201,9 +194,9 @@ def compile_document(doc: Document) -> CompiledMapping:
         raw_plant = doc.value.get("plant")
         with contextlib.suppress(ValidationError):
             plant = Plant.model_validate(raw_plant)
-    sources, source_names = _section(doc, "sources", ModbusTcpSource, problems)
-    signals, signal_names = _section(doc, "signals", Signal, problems)
-    stations, _ = _section(doc, "stations", Station, problems)
+    sources, source_names = _section(doc, "sources", SOURCE_ADAPTER, problems)
+    signals, signal_names = _section(doc, "signals", SIGNAL_ADAPTER, problems)
+    stations, _ = _section(doc, "stations", TypeAdapter(Station), problems)
     checker = _Checker(doc, plant, sources, signals, signal_names, source_names)
     checker.check_signals()
     zone = checker.timezone()

@@ -6,44 +6,15 @@ has to guess the unit.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import Field
 
-from mapping.expr import SIGNAL_NAME
-
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+from mapping.sources import Signal, Source
+from mapping.types import Id, SignalName, Strict
 
 
-def parse_duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a duration with a unit like '500ms' or '2s', got {value!r}")
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"expected a duration with a unit like '500ms' or '2s', got {value!r}")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
-    return seconds
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["500ms", "2s"]}),
-]
-SignalName = Annotated[str, Field(pattern=f"^{SIGNAL_NAME}$")]
-Id = Annotated[str, Field(pattern=ID_PATTERN)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Plant(_Strict):
+class Plant(Strict):
     """Where this line sits in the ISA-95 hierarchy; goes into every packet's equipment path."""
 
     site: Id
@@ -52,33 +23,12 @@ class Plant(_Strict):
     timezone: str = Field(default="UTC", description="IANA zone for the packets' tzOffset")
 
 
-class ModbusTcpSource(_Strict):
-    protocol: Literal["modbus_tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    unit: int = Field(default=1, ge=0, le=255)
-    timeout: Duration = 1.0
-
-
-Source = ModbusTcpSource
-
-
-class Signal(_Strict):
-    """One tag on one source."""
-
-    source: Id
-    address: str = Field(description="Modbus: hr:N, ir:N, co:N or di:N")
-    type: Literal["bool", "int16", "uint16", "int32", "uint32"] = "uint16"
-    interval: Duration = 1.0
-    unit: str | None = None
-
-
-class OperationRef(_Strict):
+class OperationRef(Strict):
     id: str = Field(min_length=1, max_length=128)
     name: str | None = None
 
 
-class EquipmentRef(_Strict):
+class EquipmentRef(Strict):
     """The station's place below the plant's line; `path` overrides the derived one."""
 
     cell: Id | None = None
@@ -86,7 +36,7 @@ class EquipmentRef(_Strict):
     level: str = "WorkCell"
 
 
-class OrderContext(_Strict):
+class OrderContext(Strict):
     """Where the station learns its current work order and planned quantity."""
 
     signal: SignalName
@@ -94,7 +44,7 @@ class OrderContext(_Strict):
     planned: SignalName | int | None = None
 
 
-class Counter(_Strict):
+class Counter(Strict):
     signal: SignalName
     bits: Literal[16, 32, 64] = 32
     max_step: int = Field(
@@ -104,22 +54,22 @@ class Counter(_Strict):
     )
 
 
-class Counters(_Strict):
+class Counters(Strict):
     good: Counter
     scrap: Counter | None = None
 
 
-class Progress(_Strict):
+class Progress(Strict):
     every: int | None = Field(default=None, ge=1, description="a progress packet every N good")
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     signal: SignalName
     class_: Literal["public", "partner", "restricted"] = Field(alias="class")
     uom: str | None = None
 
 
-class Station(_Strict):
+class Station(Strict):
     """One key operation on one station."""
 
     operation: OperationRef
@@ -131,7 +81,7 @@ class Station(_Strict):
     params: dict[str, ParamSpec] = {}
 
 
-class MappingFile(_Strict):
+class MappingFile(Strict):
     version: Literal[1]
     plant: Plant
     sources: dict[Id, Source]
