@@ -87,6 +87,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.record import replay_file
+
+    try:
+        count = replay_file(args.mapping, args.recording)
+    except MappingError as error:
+        _print_problems(error)
+        return EXIT_FAILED
+    print(f"{count} packet(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from gateway.config import load_gateway_config
+    from gateway.devices import build_drivers
+    from gateway.logs import setup_logging
+    from gateway.record import record
+    from mapping.load import load_mapping
+
+    setup_logging(args.log_level)
+    try:
+        config = load_gateway_config(args.config)
+        doc, compiled = load_mapping(config.mapping_path)
+        drivers = build_drivers(doc, compiled)
+    except MappingError as error:
+        _print_problems(error)
+        return EXIT_CONFIG
+    with args.out.open("w") as out:
+        count = asyncio.run(record(drivers, out, args.duration))
+    print(f"{count} sample(s) written to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.what == "packet":
         from sync.packet import json_schema
@@ -139,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=cmd_check)
+
+    replay = sub.add_parser("replay", help="run a mapping over a recording; print packets")
+    replay.add_argument("mapping", type=Path)
+    replay.add_argument("recording", type=Path)
+    replay.set_defaults(func=cmd_replay)
+
+    record = sub.add_parser("record", help="capture live samples as JSON lines")
+    record.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    record.add_argument("--out", required=True, type=Path)
+    record.add_argument("--duration", type=float, default=60.0, help="seconds")
+    record.set_defaults(func=cmd_record)
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
     schema.add_argument("what", choices=["packet", "mapping"])

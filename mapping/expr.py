@@ -16,7 +16,7 @@ import difflib
 import operator
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import Value
@@ -60,7 +60,8 @@ Evaluator = Callable[[Env, Event], Value]
 class Expression:
     text: str
     signals: frozenset[str]
-    evaluate: Evaluator
+    evaluate: Evaluator = field(compare=False)  # equal text means equal behaviour
+    edges: bool = False  # uses rising/falling/changed: true only at the sample of the change
 
     def __call__(self, env: Env, event: Event) -> bool:
         return bool(self.evaluate(env, event))
@@ -76,6 +77,7 @@ class _Parser:
         self.known = known
         self.tokens: list[tuple[str, str, int]] = []
         self.signals: set[str] = set()
+        self.edges = False
         pos = 0
         while pos < len(text):
             while pos < len(text) and text[pos].isspace():
@@ -200,6 +202,7 @@ class _Parser:
             self.expect("(")
             name, _ = self.signal()
             self.expect(")")
+            self.edges = True
             return _edge(value, name)
         if kind == "name":
             name, _ = self.signal()
@@ -226,4 +229,4 @@ def compile_expression(text: str, known: Collection[str]) -> Expression:
         raise ExpressionError("empty expression", 0)
     parser = _Parser(text, known)
     evaluate = parser.parse()
-    return Expression(text, frozenset(parser.signals), evaluate)
+    return Expression(text, frozenset(parser.signals), evaluate, parser.edges)

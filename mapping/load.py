@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
+import json
+import re
 from collections.abc import Iterable
 from pathlib import Path as FsPath
 from typing import Any, Literal
@@ -12,11 +15,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from mapping import yamlsrc
-from mapping.engine import CompiledMapping, CompiledStation, SignalOrigin
+from mapping.engine import (
+    ABORT,
+    ALARM_PREFIX,
+    COMPLETE,
+    PAUSE,
+    START,
+    CompiledMapping,
+    CompiledStation,
+    SignalOrigin,
+)
 from mapping.errors import MappingError, Problem
 from mapping.expr import ExpressionError, compile_expression
-from mapping.model import MappingFile, Plant, Station
+from mapping.filters import SignalFilter
+from mapping.model import MappingFile, Plant, Station, Trigger, TriggerSpec
 from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source
+from mapping.triggers import CompiledTrigger
 from mapping.types import Id, SignalName
 from mapping.yamlsrc import Document, Path
 
@@ -33,37 +47,67 @@ def _value_path(doc: Document, path: Path) -> Path:
     return value if value in doc.positions else path
 
 
+def _document_path(value: Any, loc: tuple[str | int, ...], keep_last: bool) -> Path:
+    """The part of pydantic's error location that exists in the YAML.
+
+    pydantic puts union branch names and discriminator tags into locations
+    (`sources.plc.modbus_tcp.port`); they name no YAML node and are dropped. With `keep_last`,
+    the final key stays even though it is absent (a missing or an unknown field).
+    """
+    node, path = value, []
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif last and keep_last:
+            path.append(part)
+    return tuple(path)
+
+
+_TYPE_ERRORS = frozenset({"string_type", "int_type", "float_type", "bool_type", "model_type",
+                          "dict_type", "int_parsing", "float_parsing", "model_attributes_type"})
+
+
 def validation_problems(
     doc: Document, error: ValidationError, prefix: Path = ()
 ) -> list[Problem]:
     """Turn pydantic's errors into `file:line:col` problems pointing at the offending YAML."""
-    problems = []
+    found: dict[Path, list[tuple[str, Problem]]] = {}
     for item in error.errors():
-        loc: tuple[str | int, ...] = (*prefix, *item["loc"])
         kind = item["type"]
-        if loc and loc[-1] == "[key]":
-            loc = loc[:-1]
-            where = loc
-        elif kind in ("extra_forbidden", "missing"):
-            where = loc if kind == "extra_forbidden" else loc[:-1]
-        else:
-            where = _value_path(doc, loc)
-        # Drop pydantic's union branch names ("function-after[...]", "int") from the path.
-        shown = ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in (
-            "int", "str", "float", "bool"))))
+        raw: tuple[str | int, ...] = (*prefix, *item["loc"])
+        is_key = bool(raw) and raw[-1] == "[key]"
+        if is_key:
+            raw = raw[:-1]
+        loc = _document_path(doc.value, raw, keep_last=kind in ("extra_forbidden", "missing"))
+        shown = ".".join(str(p) for p in loc)
         if kind == "extra_forbidden":
-            message = f"{shown}: unknown field {loc[-1]!r}"
+            where, message = loc, f"{shown}: unknown field {loc[-1]!r}"
         elif kind == "missing":
-            message = f"{shown}: required field is missing"
+            where, message = loc[:-1], f"{shown}: required field is missing"
         else:
+            where = loc if is_key else _value_path(doc, loc)
             message = f"{shown}: {item['msg'].removeprefix('Value error, ')}"
             given = item.get("input")
             if isinstance(given, str | int | float | bool) and kind != "value_error":
                 message += f" (got {given!r})"
-        problems.append(doc.problem(where, message))
-    # A union with several failing branches repeats itself; keep each message once.
-    unique = {str(p): p for p in problems}
-    return list(unique.values())
+        found.setdefault(loc, []).append((kind, doc.problem(where, message)))
+    # A union (`start: "expr"` or a mapping) fails once per branch; when a branch says something
+    # specific at or below a place, the other branch's "should be a string" there is noise.
+    specific_at = [loc for loc, entries in found.items()
+                   if any(kind not in _TYPE_ERRORS for kind, _ in entries)]
+    problems: list[Problem] = []
+    for loc, entries in found.items():
+        for kind, problem in entries:
+            noise = kind in _TYPE_ERRORS and any(
+                other[: len(loc)] == loc for other in specific_at)
+            if not noise and problem not in problems:
+                problems.append(problem)
+    return problems
 
 
 class _Checker:
@@ -92,14 +136,15 @@ class _Checker:
 
     def signal_ref(self, path: Path, name: str) -> None:
         if name not in self.signal_names:
-            self.at(path, f"unknown signal {name!r}{_suggest(name, self.signal_names)}")
+            field = ".".join(str(p) for p in path)
+            self.at(path, f"{field}: unknown signal {name!r}{_suggest(name, self.signal_names)}")
 
     def check_signals(self) -> None:
         for name, signal in self.signals.items():
             if signal.source not in self.source_names:
                 self.at(
                     ("signals", name, "source"),
-                    f"signal {name!r}: unknown source {signal.source!r}"
+                    f"signals.{name}.source: unknown source {signal.source!r}"
                     f"{_suggest(signal.source, self.source_names)}",
                 )
 
@@ -109,40 +154,86 @@ class _Checker:
         try:
             return ZoneInfo(self.plant.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            self.at(("plant", "timezone"), f"unknown time zone {self.plant.timezone!r}")
+            zone = self.plant.timezone
+            self.at(("plant", "timezone"), f"plant.timezone: unknown time zone {zone!r}")
             return None
+
+    def trigger(self, path: Path, spec: Trigger, *, level: bool = False) -> CompiledTrigger | None:
+        """Compile one trigger; `level` triggers may not use rising/falling/changed."""
+        text_path = path if isinstance(spec, str) else (*path, "when")
+        if isinstance(spec, TriggerSpec) and spec.signal is not None:
+            self.signal_ref((*path, "signal"), spec.signal)
+            return CompiledTrigger(
+                text=f"{spec.signal} thresholds", signals=frozenset({spec.signal}), hold=spec.hold,
+                signal=spec.signal, on_above=spec.above, off_below=spec.release_below,
+                on_below=spec.below, off_above=spec.release_above,
+            )
+        text = spec if isinstance(spec, str) else spec.when or ""
+        try:
+            expression = compile_expression(text, self.signal_names)
+        except ExpressionError as error:
+            # The column points into the expression (plus one for an opening quote).
+            where = ".".join(str(p) for p in text_path)
+            self.at(text_path, f"{where}: {error}", error.offset + self._quoted(text_path))
+            return None
+        if level and expression.edges:
+            self.at(text_path, f"{'.'.join(str(p) for p in text_path)}: needs a condition that "
+                    "lasts (rising, falling and changed are true only for an instant)")
+            return None
+        hold = spec.hold if isinstance(spec, TriggerSpec) else None
+        return CompiledTrigger(text=text, signals=expression.signals, expression=expression,
+                               hold=hold)
 
     def station(self, station_id: str, spec: Station) -> CompiledStation | None:
         base: Path = ("stations", station_id)
+        station_path = f"stations.{station_id}"
         self.signal_ref((*base, "order", "signal"), spec.order.signal)
         if isinstance(spec.order.planned, str):
             self.signal_ref((*base, "order", "planned"), spec.order.planned)
         try:
             spec.order.format.format(value=1)
         except (KeyError, IndexError, ValueError) as error:
-            self.at((*base, "order", "format"), f"order format must use {{value}} only ({error})")
+            self.at((*base, "order", "format"),
+                    f"{station_path}.order.format: use {{value}} only (found {{{error}}})")
+        pattern = None
+        if spec.order.pattern is not None:
+            try:
+                pattern = re.compile(spec.order.pattern)
+            except re.error as error:
+                self.at((*base, "order", "pattern"), f"{station_path}.order.pattern: {error}")
         self.signal_ref((*base, "counters", "good", "signal"), spec.counters.good.signal)
         if spec.counters.scrap:
             self.signal_ref((*base, "counters", "scrap", "signal"), spec.counters.scrap.signal)
         for name, param in spec.params.items():
             self.signal_ref((*base, "params", name, "signal"), param.signal)
-        start_path = (*base, "start")
-        try:
-            start = compile_expression(spec.start, self.signal_names)
-        except ExpressionError as error:
-            # The column points into the expression (plus one for an opening quote).
-            quoted = self._quoted(start_path)
-            self.at(start_path, f"start: {error}", error.offset + quoted)
+        if spec.pause and spec.pause.reason:
+            self.signal_ref((*base, "pause", "reason"), spec.pause.reason)
+        wanted: list[tuple[str, Path, Trigger | None, bool]] = [
+            (START, (*base, "start"), spec.start, False),
+            (COMPLETE, (*base, "complete"), spec.complete, False),
+            (ABORT, (*base, "abort"), spec.abort, False),
+            (PAUSE, (*base, "pause", "when"), spec.pause.when if spec.pause else None, True),
+            *((f"{ALARM_PREFIX}{code}", (*base, "alarms", code, "when"), alarm.when, True)
+              for code, alarm in spec.alarms.items()),
+        ]
+        triggers: dict[str, CompiledTrigger] = {}
+        failed = False
+        for key, path, trigger_spec, level in wanted:
+            if trigger_spec is None:
+                continue
+            compiled = self.trigger(path, trigger_spec, level=level)
+            if compiled is None:
+                failed = True
+            else:
+                triggers[key] = compiled
+        if failed:
             return None
         plant = self.plant
         parts = (plant.site, plant.area, plant.line) if plant else ()
-        path = spec.equipment.path or "/".join(
+        path_text = spec.equipment.path or "/".join(
             part for part in (*parts, spec.equipment.cell or station_id) if part
         )
-        signals = {spec.order.signal, spec.counters.good.signal, *start.signals}
-        if spec.counters.scrap:
-            signals.add(spec.counters.scrap.signal)
-        return CompiledStation(station_id, spec, path, start, frozenset(signals))
+        return CompiledStation(station_id, spec, path_text, triggers, pattern)
 
     def _quoted(self, path: Path) -> int:
         line, column = self.doc.locate(_value_path(self.doc, path))
@@ -205,11 +296,19 @@ def compile_document(doc: Document) -> CompiledMapping:
     if problems or zone is None:
         raise MappingError(problems)
     model = MappingFile.model_validate(doc.value)
+    filters = {
+        name: SignalFilter.from_spec(signal.filter)
+        for name, signal in model.signals.items()
+        if signal.filter is not None
+    }
+    digest = hashlib.sha256(json.dumps(doc.value, sort_keys=True).encode()).hexdigest()
     origins = {
-        name: SignalOrigin(model.sources[s.source].protocol.split("_")[0], s.source, s.address)
+        name: SignalOrigin(model.sources[s.source].protocol.split("_")[0], s.source, s.ref)
         for name, s in model.signals.items()
     }
-    return CompiledMapping(model, tuple(c for c in compiled if c is not None), origins, zone)
+    return CompiledMapping(
+        model, tuple(c for c in compiled if c is not None), origins, zone, filters, digest
+    )
 
 
 def read_document(path: str | FsPath) -> Document:

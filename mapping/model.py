@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from mapping.sources import Signal, Source
-from mapping.types import Id, SignalName, Strict
+from mapping.types import Duration, Id, SignalName, Strict
 
 
 class Plant(Strict):
@@ -37,11 +37,71 @@ class EquipmentRef(Strict):
 
 
 class OrderContext(Strict):
-    """Where the station learns its current work order and planned quantity."""
+    """Where the station learns its current work order and planned quantity.
+
+    A numeric or text signal: `format` builds the order id from the value (`WO-{value}`); for
+    scanned codes `pattern` (a regular expression) must match, and its group `order` (or the
+    whole match) becomes the value given to `format`.
+    """
 
     signal: SignalName
     format: str = Field(default="{value}", description="e.g. 'WO-{value}'")
-    planned: SignalName | int | None = None
+    pattern: str | None = Field(default=None, description=r"e.g. 'WO-(?P<order>\d+)'")
+    planned: SignalName | int | None = Field(
+        default=None, description="a signal giving the planned quantity, or a fixed number"
+    )
+
+
+class TriggerSpec(Strict):
+    """A condition with a hold time, or an analog threshold with hysteresis.
+
+    `when` is an expression (`rising(x)`, `x > 3 and not y`); `for` requires it to stay true
+    that long. Or `signal` with `above` and `release_below` (or `below` and `release_above`):
+    on past the first threshold, off only past the second, so noise near one threshold does
+    not chatter.
+    """
+
+    when: str | None = None
+    hold: Duration | None = Field(default=None, alias="for")
+    signal: SignalName | None = None
+    above: float | None = None
+    release_below: float | None = None
+    below: float | None = None
+    release_above: float | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TriggerSpec:
+        analog = self.signal is not None
+        if analog == (self.when is not None):
+            raise ValueError("give either `when` (an expression) or `signal` with thresholds")
+        if analog:
+            up = self.above is not None and self.release_below is not None
+            down = self.below is not None and self.release_above is not None
+            if up == down:
+                raise ValueError(
+                    "a threshold trigger needs `above` with `release_below`, "
+                    "or `below` with `release_above`"
+                )
+            if up and not self.release_below <= self.above:  # type: ignore[operator]
+                raise ValueError("`release_below` must not be above `above`")
+            if down and not self.release_above >= self.below:  # type: ignore[operator]
+                raise ValueError("`release_above` must not be below `below`")
+        elif any(v is not None for v in (self.above, self.below, self.release_below,
+                                          self.release_above)):
+            raise ValueError("thresholds go with `signal`, not with `when`")
+        return self
+
+
+Trigger = str | TriggerSpec
+
+
+class PauseSpec(Strict):
+    """Paused while `when` holds (after its hold time); resumed when it ends."""
+
+    when: Trigger
+    reason: SignalName | None = Field(default=None, description="signal with a stop reason code")
 
 
 class Counter(Strict):
@@ -61,12 +121,28 @@ class Counters(Strict):
 
 class Progress(Strict):
     every: int | None = Field(default=None, ge=1, description="a progress packet every N good")
+    interval: Duration | None = Field(
+        default=None, description="and/or at most every T while quantities change"
+    )
+
+
+class Stalled(Strict):
+    after: Duration = Field(description="running without a count this long raises an alarm")
+    severity: str = "warning"
+
+
+class AlarmSpec(Strict):
+    when: Trigger
+    severity: str = "warning"
+    text: str | None = None
 
 
 class ParamSpec(Strict):
     signal: SignalName
     class_: Literal["public", "partner", "restricted"] = Field(alias="class")
     uom: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Station(Strict):
@@ -75,9 +151,16 @@ class Station(Strict):
     operation: OperationRef
     equipment: EquipmentRef = EquipmentRef()
     order: OrderContext
-    start: str = Field(description="trigger expression, e.g. rising(press.busy)")
+    start: Trigger = Field(description="trigger, e.g. rising(press.busy)")
+    complete: Trigger | None = Field(
+        default=None, description="completes the run (besides reaching the planned quantity)"
+    )
+    abort: Trigger | None = None
+    pause: PauseSpec | None = None
     counters: Counters
     progress: Progress = Progress()
+    stalled: Stalled | None = None
+    alarms: dict[Id, AlarmSpec] = {}
     params: dict[str, ParamSpec] = {}
 
 
