@@ -1,25 +1,23 @@
-"""Modbus TCP polling driver (pymodbus 3.x `AsyncModbusTcpClient`).
+"""Modbus polling driver (pymodbus 3.x), over TCP or an RTU serial bus (`drivers.modbus_link`).
 
-Configuration is checked and compiled once into a poll plan: signals grouped by interval, and
-per group and table, neighbouring addresses merged into as few reads as the protocol allows
-(125 registers / 2000 bits per request, bridging gaps up to `max_gap`). `samples()` only
-executes the plan.
+The plan (`drivers.modbus_plan`) is compiled once; `samples()` only executes it.
 
 Contract (see `drivers.base.Driver`):
 - `samples()` connects on first use and polls each group on monotonic deadlines (`loop.time()`);
   a cycle that is already late when the previous one ends is skipped and counted in `overruns`,
-  never run in a burst.
+  never run in a burst. The first cycle starts `stagger_s` after `samples()` is called, so that
+  many devices do not all poll in the same instant.
+- One request at a time per link (the link's lock); RTU keeps its inter-frame gap.
 - Every signal gets a sample on every successful poll (the mapping detects changes itself).
-- A fault (timeout, refused or lost connection, Modbus exception response) yields one `BAD`
-  sample per affected signal with a reason, logged once at ERROR; nothing more for those
-  signals until they read again (logged once at INFO). The driver reconnects by itself with
-  exponential backoff and jitter.
+- A merged read answered with "illegal data address" (a hole in the device's map) is split in
+  two and both halves read at once; the split is kept for later cycles (`splits` counts them).
+  A single-signal read answered so gives that signal a `BAD` sample.
+- A fault (timeout, refused, lost or half-open connection, Modbus exception response) yields one
+  `BAD` sample per affected signal with a named reason, logged once at ERROR; nothing more for
+  those signals until they read again (logged once at INFO). The link reconnects by itself with
+  exponential backoff and jitter; an RTU unit that stops answering backs off alone, so it
+  does not eat the bus time of the other units.
 - No sample is yielded after `close()` returns.
-
-Address syntax: `hr:N` holding register (FC3), `ir:N` input register (FC4), `co:N` coil (FC1),
-`di:N` discrete input (FC2), N = 0..65535 (the protocol address, not the 4xxxx notation).
-Types: `bool` for coils and discrete inputs; `uint16`, `int16`, `uint32`, `int32` for
-registers, 32-bit values big-endian in both bytes and words (first register = high word).
 """
 
 from __future__ import annotations
@@ -27,26 +25,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import ConfigError, Quality, Sample, Value
+from drivers.base import ConfigError, Quality, Sample
+from drivers.modbus_link import Backoff, LinkDown, ModbusLink, SerialBus, TcpLink
+from drivers.modbus_plan import (
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    ModbusSignal,
+    PollGroup,
+    Read,
+    Table,
+    compile_plan,
+    decode,
+    parse_signal,
+    split_read,
+)
+
+__all__ = [
+    "EXCEPTION_NAMES",
+    "MAX_BITS_PER_READ",
+    "MAX_REGISTERS_PER_READ",
+    "ModbusDeviceConfig",
+    "ModbusDriver",
+    "ModbusSignal",
+    "Table",
+    "check_device",
+    "compile_plan",
+    "decode",
+    "parse_signal",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_REGISTERS_PER_READ = 125
-MAX_BITS_PER_READ = 2000
+ILLEGAL_DATA_ADDRESS = 2
+CYCLE_HISTORY = 1000  # poll cycles kept per driver for statistics
 
-_ADDRESS = re.compile(r"^(hr|ir|co|di):(\d{1,5})$")
-
-_EXCEPTION_NAMES = {
+EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",
@@ -59,50 +81,15 @@ _EXCEPTION_NAMES = {
 }
 
 
-class Table(StrEnum):
-    """The four Modbus data tables, by their address prefix."""
-
-    HOLDING = "hr"
-    INPUT = "ir"
-    COIL = "co"
-    DISCRETE = "di"
-
-    @property
-    def is_bits(self) -> bool:
-        return self in (Table.COIL, Table.DISCRETE)
-
-
-# type name -> (registers, signed); bool is the bit type.
-_REGISTER_TYPES: dict[str, tuple[int, bool]] = {
-    "uint16": (1, False),
-    "int16": (1, True),
-    "uint32": (2, False),
-    "int32": (2, True),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusSignal:
-    """One value to poll.
-
-    `address` is `hr:N`, `ir:N`, `co:N` or `di:N`; `type` is `bool` (coils, discrete inputs) or
-    `uint16`/`int16`/`uint32`/`int32` (registers); `interval_s` is the poll period in seconds.
-    """
-
-    name: str
-    address: str
-    type: str = "uint16"
-    interval_s: float = 1.0
-
-
 @dataclass(frozen=True, slots=True)
 class ModbusDeviceConfig:
-    """One Modbus TCP device and the signals read from it.
+    """One Modbus device (a TCP host:port, or a unit on a serial bus) and its signals.
 
     `timeout_s` bounds connect and each request; `max_gap` is how many unused registers/bits
     a merged read may span between two signals; the backoff doubles from `backoff_initial_s`
-    to `backoff_max_s`, each delay varied by +/- `backoff_jitter` (a fraction) so that many
-    gateways do not reconnect in step.
+    to `backoff_max_s`, each delay varied by +/- `backoff_jitter` (a fraction). `stagger_s`
+    delays the first poll. For TCP, `host`/`port` name the device; an RTU device gets its
+    `SerialBus` from the caller and `host` is only used in messages.
     """
 
     name: str
@@ -115,116 +102,11 @@ class ModbusDeviceConfig:
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
     backoff_jitter: float = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """A parsed signal: where it lives and how to decode it."""
-
-    signal: str
-    table: Table
-    address: int
-    type: str
-    width: int  # registers, or 1 for a bit
+    stagger_s: float = 0.0
 
     @property
-    def ref(self) -> str:
-        return f"{self.table}:{self.address}"
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """One request of the plan: `count` registers/bits of `table` from `start`."""
-
-    table: Table
-    start: int
-    count: int
-    points: tuple[Point, ...]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.table}:{self.start}+{self.count}"
-
-
-@dataclass(frozen=True, slots=True)
-class PollGroup:
-    """Signals sharing one interval, and the reads that cover them."""
-
-    interval_s: float
-    reads: tuple[Read, ...]
-
-
-def parse_signal(signal: ModbusSignal) -> Point:
-    """Check one signal's address and type; ConfigError names the signal and what is expected."""
-    where = f"signal {signal.name!r}"
-    if not signal.name:
-        raise ConfigError(f"signal with address {signal.address!r}: empty name")
-    match = _ADDRESS.match(signal.address.strip())
-    if match is None:
-        raise ConfigError(
-            f"{where}: address {signal.address!r}: expected hr:N, ir:N, co:N or di:N"
-        )
-    table, address = Table(match.group(1)), int(match.group(2))
-    if table.is_bits:
-        if signal.type != "bool":
-            raise ConfigError(
-                f"{where}: address {signal.address!r}: type {signal.type!r}: "
-                f"expected bool for {table}:N"
-            )
-        width = 1
-    else:
-        if signal.type not in _REGISTER_TYPES:
-            raise ConfigError(
-                f"{where}: address {signal.address!r}: type {signal.type!r}: "
-                f"expected one of {', '.join(_REGISTER_TYPES)} for {table}:N"
-            )
-        width = _REGISTER_TYPES[signal.type][0]
-    if address + width - 1 > 0xFFFF:
-        raise ConfigError(f"{where}: address {signal.address!r}: expected N + width <= 65536")
-    if not signal.interval_s > 0:
-        raise ConfigError(f"{where}: interval_s {signal.interval_s!r}: expected > 0")
-    return Point(signal.name, table, address, signal.type, width)
-
-
-def merge_reads(points: Iterable[Point], *, max_gap: int) -> list[Read]:
-    """Cover `points` (one table) with as few reads as the size limit and `max_gap` allow."""
-    ordered = sorted(points, key=lambda p: (p.address, p.width))
-    if not ordered:
-        return []
-    limit = MAX_BITS_PER_READ if ordered[0].table.is_bits else MAX_REGISTERS_PER_READ
-    reads: list[Read] = []
-    start, end, members = ordered[0].address, ordered[0].address + ordered[0].width, [ordered[0]]
-    for p in ordered[1:]:
-        new_end = max(end, p.address + p.width)
-        if p.address - end <= max_gap and new_end - start <= limit:
-            end, members = new_end, [*members, p]
-            continue
-        reads.append(Read(p.table, start, end - start, tuple(members)))
-        start, end, members = p.address, p.address + p.width, [p]
-    reads.append(Read(ordered[0].table, start, end - start, tuple(members)))
-    return reads
-
-
-def compile_plan(signals: Sequence[ModbusSignal], *, max_gap: int = 8) -> tuple[PollGroup, ...]:
-    """Parse every signal and merge reads per interval and table; raises ConfigError."""
-    if max_gap < 0:
-        raise ConfigError(f"max_gap {max_gap}: expected >= 0")
-    seen: set[str] = set()
-    by_interval: dict[float, list[Point]] = {}
-    for signal in signals:
-        if signal.name in seen:
-            raise ConfigError(f"signal {signal.name!r}: defined twice")
-        seen.add(signal.name)
-        by_interval.setdefault(signal.interval_s, []).append(parse_signal(signal))
-    groups = []
-    for interval in sorted(by_interval):
-        reads: list[Read] = []
-        for table in Table:
-            reads += merge_reads(
-                (p for p in by_interval[interval] if p.table is table), max_gap=max_gap
-            )
-        groups.append(PollGroup(interval, tuple(reads)))
-    return tuple(groups)
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_initial_s, self.backoff_max_s, self.backoff_jitter)
 
 
 def check_device(config: ModbusDeviceConfig) -> None:
@@ -240,118 +122,153 @@ def check_device(config: ModbusDeviceConfig) -> None:
         raise ConfigError(f"{where}: unit_id {config.unit_id}: expected 0..255")
     if not config.timeout_s > 0:
         raise ConfigError(f"{where}: timeout_s {config.timeout_s}: expected > 0")
-    if not 0 < config.backoff_initial_s <= config.backoff_max_s:
-        raise ConfigError(f"{where}: backoff: expected 0 < backoff_initial_s <= backoff_max_s")
-    if not 0 <= config.backoff_jitter < 1:
-        raise ConfigError(f"{where}: backoff_jitter {config.backoff_jitter}: expected 0..1")
-
-
-def decode(point: Point, read: Read, values: Sequence[int] | Sequence[bool]) -> Value:
-    """The value of `point` from the raw words/bits `values` returned for `read`."""
-    offset = point.address - read.start
-    if point.table.is_bits:
-        return bool(values[offset])
-    words, signed = _REGISTER_TYPES[point.type]
-    raw = 0
-    for word in values[offset : offset + words]:
-        raw = (raw << 16) | (int(word) & 0xFFFF)
-    bits = 16 * words
-    if signed and raw >= 1 << (bits - 1):
-        raw -= 1 << bits
-    return raw
+    if not config.stagger_s >= 0:
+        raise ConfigError(f"{where}: stagger_s {config.stagger_s}: expected >= 0")
+    config.backoff.check(where)
 
 
 class _ReadFailed(Exception):
     """A read did not produce values; `link` tells whether the connection is at fault."""
 
-    def __init__(self, reason: str, *, link: bool) -> None:
+    def __init__(self, reason: str, *, link: bool, code: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.link = link
+        self.code = code
 
 
 @dataclass
-class _Deadline:
-    group: PollGroup
+class _Slot:
+    """One poll group's schedule and its current reads (splits replace entries)."""
+
+    interval_s: float
+    reads: list[Read]
     due: float
 
 
 class ModbusDriver:
-    """Polls one Modbus TCP device by its compiled plan (see the module docstring).
+    """Polls one Modbus device by its compiled plan (see the module docstring).
 
     Counters: `reads` (requests sent), `read_errors` (polls of a read that produced no values,
-    including those skipped while the link waits for its backoff), `reconnects` (successful
-    connects after a loss), `overruns` (poll cycles skipped because the previous one was late).
+    including those skipped while the link waits for its backoff), `overruns` (poll cycles
+    skipped because the previous one was late), `splits` (merged reads split after an
+    "illegal data address"), `reconnects` (of the link).
     """
 
-    def __init__(self, config: ModbusDeviceConfig, *, rng: random.Random | None = None) -> None:
+    def __init__(self, config: ModbusDeviceConfig, *, link: ModbusLink | None = None,
+                 rng: random.Random | None = None) -> None:
         check_device(config)
         self.config = config
         self.name = config.name
-        self.plan = compile_plan(config.signals, max_gap=config.max_gap)
+        self.plan: tuple[PollGroup, ...] = compile_plan(config.signals, max_gap=config.max_gap)
+        self.link: ModbusLink = link or TcpLink(
+            config.host, config.port, timeout_s=config.timeout_s, backoff=config.backoff, rng=rng
+        )
+        if isinstance(self.link, SerialBus):
+            self.link.attach()
+        #: Delay of the first poll (the gateway spreads devices over their interval).
+        self.stagger_s = config.stagger_s
         self.reads = 0
         self.read_errors = 0
-        self.reconnects = 0
         self.overruns = 0
-        self._rng = rng or random.Random()
-        self._client: AsyncModbusTcpClient | None = None
-        self._lock = asyncio.Lock()  # one request at a time on the link
+        self.splits = 0
+        #: Duration (ms) and requests of the latest poll cycles, for status and benchmarks.
+        self.cycle_ms: deque[float] = deque(maxlen=CYCLE_HISTORY)
+        self.cycle_reads: deque[int] = deque(maxlen=CYCLE_HISTORY)
         self._closed = asyncio.Event()
         self._link_fault: str | None = None  # reason while the link is down
         self._read_faults: dict[Read, str] = {}  # Modbus exception per read, while it lasts
         self._bad: dict[str, str] = {}  # signal -> kind of the fault already reported
-        self._ever_connected = False
-        self._backoff = config.backoff_initial_s
-        self._next_connect = 0.0
+        # An RTU unit that stopped answering waits alone (the bus stays up for the others).
+        self._unit_delay = config.backoff_initial_s
+        self._unit_retry_at = 0.0
+        self._unit_fault: str | None = None
+        self._detached = False
+        self._waiter: asyncio.Future[None] | None = None  # the sleep between cycles
+
+    @property
+    def reconnects(self) -> int:
+        return self.link.reconnects
 
     @property
     def target(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return self.link.name
 
     async def samples(self) -> AsyncIterator[Sample]:
         """Poll forever (until `close()`), yielding one sample per signal per poll."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadlines = [_Deadline(g, now) for g in self.plan]
-        if not deadlines:
+        first = loop.time() + self.stagger_s
+        slots = [_Slot(g.interval_s, list(g.reads), first) for g in self.plan]
+        if not slots:
             await self._closed.wait()  # nothing to poll: honour the contract, end at close
             return
         try:
             while not self._closed.is_set():
-                slot = min(deadlines, key=lambda d: d.due)
+                slot = min(slots, key=lambda s: s.due)
                 if await self._wait_until(slot.due):
                     return
-                for read in slot.group.reads:
-                    for sample in await self._poll(read):
+                started, reads_before = loop.time(), self.reads
+                index = 0
+                while index < len(slot.reads):
+                    read = slot.reads[index]
+                    samples, parts = await self._poll(read)
+                    if parts:
+                        # Remembered: later cycles read the halves; this cycle reads them now.
+                        slot.reads[index : index + 1] = parts
+                        continue
+                    index += 1
+                    for sample in samples:
                         if self._closed.is_set():
                             return
                         yield sample
-                self._advance(slot, loop.time())
+                now = loop.time()
+                self.cycle_ms.append((now - started) * 1000)
+                self.cycle_reads.append(self.reads - reads_before)
+                self._advance(slot, now)
         finally:
             # Closed, or the consumer stopped iterating: either way the link has no reader.
-            self._disconnect()
+            self._release()
 
     async def close(self) -> None:
         """Stop polling and drop the connection; no sample is yielded after this returns."""
         # Not under the lock: a request in flight may wait for its timeout, and close must
         # not. The generator checks the flag before every yield, so nothing follows this.
         self._closed.set()
-        self._disconnect()
+        if self._waiter is not None:
+            _wake(self._waiter)
+        self._release()
+
+    def _release(self) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        if isinstance(self.link, SerialBus):
+            self.link.detach()
+        else:
+            self.link.drop()
 
     # --- scheduling ------------------------------------------------------------------------
 
     async def _wait_until(self, due: float) -> bool:
-        """Sleep until a loop.time() deadline; True if closed meanwhile."""
-        delay = due - asyncio.get_running_loop().time()
-        if delay > 0:
+        """Sleep until a loop.time() deadline; True if closed meanwhile.
+
+        A bare future woken by `call_at` (or by `close()`): every device sleeps once per
+        cycle, and `wait_for` would create a task each time.
+        """
+        loop = asyncio.get_running_loop()
+        if due > loop.time() and not self._closed.is_set():
+            waiter = loop.create_future()
+            self._waiter = waiter
+            handle = loop.call_at(due, _wake, waiter)
             try:
-                await asyncio.wait_for(self._closed.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+                await waiter
+            finally:
+                handle.cancel()
+                self._waiter = None
         return self._closed.is_set()
 
-    def _advance(self, slot: _Deadline, now: float) -> None:
-        interval = slot.group.interval_s
+    def _advance(self, slot: _Slot, now: float) -> None:
+        interval = slot.interval_s
         slot.due += interval
         if slot.due <= now:
             # Late: skip the missed cycles instead of bursting to catch up.
@@ -361,59 +278,79 @@ class ModbusDriver:
 
     # --- one read --------------------------------------------------------------------------
 
-    async def _poll(self, read: Read) -> list[Sample]:
+    async def _poll(self, read: Read) -> tuple[list[Sample], list[Read]]:
+        """Samples of one read, or the two reads that replace it after a hole was found."""
         try:
             values = await self._read(read)
         except _ReadFailed as exc:
+            if exc.code == ILLEGAL_DATA_ADDRESS and len(read.points) > 1:
+                self.splits += 1
+                parts = split_read(read)
+                log.info(
+                    "modbus device %s: %s refused (illegal data address); reading it as %s",
+                    self.name, read.ref, " and ".join(p.ref for p in parts),
+                    extra={"device": self.name, "address": read.ref, "reason": "split"},
+                )
+                return [], parts
             self.read_errors += 1
-            return self._fault_samples(read, exc)
+            return self._fault_samples(read, exc), []
         received, mono = time.time(), asyncio.get_running_loop().time()
         self._recovered(read)
+        start = read.start
         return [
-            Sample(p.signal, decode(p, read, values), Quality.GOOD, received, mono)
+            Sample(p.signal, p.decode(values, p.address - start), Quality.GOOD, received, mono)
             for p in read.points
-        ]
+        ], []
 
     async def _read(self, read: Read) -> Sequence[int] | Sequence[bool]:
-        async with self._lock:
+        link = self.link
+        loop = asyncio.get_running_loop()
+        if self._unit_fault is not None and loop.time() < self._unit_retry_at:
+            raise _ReadFailed(self._unit_fault, link=True)
+        async with link.lock:
             if self._closed.is_set():
                 raise _ReadFailed("closed", link=True)
-            client = await self._connected()
+            try:
+                client = await link.client()
+            except LinkDown as down:
+                raise _ReadFailed(down.reason, link=True) from None
+            await link.pace()
             self.reads += 1
             try:
                 response = await self._request(client, read)
             except (TimeoutError, ModbusException, OSError) as exc:
-                lost = not client.connected
-                # A late answer would arrive out of step with the next request: start afresh.
-                self._disconnect()
-                self._schedule_reconnect()
-                if lost:
-                    raise _ReadFailed(
-                        f"comm_lost: connection to {self.target} lost", link=True
-                    ) from exc
-                raise _ReadFailed(
-                    f"comm_timeout: no answer from {self.target} within "
-                    f"{self.config.timeout_s:g}s ({type(exc).__name__})",
-                    link=True,
-                ) from exc
+                reason, link_fault = link.failed(exc, self.config.unit_id)
+                if not link_fault:
+                    self._unit_backoff(reason)
+                raise _ReadFailed(reason, link=True) from exc
+            link.sent()
+        self._unit_fault = None
+        self._unit_delay = self.config.backoff_initial_s
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
             raise _ReadFailed(
                 f"modbus_exception: {name} (code {code}) reading {read.ref} "
                 f"from unit {self.config.unit_id}",
                 link=False,
+                code=code,
             )
         values = response.bits if read.table.is_bits else response.registers
         if len(values) < read.count:
-            raise _ReadFailed(
-                f"bad_response: {len(values)} values for {read.ref}", link=False
-            )
+            raise _ReadFailed(f"bad_response: {len(values)} values for {read.ref}", link=False)
         return values
 
-    async def _request(self, client: AsyncModbusTcpClient, read: Read) -> ModbusPDU:
+    def _unit_backoff(self, reason: str) -> None:
+        self._unit_fault = reason
+        spread = self.config.backoff_jitter
+        wait = self._unit_delay * (1.0 + random.uniform(-spread, spread))
+        self._unit_retry_at = asyncio.get_running_loop().time() + wait
+        self._unit_delay = min(self._unit_delay * 2, self.config.backoff_max_s)
+
+    async def _request(self, client: ModbusBaseClient, read: Read) -> ModbusPDU:
         unit, start, count = self.config.unit_id, read.start, read.count
-        # pymodbus has its own timeout per try; this bound covers the whole call regardless.
+        # pymodbus has its own timeout per try; this bound covers the whole call regardless
+        # (asyncio.timeout, not wait_for: no extra task per request).
         bound = self.config.timeout_s * 1.5
         if read.table is Table.HOLDING:
             call = client.read_holding_registers(start, count=count, device_id=unit)
@@ -423,55 +360,8 @@ class ModbusDriver:
             call = client.read_coils(start, count=count, device_id=unit)
         else:
             call = client.read_discrete_inputs(start, count=count, device_id=unit)
-        return await asyncio.wait_for(call, timeout=bound)
-
-    async def _connected(self) -> AsyncModbusTcpClient:
-        """The connected client, connecting if the backoff allows; raises _ReadFailed."""
-        if self._client is not None and self._client.connected:
-            return self._client
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._next_connect:
-            raise _ReadFailed(self._link_fault or f"comm_lost: not connected to {self.target}",
-                              link=True)
-        self._disconnect()
-        client = AsyncModbusTcpClient(
-            self.config.host,
-            port=self.config.port,
-            timeout=self.config.timeout_s,
-            retries=0,  # one try per poll: the next poll is the retry
-            reconnect_delay=0,  # 0 turns pymodbus' own reconnect off; we reconnect ourselves
-        )
-        started = loop.time()
-        ok = await client.connect()
-        if not ok or not client.connected:
-            client.close()
-            self._schedule_reconnect()
-            if loop.time() - started >= self.config.timeout_s * 0.9:
-                raise _ReadFailed(
-                    f"comm_timeout: connect to {self.target} timed out after "
-                    f"{self.config.timeout_s:g}s",
-                    link=True,
-                )
-            # pymodbus swallows the OSError; a fast failure is a refusal or no route.
-            raise _ReadFailed(
-                f"comm_lost: connection refused by {self.target} (or unreachable)", link=True
-            )
-        self._client = client
-        self._backoff = self.config.backoff_initial_s
-        if self._ever_connected:
-            self.reconnects += 1
-        self._ever_connected = True
-        return client
-
-    def _schedule_reconnect(self) -> None:
-        jitter = 1.0 + self._rng.uniform(-self.config.backoff_jitter, self.config.backoff_jitter)
-        self._next_connect = asyncio.get_running_loop().time() + self._backoff * jitter
-        self._backoff = min(self._backoff * 2, self.config.backoff_max_s)
-
-    def _disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        async with asyncio.timeout(bound):
+            return await call
 
     # --- fault bookkeeping (log transitions, not repetitions) ------------------------------
 
@@ -491,8 +381,8 @@ class ModbusDriver:
             )
         received, mono = time.time(), asyncio.get_running_loop().time()
         out = []
+        kind = exc.reason.split(":", 1)[0]
         for p in read.points:
-            kind = exc.reason.split(":", 1)[0]
             if self._bad.get(p.signal) == kind:
                 continue  # already reported; quiet until it reads again or the fault changes
             self._bad[p.signal] = kind
@@ -506,11 +396,18 @@ class ModbusDriver:
                 extra={"device": self.name, "address": self.target, "reason": "recovered"},
             )
             self._link_fault = None
-        reason = self._read_faults.pop(read, None)
-        if reason is not None:
-            log.info(
-                "modbus device %s: %s reads again", self.name, read.ref,
-                extra={"device": self.name, "address": read.ref, "reason": "recovered"},
-            )
-        for p in read.points:
-            self._bad.pop(p.signal, None)
+        if self._read_faults:
+            reason = self._read_faults.pop(read, None)
+            if reason is not None:
+                log.info(
+                    "modbus device %s: %s reads again", self.name, read.ref,
+                    extra={"device": self.name, "address": read.ref, "reason": "recovered"},
+                )
+        if self._bad:
+            for p in read.points:
+                self._bad.pop(p.signal, None)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

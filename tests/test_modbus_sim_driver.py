@@ -531,7 +531,7 @@ def test_simulator_cli_serves_and_prints_ground_truth() -> None:
         (ModbusSignal("press.good", "hx:1", "uint16"), "address 'hx:1': expected hr:N, ir:N"),
         (ModbusSignal("press.good", "hr:70000", "uint16"), "address 'hr:70000'"),
         (ModbusSignal("press.good", "hr:65535", "uint32"), "N + width"),
-        (ModbusSignal("press.good", "hr:1", "float32"), "type 'float32': expected one of"),
+        (ModbusSignal("press.good", "hr:1", "float16"), "type 'float16': expected one of"),
         (ModbusSignal("press.good", "co:1", "uint16"), "expected bool for co:N"),
         (ModbusSignal("press.good", "hr:1", "bool"), "type 'bool'"),
         (ModbusSignal("press.good", "hr:1", "uint16", 0.0), "interval_s 0.0"),
