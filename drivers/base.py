@@ -11,7 +11,36 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A barcode or RFID read, decoded by the driver.
+
+    `code` is the payload as read; `fields` the decoded parts (GS1 application identifiers,
+    named groups of a site pattern); for RFID, `epc` is the pure-identity URN when the tag
+    encoding is known, `event` says whether the tag arrived or departed (the driver's dedupe
+    window turns repeated reads into one arrival), with `antenna` and `rssi` when the reader
+    sends them. `str(scan)` is the code, so a scan can stand where text is expected.
+    """
+
+    kind: str  # "barcode" or "rfid"
+    code: str
+    fields: tuple[tuple[str, str], ...] = ()
+    epc: str | None = None
+    event: str = "read"  # read | arrival | departure
+    antenna: int | None = None
+    rssi: float | None = None
+
+    def __str__(self) -> str:
+        return self.code
+
+    @property
+    def field_map(self) -> dict[str, str]:
+        return dict(self.fields)
+
+
 Value = bool | int | float | str | None
+SampleValue = Value | Scan  # what a sample carries: a scalar, or a decoded scan
 
 
 class Quality(StrEnum):
@@ -31,7 +60,7 @@ class Sample:
     """
 
     signal: str
-    value: Value
+    value: SampleValue
     quality: Quality
     time: float
     monotonic: float
