@@ -1,62 +1,241 @@
-"""Build driver instances from a compiled mapping; driver config errors point into the YAML."""
+"""Build driver instances from a compiled mapping; driver config errors point into the YAML.
+
+One driver per source that has signals: Modbus TCP (its own connection), Modbus RTU (sources
+naming the same serial `port` share one `SerialBus`: one lock, one client, frame gaps kept),
+OPC UA. File paths in a source (certificates, trust folder, password file) are relative to
+the mapping file's folder. An OPC UA password is read here, from the environment variable or
+the file the source names; the mapping never holds it.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from drivers.base import ConfigError, Driver
-from drivers.modbus import (
-    ModbusDeviceConfig,
-    ModbusDriver,
-    ModbusSignal,
-    compile_plan,
-    parse_signal,
-)
+from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, parse_signal
+from drivers.modbus_link import Backoff, SerialBus
+from drivers.modbus_plan import default_type
+from drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaSecurity, OpcUaSignal
+from drivers.opcua_nodes import check_signal
+from gateway.devices_serial import serial_driver
 from mapping.engine import CompiledMapping
 from mapping.errors import MappingError, Problem
 from mapping.load import signal_position
+from mapping.serial_source import SerialSource
+from mapping.sources import ModbusRtuSource, ModbusTcpSource, OpcUaSource, Signal
 from mapping.yamlsrc import Document
 
+_MODBUS_ONLY = ("address", "type", "scale", "offset")
+_OPCUA_ONLY = ("node", "sampling", "deadband")
 
-def _modbus_signals(doc: Document, compiled: CompiledMapping, source: str) -> tuple[
-    list[ModbusSignal], list[Problem]
-]:
-    signals, problems = [], []
-    for name, spec in compiled.model.signals.items():
-        if spec.source != source:
-            continue
-        signal = ModbusSignal(name, spec.address, spec.type, spec.interval)
+
+class _Builder:
+    def __init__(self, doc: Document, compiled: CompiledMapping) -> None:
+        self.doc = doc
+        self.compiled = compiled
+        self.folder = Path(doc.file).resolve().parent
+        self.problems: list[Problem] = []
+        self.buses: dict[str, tuple[SerialBus, ModbusRtuSource]] = {}
+
+    def at_signal(self, name: str, field: str, message: str) -> None:
+        line, column = signal_position(self.doc, name, field)
+        self.problems.append(Problem(self.doc.file, line, column, message))
+
+    def at_source(self, source: str, field: str | None, message: str) -> None:
+        path: tuple[str, ...] = ("sources", source) + ((field,) if field else ())
+        self.problems.append(self.doc.problem(path, message))
+
+    def signals_of(self, source: str) -> list[tuple[str, Signal]]:
+        return [(n, s) for n, s in self.compiled.model.signals.items() if s.source == source]
+
+    def serial(self, source_id: str, source: SerialSource) -> Driver | None:
+        """A scanner or RFID reader: every frame is a sample of each of its signals."""
+        names = []
+        for name, spec in self.signals_of(source_id):
+            if not self.misplaced(name, spec, ("address", "node", "type"), "a serial"):
+                names.append(name)
+        if not names:
+            return None
         try:
-            parse_signal(signal)
+            return serial_driver(source_id, source, names)
         except ConfigError as error:
-            line, column = signal_position(doc, name, "address")
-            problems.append(Problem(doc.file, line, column, str(error)))
-            continue
-        signals.append(signal)
-    return signals, problems
+            self.at_source(source_id, None, str(error))
+            return None
+
+    def misplaced(self, name: str, spec: Signal, fields: tuple[str, ...], kind: str) -> bool:
+        wrong = [f for f in fields if getattr(spec, f) is not None]
+        for field in wrong:
+            self.at_signal(name, field, f"signal {name!r}: {field} does not apply to {kind} "
+                                        f"source {spec.source!r}")
+        return bool(wrong)
+
+    def path(self, value: str | None) -> str | None:
+        return None if value is None else str(self.folder / value)
+
+    # --- Modbus ----------------------------------------------------------------------------
+
+    def modbus_signals(self, source: str, kind: str) -> list[ModbusSignal]:
+        out = []
+        for name, spec in self.signals_of(source):
+            if self.misplaced(name, spec, _OPCUA_ONLY, kind):
+                continue
+            if spec.address is None:
+                line, column = signal_position(self.doc, name, "source")
+                self.problems.append(Problem(self.doc.file, line, column,
+                                             f"signal {name!r}: address is required for "
+                                             f"{kind} source {source!r}"))
+                continue
+            signal = ModbusSignal(name, spec.address, spec.type or default_type(spec.address),
+                                  spec.interval,
+                                  spec.byte_order, spec.word_order, spec.scale, spec.offset)
+            try:
+                parse_signal(signal)
+            except ConfigError as error:
+                self.at_signal(name, "address", str(error))
+                continue
+            out.append(signal)
+        return out
+
+    def modbus_tcp(self, source_id: str, source: ModbusTcpSource) -> ModbusDriver | None:
+        signals = self.modbus_signals(source_id, "modbus_tcp")
+        if not signals:
+            return None
+        config = ModbusDeviceConfig(
+            name=source_id, host=source.host, port=source.port, unit_id=source.unit,
+            timeout_s=source.timeout, signals=tuple(signals), max_gap=source.max_gap,
+        )
+        return self._modbus(source_id, config, None)
+
+    def modbus_rtu(self, source_id: str, source: ModbusRtuSource) -> ModbusDriver | None:
+        port = source.port
+        settings = (source.baudrate, source.bytesize, source.parity, source.stopbits)
+        if port in self.buses:
+            bus, first = self.buses[port]
+            if bus.settings != settings or first.frame_gap != source.frame_gap:
+                self.at_source(source_id, "port", f"source {source_id!r}: serial port {port} "
+                               "is shared with other sources, which use other line settings")
+                return None
+        else:
+            bus = SerialBus(port, baudrate=source.baudrate, bytesize=source.bytesize,
+                            parity=source.parity, stopbits=source.stopbits,
+                            timeout_s=source.timeout, frame_gap_s=source.frame_gap,
+                            backoff=Backoff())
+            self.buses[port] = (bus, source)
+        signals = self.modbus_signals(source_id, "modbus_rtu")
+        if not signals:
+            return None
+        config = ModbusDeviceConfig(
+            name=source_id, host=port, port=1, unit_id=source.unit, timeout_s=source.timeout,
+            signals=tuple(signals), max_gap=source.max_gap,
+        )
+        return self._modbus(source_id, config, bus)
+
+    def _modbus(self, source_id: str, config: ModbusDeviceConfig,
+                bus: SerialBus | None) -> ModbusDriver | None:
+        try:
+            return ModbusDriver(config, link=bus)
+        except ConfigError as error:
+            self.at_source(source_id, None, str(error))
+            return None
+
+    # --- OPC UA ----------------------------------------------------------------------------
+
+    def opcua(self, source_id: str, source: OpcUaSource) -> OpcUaDriver | None:
+        signals = []
+        for name, spec in self.signals_of(source_id):
+            if self.misplaced(name, spec, _MODBUS_ONLY, "opcua"):
+                continue
+            if spec.node is None:
+                line, column = signal_position(self.doc, name, "source")
+                self.problems.append(Problem(self.doc.file, line, column,
+                                             f"signal {name!r}: node is required for opcua "
+                                             f"source {source_id!r}"))
+                continue
+            signal = OpcUaSignal(name, spec.node, spec.interval, spec.sampling,
+                                 spec.queue_size, spec.deadband)
+            try:
+                check_signal(signal)
+            except ConfigError as error:
+                self.at_signal(name, "node", str(error))
+                continue
+            signals.append(signal)
+        password = self.password(source_id, source)
+        if not signals:
+            return None
+        sec = source.security
+        config = OpcUaDeviceConfig(
+            name=source_id, endpoint=source.endpoint, signals=tuple(signals), mode=source.mode,
+            security=OpcUaSecurity(sec.policy, sec.mode, self.path(sec.certificate),
+                                   self.path(sec.private_key), self.path(sec.trust)),
+            username=source.username, password=password, timeout_s=source.timeout,
+            keepalive_s=source.keepalive,
+        )
+        for field, value in (("certificate", config.security.certificate),
+                             ("private_key", config.security.private_key)):
+            if value is not None and not Path(value).is_file():
+                self.at_source(source_id, "security", f"source {source_id!r}: security "
+                               f"{field}: no file {value}")
+        if config.security.trust_dir is not None and not Path(config.security.trust_dir).is_dir():
+            self.at_source(source_id, "security", f"source {source_id!r}: security trust: "
+                           f"no folder {config.security.trust_dir}")
+        try:
+            return OpcUaDriver(config)
+        except ConfigError as error:
+            self.at_source(source_id, None, str(error))
+            return None
+
+    def password(self, source_id: str, source: OpcUaSource) -> str | None:
+        if source.password_env and source.password_file:
+            self.at_source(source_id, "password_file", f"source {source_id!r}: give "
+                           "password_env or password_file, not both")
+            return None
+        if source.password_env:
+            value = os.environ.get(source.password_env)
+            if value is None:
+                self.at_source(source_id, "password_env", f"source {source_id!r}: environment "
+                               f"variable {source.password_env} is not set")
+            return value
+        if source.password_file:
+            file = self.path(source.password_file)
+            assert file is not None
+            try:
+                return Path(file).read_text().rstrip("\r\n")
+            except OSError as error:
+                self.at_source(source_id, "password_file", f"source {source_id!r}: cannot "
+                               f"read password file {file}: {error.strerror}")
+        return None
 
 
 def build_drivers(doc: Document, compiled: CompiledMapping) -> list[Driver]:
     """One driver per source that has signals; raises `MappingError` listing every problem."""
+    builder = _Builder(doc, compiled)
     drivers: list[Driver] = []
-    problems: list[Problem] = []
     for source_id, source in compiled.model.sources.items():
-        signals, found = _modbus_signals(doc, compiled, source_id)
-        problems += found
-        if not signals:
-            continue
-        config = ModbusDeviceConfig(
-            name=source_id,
-            host=source.host,
-            port=source.port,
-            unit_id=source.unit,
-            timeout_s=source.timeout,
-            signals=tuple(signals),
-        )
-        try:
-            compile_plan(config.signals)
-        except ConfigError as error:
-            problems.append(doc.problem(("sources", source_id), str(error)))
-            continue
-        drivers.append(ModbusDriver(config))
-    if problems:
-        raise MappingError(problems)
+        driver: Driver | None
+        if isinstance(source, ModbusTcpSource):
+            driver = builder.modbus_tcp(source_id, source)
+        elif isinstance(source, ModbusRtuSource):
+            driver = builder.modbus_rtu(source_id, source)
+        elif isinstance(source, SerialSource):
+            driver = builder.serial(source_id, source)
+        else:
+            driver = builder.opcua(source_id, source)
+        if driver is not None:
+            drivers.append(driver)
+    for source_id, source in compiled.model.sources.items():
+        if isinstance(source, SerialSource) and source.port in builder.buses:
+            builder.at_source(source_id, "port", f"source {source_id!r}: serial port "
+                              f"{source.port} is also a Modbus RTU bus; one port, one protocol")
+    if builder.problems:
+        raise MappingError(builder.problems)
+    _stagger([d for d in drivers if isinstance(d, ModbusDriver)])
     return drivers
+
+
+def _stagger(drivers: list[ModbusDriver]) -> None:
+    """Spread the first polls of the Modbus devices over their shortest interval."""
+    count = len(drivers)
+    for index, driver in enumerate(drivers):
+        shortest = min((g.interval_s for g in driver.plan), default=0.0)
+        driver.stagger_s = shortest * index / count

@@ -2,95 +2,33 @@
 
 Time comes with each sample (`time` for packets, `monotonic` for timers), and `tick` lets the
 caller advance time between samples, so replaying a recording gives the same packets every
-time. Each station is a small state machine:
-
-    idle ─start→ running ─pause→ paused ─resume→ running ─planned reached / complete→ completed
-                    └──────── abort / new order context ──────→ aborted
+time. The stations' state machines live in `mapping.station`, material points in
+`mapping.materials`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.base import Sample, Value
-from mapping.expr import Event
+from drivers.base import Quality, Sample
+from drivers.base import SampleValue as Value
 from mapping.filters import SignalFilter
-from mapping.model import Counter, MappingFile, Station
-from mapping.triggers import FIRED, NEVER, RELEASED, CompiledTrigger, TriggerState
+from mapping.materials import CompiledMaterialPoint, MaterialRuntime
+from mapping.model import MappingFile
+from mapping.station import (
+    EARLIEST_TRUSTED_TIME,
+    CompiledStation,
+    StationRuntime,
+    StationState,
+    tz_offset,
+)
+from mapping.triggers import NEVER
 from sync.packet import Draft
 
-# A gateway clock before this instant has not been set (the "1970 after boot" failure).
-EARLIEST_TRUSTED_TIME = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
-PRIORITY_TELEMETRY = 0
-PRIORITY_KEY_EVENT = 1
-_EMPTY: list[Draft] = []
-
-START, COMPLETE, ABORT, PAUSE = "start", "complete", "abort", "pause"
-ALARM_PREFIX = "alarm:"
-
-
-@dataclass(slots=True)
-class CounterTrack:
-    """Turns raw device counter readings into non-negative increments.
-
-    A reading below the last one is a rollover when the wrapped distance is small (at most
-    `max_step`), otherwise a reset of the device counter: then the new reading itself is what
-    was produced since the reset. A forward jump beyond `max_step` is a preset, not production.
-    """
-
-    bits: int
-    max_step: int
-    last: int | None = None
-
-    def advance(self, raw: int) -> int:
-        previous, self.last = self.last, raw
-        if previous is None or raw == previous:
-            return 0
-        if raw > previous:
-            step = raw - previous
-            return step if step <= self.max_step else 0
-        wrapped = (raw - previous) % (1 << self.bits)
-        if wrapped <= self.max_step:
-            return wrapped
-        return raw if raw <= self.max_step else 0
-
-
-@dataclass(slots=True)
-class Run:
-    """One execution of a work order's operation on this station."""
-
-    run_id: str
-    work_order: str
-    planned: int | None
-    good: int = 0
-    scrap: int = 0
-    state: str = "Running"
-    last_count: float = 0.0  # monotonic time of the last counted part
-    progress_at: float = 0.0  # monotonic time of the last progress packet
-    progress_good: int = 0
-    progress_scrap: int = 0
-    stalled: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("Running", "Paused")
-
-
-@dataclass(slots=True)
-class StationState:
-    """Everything a station remembers; kept across a reload when its definition is unchanged."""
-
-    order: str | None = None
-    run: Run | None = None
-    runs_started: int = 0
-    good: CounterTrack | None = None
-    scrap: CounterTrack | None = None
-    triggers: dict[str, TriggerState] = field(default_factory=dict)
-    alarms_active: set[str] = field(default_factory=set)
+_EMPTY: list[Draft] = []  # returned for "no packets"; callers never mutate it
+_GOOD = Quality.GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +39,6 @@ class SignalOrigin:
 
 
 @dataclass(frozen=True)
-class CompiledStation:
-    id: str
-    spec: Station
-    equipment_path: str
-    triggers: dict[str, CompiledTrigger]
-    order_pattern: re.Pattern[str] | None = None
-
-    @property
-    def signals(self) -> frozenset[str]:
-        spec = self.spec
-        names = {spec.order.signal, spec.counters.good.signal}
-        if spec.counters.scrap:
-            names.add(spec.counters.scrap.signal)
-        for trigger in self.triggers.values():
-            names |= trigger.signals
-        return frozenset(names)
-
-
-@dataclass(frozen=True)
 class CompiledMapping:
     model: MappingFile
     stations: tuple[CompiledStation, ...]
@@ -127,24 +46,7 @@ class CompiledMapping:
     timezone: ZoneInfo
     filters: dict[str, SignalFilter] = field(default_factory=dict)
     digest: str = ""
-
-
-def _new_track(counter: Counter | None) -> CounterTrack | None:
-    return CounterTrack(counter.bits, counter.max_step) if counter else None
-
-
-def _as_int(value: Value) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+    materials: tuple[CompiledMaterialPoint, ...] = ()
 
 
 class Engine:
@@ -156,12 +58,14 @@ class Engine:
         self.filters = {name: f.fresh() for name, f in mapping.filters.items()}
         kept = previous._reusable_states(mapping) if previous else {}
         self.stations = [
-            _StationRuntime(self, station, kept.get(station.id)) for station in mapping.stations
+            StationRuntime(self, station, kept.get(station.id)) for station in mapping.stations
         ]
-        handlers: dict[str, list[_StationRuntime]] = {}
+        handlers: dict[str, list[StationRuntime | MaterialRuntime]] = {}
         for runtime in self.stations:
             for name in runtime.compiled.signals:
                 handlers.setdefault(name, []).append(runtime)
+        for point in mapping.materials:
+            handlers.setdefault(point.spec.signal, []).append(MaterialRuntime(self, point))
         self._handlers = {name: tuple(found) for name, found in handlers.items()}
         self._deadline = NEVER
         for runtime in self.stations:
@@ -177,6 +81,16 @@ class Engine:
                 kept[station.id] = runtime.state
         return kept
 
+    def common_fields(self, data: dict[str, Any], signal: str, when: float) -> None:
+        """The fields every packet carries: plant offset, clock quality, signal origin."""
+        mapping = self.mapping
+        data["tzOffset"] = tz_offset(mapping.timezone, when)
+        data["timeQuality"] = "synced" if when >= EARLIEST_TRUSTED_TIME else "unsynced"
+        origin = mapping.origins.get(signal)
+        if origin is not None:
+            data["origin"] = {"protocol": origin.protocol, "device": origin.device,
+                              "ref": origin.ref}
+
     @property
     def states(self) -> dict[str, StationState]:
         return {runtime.compiled.id: runtime.state for runtime in self.stations}
@@ -187,21 +101,25 @@ class Engine:
 
     def step(self, sample: Sample) -> list[Draft]:
         """Apply one sample; return the packets it causes, in order."""
-        if sample.quality != "good":
+        if sample.quality is not _GOOD:
             return _EMPTY  # a bad reading changes nothing; the last good value stands
         name = sample.signal
         value = sample.value
-        signal_filter = self.filters.get(name)
-        if signal_filter is not None:
-            value = signal_filter.apply(value)
-        previous = self.values.get(name)
-        self.values[name] = value
+        if self.filters:
+            signal_filter = self.filters.get(name)
+            if signal_filter is not None:
+                value = signal_filter.apply(value)
+        values = self.values
+        previous = values.get(name)
+        values[name] = value
         handlers = self._handlers.get(name)
+        if handlers is None:
+            if sample.monotonic >= self._deadline:
+                return self.tick(sample.monotonic, sample.time)
+            return _EMPTY
         out: list[Draft] = []
-        if handlers:
-            event = Event(name, value, previous)
-            for runtime in handlers:
-                runtime.on_sample(name, value, event, sample.monotonic, sample.time, out)
+        for runtime in handlers:
+            runtime.on_sample(name, value, previous, sample, out)
         if sample.monotonic >= self._deadline:
             self.tick(sample.monotonic, sample.time, out)
         return out
@@ -218,312 +136,3 @@ class Engine:
         return drafts
 
 
-class _StationRuntime:
-    """One station's compiled rules bound to its state."""
-
-    def __init__(
-        self, engine: Engine, compiled: CompiledStation, state: StationState | None
-    ) -> None:
-        self.engine = engine
-        self.compiled = compiled
-        spec = compiled.spec
-        self.spec = spec
-        if state is None:
-            state = StationState(good=_new_track(spec.counters.good),
-                                 scrap=_new_track(spec.counters.scrap))
-            state.triggers = {key: TriggerState(t) for key, t in compiled.triggers.items()}
-        self.state = state
-        self.order_signal = spec.order.signal
-        self.good_signal = spec.counters.good.signal
-        self.scrap_signal = spec.counters.scrap.signal if spec.counters.scrap else None
-        self.triggers_by_signal: dict[str, list[tuple[str, TriggerState]]] = {}
-        for key, trigger_state in state.triggers.items():
-            for name in trigger_state.trigger.signals:
-                self.triggers_by_signal.setdefault(name, []).append((key, trigger_state))
-        self._now = 0.0
-        self._time = 0.0
-        self._origin_signal = ""
-
-    # -- dispatch ------------------------------------------------------------------------------
-
-    def on_sample(
-        self, name: str, value: Value, event: Event, now: float, time: float, out: list[Draft]
-    ) -> None:
-        self._now, self._time, self._origin_signal = now, time, name
-        if name == self.order_signal:
-            self._order_changed(value, out)
-        triggers = self.triggers_by_signal.get(name)
-        if triggers:
-            env = self.engine.values
-            for key, trigger_state in triggers:
-                result = trigger_state.update(env, event, now)
-                if result:
-                    self._on_trigger(key, result, out)
-                if trigger_state.deadline < NEVER:
-                    self.engine.wake_at(trigger_state.deadline)
-        if name == self.good_signal and self.state.good is not None:
-            self._count(self.state.good.advance(_as_int(value) or 0), 0, out)
-        if name == self.scrap_signal and self.state.scrap is not None:
-            self._count(0, self.state.scrap.advance(_as_int(value) or 0), out)
-
-    def on_time(self, now: float, time: float, out: list[Draft]) -> None:
-        self._now, self._time, self._origin_signal = now, time, ""
-        for key, trigger_state in self.state.triggers.items():
-            if trigger_state.tick(now) == FIRED:
-                self._on_trigger(key, FIRED, out)
-        run = self.state.run
-        if run is None or run.state != "Running":
-            return
-        stalled = self.spec.stalled
-        if stalled and not run.stalled and now >= run.last_count + stalled.after:
-            run.stalled = True
-            self._alarm("stalled", True, stalled.severity,
-                        f"running without a count for {stalled.after:g} s", out)
-        interval = self.spec.progress.interval
-        if interval and now >= run.progress_at + interval and (
-            run.good, run.scrap) != (run.progress_good, run.progress_scrap):
-            self._progress(run, None, out)
-
-    def next_deadline(self) -> float:
-        deadline = min((t.deadline for t in self.state.triggers.values()), default=NEVER)
-        run = self.state.run
-        if run is not None and run.state == "Running":
-            if self.spec.stalled and not run.stalled:
-                deadline = min(deadline, run.last_count + self.spec.stalled.after)
-            if self.spec.progress.interval:
-                deadline = min(deadline, run.progress_at + self.spec.progress.interval)
-        return deadline
-
-    def _on_trigger(self, key: str, result: int, out: list[Draft]) -> None:
-        run = self.state.run
-        if key == START and result == FIRED:
-            self._start(out)
-        elif key == PAUSE and run is not None:
-            if result == FIRED and run.state == "Running":
-                self._transition(run, "keyop.operation.paused", "Paused", out, self._reason())
-            elif result == RELEASED and run.state == "Paused":
-                self._transition(run, "keyop.operation.resumed", "Running", out)
-                run.last_count = self._now  # a pause is no stall
-        elif key == COMPLETE and result == FIRED and run is not None and run.active:
-            self._transition(run, "keyop.operation.completed", "Completed", out)
-        elif key == ABORT and result == FIRED and run is not None and run.active:
-            self._transition(run, "keyop.operation.aborted", "Aborted", out,
-                             {"code": "abort", "text": "abort trigger"})
-        elif key.startswith(ALARM_PREFIX):
-            code = key[len(ALARM_PREFIX):]
-            spec = self.spec.alarms[code]
-            self._alarm(code, result == FIRED, spec.severity, spec.text, out)
-
-    # -- order context -------------------------------------------------------------------------
-
-    def _order_of(self, value: Value) -> str | None:
-        if value in (None, 0, "", False):
-            return None
-        pattern = self.compiled.order_pattern
-        if pattern is not None:
-            match = pattern.search(str(value))
-            if match is None:
-                return self.state.order  # not an order code: the context stays as it is
-            groups = match.groupdict()
-            value = groups.get("order") or match.group(0)
-        return self.spec.order.format.format(value=value)
-
-    def _order_changed(self, value: Value, out: list[Draft]) -> None:
-        order = self._order_of(value)
-        if order == self.state.order:
-            return
-        run = self.state.run
-        if run is not None and run.active and run.work_order != order:
-            self._transition(run, "keyop.operation.aborted", "Aborted", out,
-                             {"code": "order_changed", "text": f"order context became {order}"})
-        self.state.order = order
-
-    def _planned(self) -> int | None:
-        planned = self.spec.order.planned
-        if isinstance(planned, int) or planned is None:
-            return planned
-        return _as_int(self.engine.values.get(planned))
-
-    def _reason(self) -> dict[str, str] | None:
-        pause = self.spec.pause
-        if pause is None or pause.reason is None:
-            return None
-        code = self.engine.values.get(pause.reason)
-        return None if code is None else {"code": str(code)}
-
-    # -- run lifecycle -------------------------------------------------------------------------
-
-    def _start(self, out: list[Draft]) -> None:
-        state = self.state
-        if state.order is None or (state.run is not None and state.run.active):
-            return  # no order to report against, or a run is already going
-        state.runs_started += 1
-        run = Run(
-            run_id=f"{state.order}.{self.spec.operation.id}.{self.compiled.id}."
-            f"{state.runs_started}",
-            work_order=state.order,
-            planned=self._planned(),
-            last_count=self._now,
-            progress_at=self._now,
-        )
-        state.run = run
-        self._emit("keyop.operation.started", run, "Running", "Ready", out)
-        self.engine.wake_at(self.next_deadline())
-
-    def _transition(
-        self, run: Run, type_: str, new_state: str, out: list[Draft],
-        reason: dict[str, str] | None = None,
-    ) -> None:
-        previous, run.state = run.state, new_state
-        self._emit(type_, run, new_state, previous, out, reason=reason)
-        if not run.active and run.stalled:
-            run.stalled = False
-            self._alarm("stalled", False, self.spec.stalled.severity if self.spec.stalled
-                        else "warning", "run ended", out)
-        self.engine.wake_at(self.next_deadline())
-
-    def _count(self, good: int, scrap: int, out: list[Draft]) -> None:
-        run = self.state.run
-        if (good <= 0 and scrap <= 0) or run is None or not run.active:
-            return
-        before = run.good
-        run.good += good
-        run.scrap += scrap
-        run.last_count = self._now
-        if run.stalled:
-            run.stalled = False
-            self._alarm("stalled", False, self.spec.stalled.severity if self.spec.stalled
-                        else "warning", "counting again", out)
-        if scrap:
-            self._emit("keyop.operation.scrapped", run, run.state, None, out,
-                       delta={"scrap": scrap})
-            return
-        if run.planned is not None and run.good >= run.planned:
-            run.progress_good, run.progress_scrap = run.good, run.scrap
-            self._transition(run, "keyop.operation.completed", "Completed", out)
-            return
-        every = self.spec.progress.every
-        if every and run.good // every > before // every:
-            self._progress(run, {"good": good}, out)
-        elif self.spec.progress.interval:
-            self.engine.wake_at(run.progress_at + self.spec.progress.interval)
-
-    def _progress(self, run: Run, delta: dict[str, int] | None, out: list[Draft]) -> None:
-        if delta is None:
-            delta = {"good": run.good - run.progress_good}
-            if run.scrap != run.progress_scrap:
-                delta["scrap"] = run.scrap - run.progress_scrap
-        run.progress_at = self._now
-        run.progress_good, run.progress_scrap = run.good, run.scrap
-        self._emit("keyop.operation.progress", run, run.state, None, out, delta=delta,
-                   priority=PRIORITY_TELEMETRY)
-
-    # -- packet building -----------------------------------------------------------------------
-
-    def _common(self) -> dict[str, Any]:
-        mapping = self.engine.mapping
-        when = self._time
-        data: dict[str, Any] = {
-            "tzOffset": _tz_offset(mapping.timezone, when),
-            "timeQuality": "synced" if when >= EARLIEST_TRUSTED_TIME else "unsynced",
-        }
-        origin = mapping.origins.get(self._origin_signal)
-        if origin is not None:
-            data["origin"] = {"protocol": origin.protocol, "device": origin.device,
-                              "ref": origin.ref}
-        return data
-
-    def _equipment(self) -> dict[str, str]:
-        return {"path": self.compiled.equipment_path, "level": self.spec.equipment.level}
-
-    def _emit(
-        self, type_: str, run: Run, state: str, previous: str | None, out: list[Draft], *,
-        reason: dict[str, str] | None = None, delta: dict[str, int] | None = None,
-        priority: int = PRIORITY_KEY_EVENT,
-    ) -> None:
-        state_obj: dict[str, Any] = {"value": state}
-        if previous and previous != state:
-            state_obj["previous"] = previous
-        if reason:
-            state_obj["reason"] = reason
-        quantities: dict[str, Any] = {"uom": "C62"}
-        if run.planned is not None:
-            quantities["planned"] = run.planned
-        quantities["produced"] = run.good + run.scrap
-        quantities["good"] = run.good
-        quantities["scrap"] = run.scrap
-        quantities["rework"] = 0
-        operation = self.spec.operation
-        data: dict[str, Any] = {
-            "kopVersion": "1.0",
-            "workOrder": {"id": run.work_order},
-            "operation": {"id": operation.id, "name": operation.name} if operation.name
-            else {"id": operation.id},
-            "runId": run.run_id,
-            "equipment": self._equipment(),
-            "state": state_obj,
-            "quantities": quantities,
-        }
-        if delta:
-            data["delta"] = delta
-        params = self._params()
-        if params:
-            data["params"] = params
-        data.update(self._common())
-        out.append(Draft(type_, f"{run.work_order}/{operation.id}", self._time, data, priority))
-
-    def _alarm(
-        self, code: str, active: bool, severity: str, text: str | None, out: list[Draft]
-    ) -> None:
-        if active == (code in self.state.alarms_active):
-            return
-        if active:
-            self.state.alarms_active.add(code)
-        else:
-            self.state.alarms_active.discard(code)
-        data: dict[str, Any] = {
-            "kopVersion": "1.0",
-            "equipment": self._equipment(),
-            "alarm": _drop_none({"code": code, "severity": severity, "active": active,
-                                 "text": text}),
-        }
-        run = self.state.run
-        if run is not None:
-            data["workOrder"] = {"id": run.work_order}
-            data["operation"] = {"id": self.spec.operation.id}
-            data["runId"] = run.run_id
-        data.update(self._common())
-        out.append(Draft("keyop.station.alarm", self.compiled.equipment_path, self._time, data,
-                         PRIORITY_KEY_EVENT))
-
-    def _params(self) -> dict[str, Any]:
-        if not self.spec.params:
-            return {}
-        params: dict[str, Any] = {}
-        values = self.engine.values
-        for name, spec in self.spec.params.items():
-            value = values.get(spec.signal)
-            if value is None:
-                continue
-            params[name] = _drop_none({"value": value, "uom": spec.uom, "class": spec.class_})
-        return params
-
-
-_OFFSETS: dict[tuple[str, int], str] = {}
-
-
-def _tz_offset(zone: ZoneInfo, when: float) -> str:
-    """The zone's UTC offset at `when`, cached per hour (offsets change on the hour at most)."""
-    key = (zone.key, int(when // 900))
-    cached = _OFFSETS.get(key)
-    if cached is not None:
-        return cached
-    offset = datetime.fromtimestamp(when, tz=zone).utcoffset() or timedelta(0)
-    minutes = int(offset.total_seconds()) // 60
-    sign = "+" if minutes >= 0 else "-"
-    minutes = abs(minutes)
-    text = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-    if len(_OFFSETS) > 10_000:
-        _OFFSETS.clear()
-    _OFFSETS[key] = text
-    return text

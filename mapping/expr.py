@@ -6,7 +6,7 @@ Grammar (lowest precedence first):
     not    := 'not' not | cmp
     cmp    := atom (('=='|'!='|'<'|'<='|'>'|'>=') atom)?
     atom   := NUMBER | STRING | 'true' | 'false' | SIGNAL | EDGE '(' SIGNAL ')' | '(' expr ')'
-    EDGE   := 'rising' | 'falling' | 'changed'
+    EDGE   := 'rising' | 'falling' | 'changed' | 'arrival' | 'departure'
 A parse error names the column inside the expression, which the loader turns into a YAML position.
 """
 
@@ -19,10 +19,11 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import Value
+from drivers.base import SampleValue as Value
+from drivers.base import Scan
 
 SIGNAL_NAME = r"[A-Za-z_][A-Za-z0-9_.]*"
-EDGES = ("rising", "falling", "changed")
+EDGES = ("rising", "falling", "changed", "arrival", "departure")
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>==|!=|<=|>=|<|>|\(|\))"
     rf"|(?P<name>{SIGNAL_NAME}))"
@@ -210,7 +211,13 @@ class _Parser:
         raise ExpressionError(f"expected a value, found {value or 'end of expression'!r}", pos)
 
 
+def _tag_event(ev: Event, name: str, event: str) -> bool:
+    return ev.signal == name and isinstance(ev.value, Scan) and ev.value.event == event
+
+
 def _edge(kind: str, name: str) -> Evaluator:
+    if kind in ("arrival", "departure"):  # an RFID tag entering or leaving the reader's field
+        return lambda env, ev: _tag_event(ev, name, kind)
     if kind == "rising":
         return lambda env, ev: (
             ev.signal == name and _truthy(ev.value) and not _truthy(ev.previous)

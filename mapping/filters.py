@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field, model_validator
 
-from drivers.base import Value
+from drivers.base import SampleValue as Value
 from mapping.types import Strict
 
 MAX_WINDOW = 1000

@@ -15,21 +15,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from mapping import yamlsrc
-from mapping.engine import (
-    ABORT,
-    ALARM_PREFIX,
-    COMPLETE,
-    PAUSE,
-    START,
-    CompiledMapping,
-    CompiledStation,
-    SignalOrigin,
-)
+from mapping.engine import CompiledMapping, SignalOrigin
 from mapping.errors import MappingError, Problem
 from mapping.expr import ExpressionError, compile_expression
 from mapping.filters import SignalFilter
-from mapping.model import MappingFile, Plant, Station, Trigger, TriggerSpec
+from mapping.materials import CompiledMaterialPoint
+from mapping.model import (
+    EquipmentRef,
+    MappingFile,
+    MaterialPoint,
+    Plant,
+    Station,
+    Trigger,
+    TriggerSpec,
+)
 from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source
+from mapping.station import ABORT, ALARM_PREFIX, COMPLETE, PAUSE, START, CompiledStation
 from mapping.triggers import CompiledTrigger
 from mapping.types import Id, SignalName
 from mapping.yamlsrc import Document, Path
@@ -201,9 +202,11 @@ class _Checker:
                 pattern = re.compile(spec.order.pattern)
             except re.error as error:
                 self.at((*base, "order", "pattern"), f"{station_path}.order.pattern: {error}")
-        self.signal_ref((*base, "counters", "good", "signal"), spec.counters.good.signal)
-        if spec.counters.scrap:
-            self.signal_ref((*base, "counters", "scrap", "signal"), spec.counters.scrap.signal)
+        if spec.counters:
+            self.signal_ref((*base, "counters", "good", "signal"), spec.counters.good.signal)
+            if spec.counters.scrap:
+                self.signal_ref((*base, "counters", "scrap", "signal"),
+                                spec.counters.scrap.signal)
         for name, param in spec.params.items():
             self.signal_ref((*base, "params", name, "signal"), param.signal)
         if spec.pause and spec.pause.reason:
@@ -228,12 +231,18 @@ class _Checker:
                 triggers[key] = compiled
         if failed:
             return None
+        path_text = self.equipment_path(spec.equipment, station_id)
+        return CompiledStation(station_id, spec, path_text, triggers, pattern)
+
+    def equipment_path(self, equipment: EquipmentRef, default_cell: str) -> str:
         plant = self.plant
         parts = (plant.site, plant.area, plant.line) if plant else ()
-        path_text = spec.equipment.path or "/".join(
-            part for part in (*parts, spec.equipment.cell or station_id) if part
-        )
-        return CompiledStation(station_id, spec, path_text, triggers, pattern)
+        return equipment.path or "/".join(
+            part for part in (*parts, equipment.cell or default_cell) if part)
+
+    def material(self, point_id: str, spec: MaterialPoint) -> CompiledMaterialPoint:
+        self.signal_ref(("materials", point_id, "signal"), spec.signal)
+        return CompiledMaterialPoint(point_id, spec, self.equipment_path(spec.equipment, point_id))
 
     def _quoted(self, path: Path) -> int:
         line, column = self.doc.locate(_value_path(self.doc, path))
@@ -254,6 +263,7 @@ class _Shell(BaseModel):
     sources: dict[Id, Any]
     signals: dict[SignalName, Any]
     stations: dict[Id, Any]
+    materials: dict[Id, Any] = {}
 
 
 def _section(
@@ -288,10 +298,12 @@ def compile_document(doc: Document) -> CompiledMapping:
     sources, source_names = _section(doc, "sources", SOURCE_ADAPTER, problems)
     signals, signal_names = _section(doc, "signals", SIGNAL_ADAPTER, problems)
     stations, _ = _section(doc, "stations", TypeAdapter(Station), problems)
+    materials, _ = _section(doc, "materials", TypeAdapter(MaterialPoint), problems)
     checker = _Checker(doc, plant, sources, signals, signal_names, source_names)
     checker.check_signals()
     zone = checker.timezone()
     compiled = [checker.station(key, spec) for key, spec in stations.items()]
+    points = [checker.material(key, spec) for key, spec in materials.items()]
     problems += checker.problems
     if problems or zone is None:
         raise MappingError(problems)
@@ -307,7 +319,8 @@ def compile_document(doc: Document) -> CompiledMapping:
         for name, s in model.signals.items()
     }
     return CompiledMapping(
-        model, tuple(c for c in compiled if c is not None), origins, zone, filters, digest
+        model, tuple(c for c in compiled if c is not None), origins, zone, filters, digest,
+        tuple(points),
     )
 
 

@@ -41,7 +41,8 @@ class OrderContext(Strict):
 
     A numeric or text signal: `format` builds the order id from the value (`WO-{value}`); for
     scanned codes `pattern` (a regular expression) must match, and its group `order` (or the
-    whole match) becomes the value given to `format`.
+    whole match) becomes the value given to `format`; a group `planned` in the pattern gives
+    the planned quantity when `planned` is not set here.
     """
 
     signal: SignalName
@@ -157,11 +158,29 @@ class Station(Strict):
     )
     abort: Trigger | None = None
     pause: PauseSpec | None = None
-    counters: Counters
+    counters: Counters | None = Field(
+        default=None, description="device part counters (none: a run counts nothing)"
+    )
     progress: Progress = Progress()
     stalled: Stalled | None = None
     alarms: dict[Id, AlarmSpec] = {}
     params: dict[str, ParamSpec] = {}
+
+
+class MaterialPoint(Strict):
+    """Where material is received, consumed or produced, as a tag reader or scanner sees it.
+
+    Each matching read becomes a `keyop.material.<use>` packet with its EPCIS 2.0 ObjectEvent.
+    """
+
+    signal: SignalName
+    use: Literal["Received", "Consumed", "Produced"] = "Received"
+    on: Literal["arrival", "read", "departure"] = Field(
+        default="arrival", description="which tag event counts (barcode scans are reads)"
+    )
+    equipment: EquipmentRef = EquipmentRef()
+    biz_step: str = Field(default="receiving", description="EPCIS business step (CBV name)")
+    disposition: str = Field(default="in_progress", description="EPCIS disposition (CBV)")
 
 
 class MappingFile(Strict):
@@ -170,3 +189,4 @@ class MappingFile(Strict):
     sources: dict[Id, Source]
     signals: dict[SignalName, Signal]
     stations: dict[Id, Station]
+    materials: dict[Id, MaterialPoint] = {}

@@ -11,22 +11,51 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from drivers.base import Quality, Sample
+from drivers.base import Quality, Sample, SampleValue, Scan
 from mapping.engine import CompiledMapping, Engine
 from sync.packet import Draft, format_time
 
 DEFAULT_TICK_S = 0.1
 
 
+def _scan_from_json(obj: dict[str, Any]) -> Scan:
+    fields = obj.get("fields") or {}
+    return Scan(
+        kind=str(obj["kind"]), code=str(obj["code"]),
+        fields=tuple(sorted((str(k), str(v)) for k, v in fields.items())),
+        epc=obj.get("epc"), event=str(obj.get("event", "read")), antenna=obj.get("antenna"),
+        rssi=obj.get("rssi"),
+    )
+
+
+def _scan_to_json(scan: Scan) -> dict[str, Any]:
+    record: dict[str, Any] = {"kind": scan.kind, "code": scan.code, "event": scan.event}
+    if scan.fields:
+        record["fields"] = scan.field_map
+    for name in ("epc", "antenna", "rssi"):
+        if getattr(scan, name) is not None:
+            record[name] = getattr(scan, name)
+    return record
+
+
 def sample_from_json(obj: dict[str, Any], first_time: float | None = None) -> Sample:
-    """A recorded sample; `monotonic` defaults to seconds since the recording's first sample."""
+    """A recorded sample; `monotonic` defaults to seconds since the recording's first sample.
+    A scan is recorded as `{"scan": {...}}` in place of a plain value."""
     time = float(obj["time"])
     monotonic = obj.get("monotonic")
     if monotonic is None:
         monotonic = time - (first_time if first_time is not None else time)
+    raw = obj.get("value")
+    value: SampleValue
+    if isinstance(raw, dict) and "scan" in raw:
+        value = _scan_from_json(raw["scan"])
+    elif raw is None or isinstance(raw, bool | int | float | str):
+        value = raw
+    else:
+        raise ValueError(f"value must be a number, text, boolean, null or a scan: {raw!r}")
     return Sample(
         signal=str(obj["signal"]),
-        value=obj.get("value"),
+        value=value,
         quality=Quality(obj.get("quality", "good")),
         time=time,
         monotonic=float(monotonic),
@@ -35,9 +64,10 @@ def sample_from_json(obj: dict[str, Any], first_time: float | None = None) -> Sa
 
 
 def sample_to_json(sample: Sample) -> str:
+    value = sample.value
     record: dict[str, Any] = {
         "signal": sample.signal,
-        "value": sample.value,
+        "value": {"scan": _scan_to_json(value)} if isinstance(value, Scan) else value,
         "quality": str(sample.quality),
         "time": round(sample.time, 6),
         "monotonic": round(sample.monotonic, 6),

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, TypeAdapter, WithJsonSchema
 
 from mapping.filters import FilterSpec
+from mapping.serial_source import SerialSource
 from mapping.types import Duration, Id, Strict
 
 _VALUE_TYPE = re.compile(
@@ -95,7 +96,8 @@ class OpcUaSource(Strict):
 
 
 Source = Annotated[
-    ModbusTcpSource | ModbusRtuSource | OpcUaSource, Field(discriminator="protocol")
+    ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource,
+    Field(discriminator="protocol"),
 ]
 
 
@@ -131,11 +133,14 @@ class Signal(Strict):
         return self.address or self.node or ""
 
 
-def source_protocol(source: ModbusTcpSource | ModbusRtuSource | OpcUaSource) -> str:
+def source_protocol(
+    source: ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource,
+) -> str:
     """The protocol name a packet's `origin` carries: `modbus` or `opcua`."""
     return source.protocol.split("_")[0]
 
 
-SOURCE_ADAPTER: TypeAdapter[ModbusTcpSource | ModbusRtuSource | OpcUaSource] = TypeAdapter(
-    Source)
+SOURCE_ADAPTER: TypeAdapter[
+    ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource
+] = TypeAdapter(Source)
 SIGNAL_ADAPTER: TypeAdapter[Signal] = TypeAdapter(Signal)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from drivers.base import Quality, Sample
-from mapping.engine import CounterTrack, Engine
+from mapping.engine import Engine
 from mapping.load import load_mapping
+from mapping.station import CounterTrack
 from sync import packet as pk
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "mapping.yaml"
@@ -135,3 +136,44 @@ def test_counter_rollover_reset_and_preset(bits: int, readings: list[int], delta
         -> None:
     track = CounterTrack(bits, max_step=1000)
     assert [track.advance(r) for r in readings] == deltas
+
+
+def test_reload_keeps_state_of_unchanged_stations_and_resets_changed_ones() -> None:
+    from mapping import yamlsrc
+    from mapping.load import compile_document
+
+    rec = Recorder()
+    for signal, value in [("press.good", 0), ("press.scrap", 0), ("press.order", 1001),
+                          ("press.planned", 20), ("press.busy", False), ("press.busy", True),
+                          ("press.good", 3)]:
+        rec.feed(signal, value)
+    text = CONFIG.read_text()
+
+    same = Engine(compile_document(yamlsrc.load(text, "m.yaml")), previous=rec.engine)
+    run = same.states["press-1"].run
+    assert run is not None and run.good == 3 and run.state == "Running"
+    assert same.values["press.good"] == 3
+
+    changed_text = text.replace("progress: {every: 5}", "progress: {every: 2}")
+    changed = Engine(compile_document(yamlsrc.load(changed_text, "m.yaml")),
+                     previous=rec.engine)
+    assert changed.states["press-1"].run is None  # its definition changed: a fresh start
+
+
+def test_scanned_code_sets_order_and_planned_quantity() -> None:
+    from mapping import yamlsrc
+    from mapping.load import compile_document
+
+    text = CONFIG.read_text().replace(
+        'format: "WO-{value}"\n      planned: press.planned',
+        'pattern: "^WO(?P<order>\\\\d+)/Q(?P<planned>\\\\d+)$"\n      format: "WO-{value}"')
+    engine = Engine(compile_document(yamlsrc.load(text, "m.yaml")))
+    packets = []
+    for n, (signal, value) in enumerate([("press.good", 0), ("press.order", "PALLET-9"),
+                                         ("press.busy", False), ("press.busy", True),
+                                         ("press.order", "WO777/Q3"), ("press.busy", False),
+                                         ("press.busy", True), ("press.good", 3)]):
+        packets += engine.step(Sample(signal, value, Quality.GOOD, T0 + n, n))  # type: ignore[arg-type]
+    assert [(p.type.rsplit(".", 1)[1], p.data["workOrder"]["id"],
+             p.data["quantities"].get("planned")) for p in packets] == [
+        ("started", "WO-777", 3), ("completed", "WO-777", 3)]

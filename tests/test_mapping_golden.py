@@ -63,3 +63,21 @@ def test_malformed_mapping_is_refused_with_positions(case: Path) -> None:
     for line in got:
         file, row, column, _ = line.split(":", 3)
         assert file == "mapping.yaml" and int(row) >= 1 and int(column) >= 1
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[p.name for p in GOOD])
+def test_every_replayed_packet_is_a_valid_v1_packet(case: Path) -> None:
+    from sync import packet as pk
+
+    lines = (case / "expected.jsonl").read_text().splitlines()
+    assert lines
+    for line in lines:
+        replayed = json.loads(line)
+        event = {
+            "specversion": "1.0", "id": "01JDA5Q1Y4S7M2R8K3VZC6TB9E", "source": "plant1/edge-07",
+            "type": replayed["type"], "subject": replayed["subject"], "time": replayed["time"],
+            "recordedtime": replayed["time"], "sequence": pk.format_sequence(replayed["sequence"]),
+            "sourceepoch": "01JCZ0K3M9B4X2W7Q5N8D1F6HA", "datacontenttype": "application/json",
+            "dataschema": "keyop:packet:1", "data": replayed["data"],
+        }
+        pk.from_obj(event)

@@ -1,0 +1,75 @@
+"""The folder rules of ARCHITECTURE.md, read from the imports themselves."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("drivers", "mapping", "edge_store", "sync", "hub", "gateway", "simulators")
+
+# What each package may import from the project (its own package is always allowed).
+ALLOWED: dict[str, set[str]] = {
+    "drivers": set(),
+    "mapping": {"drivers.base", "sync.packet"},
+    "edge_store": set(),
+    "sync": {"edge_store"},
+    "hub": {"sync.packet", "sync.topics"},
+    "simulators": {"drivers.framing", "sync.packet"},
+    "gateway": set(PACKAGES),
+}
+# The engine's modules stay pure: no I/O, no clock, no randomness.
+PURE = ("engine", "station", "triggers", "expr", "filters", "materials", "replay")
+IMPURE_IMPORTS = {"time", "asyncio", "socket", "os", "pathlib", "subprocess", "random",
+                  "threading", "sqlalchemy", "paho"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in PACKAGES:  # `from sync import packet` imports sync.packet
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+            else:
+                found.add(node.module)
+    return found
+
+
+def _project(name: str) -> str | None:
+    top = name.split(".")[0]
+    return top if top in PACKAGES else None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import_only_what_the_architecture_allows(package: str) -> None:
+    allowed = ALLOWED[package]
+    wrong = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in _imports(path):
+            top = _project(name)
+            if top is None or top == package:
+                continue
+            if not any(name == a or name.startswith(a + ".") or a == top for a in allowed):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_outside_gateway_imports_gateway() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}"
+        for package in PACKAGES if package != "gateway"
+        for path in (ROOT / package).rglob("*.py")
+        if any(_project(name) == "gateway" for name in _imports(path))
+    ]
+    assert not offenders
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_mapping_engine_does_no_io_and_reads_no_clock(module: str) -> None:
+    names = _imports(ROOT / "mapping" / f"{module}.py")
+    assert not {n.split(".")[0] for n in names} & IMPURE_IMPORTS, names
