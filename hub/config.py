@@ -6,7 +6,9 @@ Errors name the file, the line and column when known, the key path and what was 
 
 from __future__ import annotations
 
+import hashlib
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ class MqttSection(_Strict):
     client_id: str = Field(default="keyop-hub-1", min_length=1, max_length=128)
     share_group: str = Field(default="keyop-hub", pattern=ID_PATTERN)
     username: str | None = None
-    password: str | None = None
+    # The hub's broker password is read from this file (never written in hub.yaml).
+    password_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # Messages wait in the broker session while the hub is away (the edge outbox is the real
     # buffer; this only saves resends).
@@ -52,13 +55,102 @@ class MqttSection(_Strict):
     ingest_queue: int = Field(default=5_000, ge=10)
 
 
+KEY_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key: `sha256:<hex>`.
+
+    API keys are 256-bit random tokens (`keyop hub acl` makes them), so a fast hash is enough:
+    there is nothing to brute-force, unlike a human password.
+    """
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def read_secret(path: str | Path) -> str:
+    """A secret from a file: its first line, stripped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read secret: {error.strerror}") from None
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(secret) < 16:
+        raise ConfigError(f"{path}: secret is shorter than 16 characters")
+    return secret
+
+
 class SupplierConfig(_Strict):
-    """What one supplier may see."""
+    """What one supplier may see, and how it proves who it is."""
 
     partner_params: bool = Field(default=False, description="receive params of class 'partner'")
     params: list[str] | None = Field(
         default=None, description="allow-list of param names (still subject to class rules)"
     )
+    batch: bool = Field(
+        default=False,
+        description="receive events as CloudEvents batches (one MQTT message per work order "
+        "and fan-out step, application/cloudevents-batch+json) instead of one per event",
+    )
+    station_names: dict[str, str] | None = Field(
+        default=None,
+        description="equipment path -> the public name this supplier sees instead",
+    )
+    api_key_hash: str | None = Field(
+        default=None, pattern=KEY_HASH_PATTERN, description="sha256:<hex> of the API key"
+    )
+    api_key_file: str | None = Field(
+        default=None, description="file holding the API key (hashed when the hub loads it)"
+    )
+    mqtt_password_file: str | None = Field(
+        default=None, description="file holding the broker password (`keyop hub acl`)"
+    )
+
+    def key_hashes(self) -> list[str]:
+        """The stored forms of this supplier's API keys."""
+        found = [self.api_key_hash] if self.api_key_hash else []
+        if self.api_key_file:
+            found.append(hash_key(read_secret(self.api_key_file)))
+        return found
+
+
+class GatewayConfig(_Strict):
+    """An edge gateway allowed on the broker (its id is its MQTT username)."""
+
+    mqtt_password_file: str | None = Field(
+        default=None, description="file holding the broker password (`keyop hub acl`)"
+    )
+
+
+class ApiSection(_Strict):
+    """The supplier REST API, served by the hub process."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="bind address; loopback by default")
+    port: int = Field(default=8710, ge=0, le=65535, description="0 picks a free port")
+    max_limit: int = Field(default=1000, ge=1, le=10_000, description="largest page size")
+    stream_poll_s: float = Field(default=1.0, gt=0, le=60,
+                                 description="SSE: how often to look for other workers' rows")
+    admin_key_hash: str | None = Field(default=None, pattern=KEY_HASH_PATTERN)
+    admin_key_file: str | None = None
+
+
+class OrderConfig(_Strict):
+    """What hub.yaml knows about one work order (the API may add assignments and due times)."""
+
+    due: datetime | None = Field(default=None, description="RFC 3339 due time of the order")
+
+
+class AlertsSection(_Strict):
+    """Delay alerts: periodic evaluation of every running operation."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=30.0, gt=0, description="evaluation period")
+    margin_s: float = Field(default=600.0, ge=0,
+                            description="alert when the estimate passes the due time by more")
+    stall_after_s: float = Field(default=300.0, gt=0,
+                                 description="a running operation silent this long is stalled")
+    window: int = Field(default=20, ge=2, le=1000,
+                        description="recent progress points used for the rate")
 
 
 class Route(_Strict):
@@ -89,17 +181,23 @@ class HubConfig(_Strict):
 
     hub: HubSection = HubSection()
     mqtt: MqttSection = MqttSection()
+    api: ApiSection = ApiSection()
+    alerts: AlertsSection = AlertsSection()
+    gateways: dict[str, GatewayConfig] = Field(default_factory=dict)
     suppliers: dict[str, SupplierConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    orders: dict[str, OrderConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _suppliers_known(self) -> HubConfig:
-        for name in self.suppliers:
-            if not re.match(ID_PATTERN, name):
-                raise ValueError(
-                    f"suppliers.{name}: id {name!r} must match {ID_PATTERN} "
-                    "(lowercase letters, digits, '-')"
-                )
+        # Ids become MQTT usernames and topic levels: '+', '#' or '/' could widen an ACL.
+        for section, names in (("suppliers", self.suppliers), ("gateways", self.gateways)):
+            for name in names:
+                if not re.match(ID_PATTERN, name):
+                    raise ValueError(
+                        f"{section}.{name}: id {name!r} must match {ID_PATTERN} "
+                        "(lowercase letters, digits, '-')"
+                    )
         for index, route in enumerate(self.routes):
             if route.supplier not in self.suppliers:
                 known = ", ".join(sorted(self.suppliers)) or "none"

@@ -5,6 +5,19 @@ cursor, routes each, publishes the redacted copy to the supplier's events topic 
 state to its state topic, and advances a supplier's cursor only past packets whose messages the
 broker has PUBACKed. A crash before the cursor moves means a resend with the same `id`, which
 suppliers dedupe on.
+
+Publishing is pipelined: up to `window` batches are in flight at once, so the next batch is
+read, routed and handed to paho while the broker still acknowledges the previous ones; batches
+settle in order. When a message is refused or not acknowledged in time, reading stops, what is
+in flight settles (the failing supplier's cursor stays before its first unacknowledged message)
+and the next pass resends from the cursors.
+
+Only one hub worker fans out at a time: the worker holding the `fanout` lease (a row in the
+shared database, renewed while it works, taken over when it expires). Other workers ingest.
+
+A new supplier (no cursor yet) starts at the head of the log: it gets what arrives from now
+on, plus the retained state of every operation that moves; history before it joined is there to
+read through the API's cursor feed (`GET /v1/events?after=0`), not pushed at it over MQTT.
 """
 
 from __future__ import annotations
@@ -12,23 +25,44 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import pydantic_core
 
 from hub import routing
 from hub.config import HubConfig
-from hub.mqtt import HubMqtt, publish_properties
+from hub.mqtt import HubMqtt, packed_properties
+from hub.state import CLOSED_STATES, state_document
 from hub.store import Store, StoredPacket
 from sync import topics
-from sync.packet import CONTENT_TYPE
+from sync.packet import BATCH_CONTENT_TYPE, CONTENT_TYPE, MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
 STATE_EXPIRY_S = 30 * 86_400
 STATE_CONTENT_TYPE = "application/json"
-# The same for every state message; paho's Properties are costly to build (~70 us), and paho
-# only reads them.
-_STATE_PROPERTIES = publish_properties(STATE_CONTENT_TYPE, expiry_s=STATE_EXPIRY_S)
+LEASE = "fanout"
+# A batch message stays under the packet size cap (PACKET.md: 64 KB per event and per batch).
+_BATCH_BYTES = MAX_EVENT_BYTES - 1024
+LEASE_TTL_S = 15.0
+
+Sent = dict[str, list[tuple[int, asyncio.Future[None]]]]
+
+
+@dataclass(slots=True)
+class _Step:
+    """One batch in flight: what was sent to whom, and the last pk read."""
+
+    last_pk: int
+    sent: Sent = field(default_factory=dict)
+
+    def futures(self) -> list[asyncio.Future[None]]:
+        return [f for pairs in self.sent.values() for _, f in pairs]
 
 
 class FanOut:
@@ -40,119 +74,186 @@ class FanOut:
         store: Store,
         mqtt: HubMqtt,
         *,
+        router: Callable[[], routing.Router] | None = None,
         batch: int = 500,
+        window: int = 4,
         puback_timeout_s: float = 30.0,
         idle_s: float = 2.0,
+        holder: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.mqtt = mqtt
+        fixed = routing.Router(config)
+        self.router = router or (lambda: fixed)
         self.batch = batch
+        self.window = window
         self.puback_timeout_s = puback_timeout_s
         self.idle_s = idle_s
+        self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
         self.published = 0
         self.failed = 0
+        self.packets = 0
         self._wake = asyncio.Event()
+        self._lease_until = 0.0
 
     def wake(self) -> None:
         """New packets were committed."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fan out until `stop` is set (finishing the step in progress)."""
-        while not stop.is_set():
-            self._wake.clear()
-            moved, ok = await self.step()
-            if moved and ok:
-                continue  # more may be waiting: read on without sleeping
-            # Idle, or a supplier's publish failed: wait for new packets or the slow timer.
-            waiters = [asyncio.ensure_future(stop.wait())]
-            if ok:
-                waiters.append(asyncio.ensure_future(self._wake.wait()))
-            _, pending = await asyncio.wait(
-                waiters, timeout=self.idle_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
+        """Fan out until `stop` is set (finishing the batches in flight)."""
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                ok = await self._lease() and await self.pump(stop)
+                # Idle, not the lease holder, or a supplier's publish failed: wait for new
+                # packets (only when healthy) or the slow timer.
+                waiters = [asyncio.ensure_future(stop.wait())]
+                if ok:
+                    waiters.append(asyncio.ensure_future(self._wake.wait()))
+                _, pending = await asyncio.wait(
+                    waiters, timeout=self.idle_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+        finally:
+            if self._lease_until:
+                await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
 
-    async def step(self) -> tuple[int, bool]:
-        """One pass over the packets after the lowest cursor: (packets read, all acknowledged)."""
+    async def _lease(self) -> bool:
+        """Hold (or renew) the fan-out lease; renewed when a third of it has gone."""
+        now = time.monotonic()
+        if now < self._lease_until - 2 * LEASE_TTL_S / 3:
+            return True
+        held = await asyncio.to_thread(self.store.try_lease, LEASE, self.holder, LEASE_TTL_S)
+        if held and not self._lease_until:
+            log.info("fan-out lease taken", extra={"holder": self.holder})
+        self._lease_until = now + LEASE_TTL_S if held else 0.0
+        return held
+
+    async def pump(self, stop: asyncio.Event) -> bool:
+        """Send everything after the cursors, pipelined; True when all was acknowledged."""
         suppliers = list(self.config.suppliers)
         if not suppliers:
-            return 0, True
+            return True
         cursors = await asyncio.to_thread(self.store.get_cursors, suppliers)
-        rows = await asyncio.to_thread(self.store.packets_after, min(cursors.values()), self.batch)
-        if not rows:
-            return 0, True
-        events = [json.loads(row.body) for row in rows]
-        latest = await asyncio.to_thread(self._latest_states, rows)
+        read_pk = min(cursors.values())
+        inflight: deque[_Step] = deque()
+        blocked: set[str] = set()
+        while True:
+            if (not blocked and not stop.is_set() and len(inflight) < self.window
+                    and await self._lease()):
+                rows = await asyncio.to_thread(self.store.packets_after, read_pk, self.batch)
+                if rows:
+                    inflight.append(await self._send(rows, cursors))
+                    read_pk = rows[-1].pk
+                    while inflight and all(f.done() for f in inflight[0].futures()):
+                        await self._settle(inflight.popleft(), cursors, blocked)
+                    continue
+            if not inflight:
+                return not blocked
+            # The window is full, nothing is left to read, or we are stopping or failing:
+            # wait for the oldest batch, then settle it.
+            oldest = inflight[0]
+            pending = [f for f in oldest.futures() if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=self.puback_timeout_s)
+            await self._settle(inflight.popleft(), cursors, blocked)
 
-        sent: Sent = {s: [] for s in suppliers}
-        for row, event in zip(rows, events, strict=True):
-            for supplier in routing.suppliers_for(event, self.config):
-                if row.pk <= cursors[supplier]:
-                    continue  # this supplier already has it
-                for future in self._publish(supplier, row, event, latest):
-                    sent[supplier].append((row.pk, future))
-
-        futures = [f for pairs in sent.values() for _, f in pairs]
-        if futures:
-            await asyncio.wait(futures, timeout=self.puback_timeout_s)
-        advanced, acknowledged, failures = settle_cursors(cursors, sent, rows[-1].pk)
+    async def _settle(self, step: _Step, cursors: dict[str, int], blocked: set[str]) -> None:
+        # A supplier that failed in an earlier batch must not move past its failure.
+        sent = {s: pairs for s, pairs in step.sent.items() if s not in blocked}
+        advanced, acknowledged, failures = settle_cursors(cursors, sent, step.last_pk)
         self.published += acknowledged
         for supplier, pk, error in failures:
             self.failed += 1
+            blocked.add(supplier)
             log.warning("fan-out not acknowledged, will resend: %s", error,
                         extra={"supplier": supplier, "pk": pk})
-        self.mqtt.forget(futures)
-        await asyncio.to_thread(self.store.set_cursors, advanced)
-        return len(rows), not failures
+        self.mqtt.forget(step.futures())
+        if advanced:
+            cursors.update(advanced)
+            await asyncio.to_thread(self.store.set_cursors, advanced)
 
-    def _publish(
-        self, supplier: str, row: StoredPacket, event: dict[str, Any],
-        latest: dict[tuple[str, str], int | None],
-    ) -> list[asyncio.Future[None]]:
-        rules = self.config.suppliers[supplier]
-        work_order = row.work_order or ""
-        props = publish_properties(
-            CONTENT_TYPE,
-            [("id", row.id), ("type", row.type), ("sequence", str(event.get("sequence", "")))],
-        )
-        futures = [
-            self.mqtt.publish(
-                topics.sup_events(supplier, work_order),
-                routing.redact(event, rules),
-                properties=props,
-            )
-        ]
-        state = routing.state_of(event)
-        if (
-            state is not None
-            and row.work_order
-            and row.operation
+    async def _send(self, rows: list[StoredPacket], cursors: dict[str, int]) -> _Step:
+        """Route and publish one batch (without waiting for PUBACKs)."""
+        step = _Step(rows[-1].pk, {s: [] for s in self.config.suppliers})
+        events = [pydantic_core.from_json(row.body) for row in rows]
+        pairs = {(r.work_order, r.operation) for r in rows
+                 if r.work_order and r.operation and r.type.startswith("keyop.operation.")}
+        states = await asyncio.to_thread(self.store.states, pairs) if pairs else {}
+        router = self.router()
+        # Suppliers that take CloudEvents batches: (supplier, work order) -> [(pk, seq, json)].
+        grouped: dict[tuple[str, str], list[tuple[int, str, bytes]]] = {}
+        for row, event in zip(rows, events, strict=True):
+            concerned = [s for s in router.suppliers_for(event) if row.pk > cursors[s]]
+            if not concerned:
+                continue
+            sequence = str(event.get("sequence", ""))
+            props: Any = None
+            state = states.get((row.work_order or "", row.operation or ""))
             # Only the newest event of the operation sets the retained state, whatever the
             # arrival order (guarantee 6).
-            and latest.get((row.work_order, row.operation)) == row.pk
-        ):
-            futures.append(
-                self.mqtt.publish(
-                    topics.sup_state(supplier, row.work_order, row.operation),
-                    state,
-                    retain=True,
-                    properties=_STATE_PROPERTIES,
-                )
-            )
-        return futures
+            latest = state is not None and state.last_pk == row.pk
+            for supplier in concerned:
+                sent = step.sent[supplier]
+                rules = self.config.suppliers[supplier]
+                if rules.batch:
+                    grouped.setdefault((supplier, row.work_order or ""), []).append(
+                        (row.pk, sequence, routing.redact(event, rules)))
+                else:
+                    if props is None:
+                        props = packed_properties(
+                            CONTENT_TYPE,
+                            [("id", row.id), ("type", row.type), ("sequence", sequence)])
+                    sent.append((row.pk, self.mqtt.publish(
+                        topics.sup_events(supplier, row.work_order or ""),
+                        routing.redact(event, rules), properties=props)))
+                if latest:
+                    sent.append((row.pk, self._publish_state(supplier, state)))
+            self.packets += 1
+        for (supplier, work_order), items in grouped.items():
+            self._publish_batches(step.sent[supplier], supplier, work_order, items)
+        for supplier in {s for s, _ in grouped}:
+            # settle_cursors reads each supplier's messages in pk order.
+            step.sent[supplier].sort(key=lambda pair: pair[0])
+        return step
 
-    def _latest_states(self, rows: Iterable[StoredPacket]) -> dict[tuple[str, str], int | None]:
-        pairs: set[tuple[str, str]] = set()
-        for row in rows:
-            if row.work_order and row.operation and row.type.startswith("keyop.operation."):
-                pairs.add((row.work_order, row.operation))
-        return {pair: self.store.latest_state_pk(*pair) for pair in pairs}
+    def _publish_batches(self, sent: list[tuple[int, asyncio.Future[None]]], supplier: str,
+                         work_order: str, items: list[tuple[int, str, bytes]]) -> None:
+        """One CloudEvents batch message per run of events under the size cap."""
+        topic = topics.sup_events(supplier, work_order)
+        start = 0
+        while start < len(items):
+            size, end = 2, start
+            while end < len(items) and (end == start or size + len(items[end][2]) + 1
+                                        <= _BATCH_BYTES):
+                size += len(items[end][2]) + 1
+                end += 1
+            chunk = items[start:end]
+            props = packed_properties(BATCH_CONTENT_TYPE, [("sequence", chunk[0][1]),
+                                                           ("sequence", chunk[-1][1])])
+            future = self.mqtt.publish(topic, b"[" + b",".join(i[2] for i in chunk) + b"]",
+                                       properties=props)
+            sent.extend((pk, future) for pk, _, _ in chunk)
+            start = end
+
+    def _publish_state(self, supplier: str, state: Any) -> asyncio.Future[None]:
+        topic = topics.sup_state(supplier, state.work_order, state.operation)
+        if state.state in CLOSED_STATES:
+            # PACKET.md: cleared (an empty retained message) when the operation closes; its
+            # final state stays readable through the API.
+            return self.mqtt.publish(topic, b"", retain=True)
+        document = state_document(state)
+        names = self.config.suppliers[supplier].station_names
+        if names and document["station"] in names:
+            document["station"] = names[document["station"]]
+        payload = json.dumps(document, separators=(",", ":")).encode()
+        return self.mqtt.publish(topic, payload, retain=True, properties=_STATE_PROPERTIES)
 
 
-Sent = dict[str, list[tuple[int, asyncio.Future[None]]]]
+_STATE_PROPERTIES = packed_properties(STATE_CONTENT_TYPE, expiry_s=STATE_EXPIRY_S)
 
 
 def settle_cursors(

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import socket
@@ -29,13 +30,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hub.config import MqttSection
+from hub.config import MqttSection, read_secret
 from sync import topics
 
 log = logging.getLogger(__name__)
 
-# paho rescans its in-flight set on every PUBACK; FIELD-NOTES: keep the window 20-100.
-_INFLIGHT_WINDOW = 50
+# paho rescans its in-flight set on every PUBACK (`_update_inflight`, ~1/3 of its PUBACK
+# cost at 50); FIELD-NOTES: 20 is the fastest window.
+_INFLIGHT_WINDOW = 20
 # A PUBACK that arrives before its publisher registered the message id is kept this long.
 _EARLY_TTL_S = 60.0
 
@@ -71,6 +73,64 @@ def publish_properties(
     return props
 
 
+class PackedProperties(Properties):
+    """PUBLISH properties packed once by `packed_properties`.
+
+    paho packs a message's properties on every publish (~30 us) and building a `Properties`
+    costs ~40 us more: together more than paho's own cost per message, on the fan-out's hot
+    path. paho only calls `pack()` on outgoing properties, so this subclass answers it from
+    bytes computed once.
+    """
+
+    def pack(self) -> bytes:
+        packed: bytes = self.__dict__["_packed"]
+        return packed
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return len(data).to_bytes(2, "big") + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        digit, value = value % 128, value // 128
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+_PACKED_TEMPLATE = PackedProperties(PacketTypes.PUBLISH)
+
+
+def packed_properties(
+    content_type: str,
+    user: list[tuple[str, str]] | None = None,
+    expiry_s: int | None = None,
+) -> Properties:
+    """The same properties as `publish_properties`, about ten times cheaper to make and send.
+
+    Encoded in the order paho uses (by property identifier): Payload Format Indicator (1),
+    Message Expiry Interval (2), Content Type (3), User Property (38).
+    """
+    body = b"\x01\x01"
+    if expiry_s is not None:
+        body += b"\x02" + expiry_s.to_bytes(4, "big")
+    body += b"\x03" + _utf8(content_type)
+    for key, value in user or ():
+        body += b"\x26" + _utf8(key) + _utf8(value)
+    props = copy.copy(_PACKED_TEMPLATE)
+    # Set through __dict__: Properties.__setattr__ validates names (and would refuse `_packed`).
+    props.__dict__.update(ContentType=content_type, PayloadFormatIndicator=1,
+                          _packed=_varint(len(body)) + body)
+    if user:
+        props.__dict__["UserProperty"] = list(user)
+    if expiry_s is not None:
+        props.__dict__["MessageExpiryInterval"] = expiry_s
+    return props
+
+
 class HubMqtt:
     """One paho client for ingest, acks and fan-out."""
 
@@ -85,6 +145,8 @@ class HubMqtt:
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None] | None] = {}
         self._early: dict[int, tuple[float, ReasonCode]] = {}
+        self._settled: list[tuple[asyncio.Future[None], ReasonCode]] = []
+        self._settle_scheduled = False
 
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -93,7 +155,8 @@ class HubMqtt:
             manual_ack=True,
         )
         if config.username is not None:
-            client.username_pw_set(config.username, config.password)
+            password = read_secret(config.password_file) if config.password_file else None
+            client.username_pw_set(config.username, password)
         client.max_inflight_messages_set(_INFLIGHT_WINDOW)
         client.reconnect_delay_set(1, 30)
         client.will_set(
@@ -103,6 +166,9 @@ class HubMqtt:
             retain=True,
             properties=publish_properties("application/json"),
         )
+        # Set once the broker has confirmed the ingest subscription (tests, benchmarks).
+        self.subscribed = threading.Event()
+        client.on_subscribe = self._on_subscribe
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -175,6 +241,14 @@ class HubMqtt:
             properties=publish_properties("application/json"),
         )
 
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reason_codes: list[ReasonCode], _properties: Properties | None) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("broker refused the hub's subscriptions", extra={"reasons": refused})
+            return
+        self.subscribed.set()
+
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
         reason_code: ReasonCode, _properties: Properties | None,
@@ -207,8 +281,25 @@ class HubMqtt:
                 self._early[mid] = (time.monotonic(), reason_code)
                 return
             future = self._pending.pop(mid)
-        if future is not None:
-            self._call(_settle, future, reason_code)
+            if future is None:
+                return
+            # One wake-up of the loop per burst of PUBACKs, not one per message: each
+            # call_soon_threadsafe writes to the loop's self-pipe (measured: 5 % of the hub's
+            # CPU at 20,000 messages/s).
+            self._settled.append((future, reason_code))
+            if self._settle_scheduled:
+                return
+            self._settle_scheduled = True
+        if not self._call(self._settle_all):
+            with self._lock:
+                self._settle_scheduled = False
+
+    def _settle_all(self) -> None:
+        with self._lock:
+            settled, self._settled = self._settled, []
+            self._settle_scheduled = False
+        for future, reason_code in settled:
+            _settle(future, reason_code)
 
     def _log_status(self, msg: mqtt.MQTTMessage) -> None:
         gateway = topics.gateway_from_up_topic(msg.topic)

@@ -1,4 +1,5 @@
-"""The hub's tables (SQLAlchemy Core), created at start; Alembic migrations come later."""
+"""The hub's tables (SQLAlchemy Core). Alembic migrations (hub/migrations) create and upgrade
+them; this module is what the code reads and writes, and a test keeps the two in step."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ packets = sa.Table(
     sa.Column("operation", sa.String(128)),
     sa.Column("event_time", sa.Double, nullable=False),
     sa.Column("received_at", sa.Double, nullable=False),
+    # Cumulative good count of operation events, for the progress-rate estimate (alerts).
+    sa.Column("good", sa.BigInteger),
     sa.Column("body", sa.Text, nullable=False),
     sa.UniqueConstraint("source", "epoch", "seq", name="uq_packets_source_epoch_seq"),
     sa.UniqueConstraint("source", "id", name="uq_packets_source_id"),
@@ -53,4 +56,81 @@ dead_letters = sa.Table(
     sa.Column("topic", sa.String(512), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+
+# The state of each work order's operation: the newest operation event's view (newest by
+# per-source sequence, and by event time across sources), whatever the arrival order.
+op_state = sa.Table(
+    "op_state",
+    metadata,
+    sa.Column("work_order", sa.String(128), primary_key=True),
+    sa.Column("operation", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("good", sa.BigInteger, nullable=False),
+    sa.Column("scrap", sa.BigInteger, nullable=False),
+    sa.Column("rework", sa.BigInteger, nullable=False),
+    sa.Column("planned", sa.BigInteger),
+    sa.Column("uom", sa.String(8), nullable=False),
+    sa.Column("station", sa.String(512), nullable=False),
+    sa.Column("customer_orders", sa.Text, nullable=False),  # JSON array
+    sa.Column("started_at", sa.Double),
+    sa.Column("completed_at", sa.Double),
+    sa.Column("last_time", sa.Double, nullable=False),
+    sa.Column("last_source", sa.String(160), nullable=False),
+    sa.Column("last_epoch", sa.String(26), nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_pk", sa.BigInteger, nullable=False),
+    sa.Column("last_id", sa.String(26), nullable=False),
+    sa.Column("received_at", sa.Double, nullable=False),
+)
+
+# Order-to-supplier assignments made through the API (besides hub.yaml routes), with due times.
+assignments = sa.Table(
+    "assignments",
+    metadata,
+    sa.Column("work_order", sa.String(128), primary_key=True),
+    sa.Column("supplier", sa.String(64), primary_key=True),
+    sa.Column("due", sa.Double),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# Every API read, refused ones included: who, what, when, result.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("pk", _PK, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("supplier", sa.String(64)),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("query", sa.String(1024), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("client", sa.String(64), nullable=False),
+)
+
+# Delay alerts: one row per (work order, operation, kind), its current status; each change
+# becomes one alert packet per concerned supplier.
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("pk", _PK, primary_key=True, autoincrement=True),
+    sa.Column("work_order", sa.String(128), nullable=False),
+    sa.Column("operation", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("supplier", sa.String(64), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("published", sa.Boolean, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_alerts_key", "work_order", "operation", "kind", "supplier"),
+)
+
+# Leases: which hub worker runs a singleton job (fan-out, alert evaluation) right now.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
 )

@@ -18,23 +18,29 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.alerts import Alerts
+from hub.api import ApiContext
+from hub.api.auth import Keys
 from hub.config import ConfigError, HubConfig, load_config
 from hub.fanout import FanOut
 from hub.mqtt import HubMqtt, Inbound, publish_properties
+from hub.server import ApiServer
 from hub.store import Incoming, Store, StoreResult
+from hub.validate import decode_events, validate_event
 from sync import topics
-from sync.packet import PacketError, decode_many, format_sequence, from_obj
+from sync.packet import CONTENT_TYPE, PacketError, format_sequence
 
 log = logging.getLogger(__name__)
 
 # Group commit: gather messages for up to this long after the first, or this many events
 # (a message may carry a batch of events), per transaction.
-BATCH_WINDOW_S = 0.02
 BATCH_MAX_EVENTS = 500
 # How often the ingest loop looks at the stop flag while idle.
 _POLL_S = 0.25
 # Pause after a database error before the batch is tried again.
 _DB_RETRY_S = 1.0
+# How often a worker re-reads the API's order assignments (another worker may have changed them).
+_RELOAD_S = 10.0
 
 
 @dataclass(slots=True)
@@ -60,6 +66,9 @@ class HubService:
         self.store: Store | None = None
         self.mqtt: HubMqtt | None = None
         self.fanout: FanOut | None = None
+        self.context: ApiContext | None = None
+        self.api: ApiServer | None = None
+        self.alerts: Alerts | None = None
         # Gaps already reported, so a hole is logged once, not on every batch while it lasts.
         self._gaps_seen: set[tuple[str, str, int]] = set()
 
@@ -71,16 +80,35 @@ class HubService:
         """Run until `stop` is set; then finish the work in hand and leave cleanly."""
         loop = asyncio.get_running_loop()
         # create_all and the first connection block: keep them off the loop.
+        if self.config.api.enabled:
+            Keys(self.config)  # unreadable key files stop the hub here (ConfigError), not later
+        # Migrations and the first connection block: keep them off the loop.
         self.store = store = await asyncio.to_thread(Store, self.config.hub.database)
+        # Cursors for suppliers new to this database, before anything is ingested: a new
+        # supplier starts at the head of the log (hub/fanout.py).
+        await asyncio.to_thread(store.start_cursors, self.config.suppliers)
+        self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, self.config.hub.id, loop)
-        self.fanout = fanout = FanOut(self.config, store, mqtt)
+        self.fanout = fanout = FanOut(self.config, store, mqtt, router=context.router)
         mqtt.start()
         log.info("hub started", extra={"hub": self.config.hub.id,
                                        "database": store.url.render_as_string()})
         tasks = [
             asyncio.create_task(self._ingest(stop), name="hub-ingest"),
             asyncio.create_task(fanout.run(stop), name="hub-fanout"),
+            asyncio.create_task(self._reload(stop), name="hub-reload"),
         ]
+        if self.config.alerts.enabled:
+            self.alerts = Alerts(self.config, store, context)
+            alert_props = publish_properties(CONTENT_TYPE)
+            tasks.append(asyncio.create_task(self.alerts.run(
+                stop, lambda topic, payload: mqtt.publish(topic, payload,
+                                                          properties=alert_props)),
+                name="hub-alerts"))
+        if self.config.api.enabled:
+            self.api = ApiServer(self.config.api, context)
+            if await self.api.start():
+                tasks.append(asyncio.create_task(self.api.run(stop), name="hub-api"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -97,6 +125,17 @@ class HubService:
             log.info("hub stopped", extra={"stored": self.stored, "duplicates": self.duplicates,
                                            "dead_letters": self.dead_letters})
 
+    async def _reload(self, stop: asyncio.Event) -> None:
+        assert self.context is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RELOAD_S)
+            if not stop.is_set():
+                try:
+                    await asyncio.to_thread(self.context.reload)
+                except SQLAlchemyError as error:
+                    log.warning("assignments not reloaded: %s", str(error).splitlines()[0])
+
     # -- ingest ---------------------------------------------------------------------------
 
     async def _ingest(self, stop: asyncio.Event) -> None:
@@ -107,7 +146,12 @@ class HubService:
                 await self.handle(batch, stop)
 
     async def _collect(self) -> _Batch:
-        """Messages arriving within BATCH_WINDOW_S of the first, up to BATCH_MAX_EVENTS events."""
+        """Everything already waiting, up to BATCH_MAX_EVENTS events, without waiting for more.
+
+        Batches form by themselves under load (messages pile up while the previous commit
+        runs); a lone packet is committed at once instead of waiting out a window, which
+        would add its length to every acknowledgement's latency.
+        """
         assert self.mqtt is not None
         inbox = self.mqtt.inbox
         batch = _Batch()
@@ -116,19 +160,12 @@ class HubService:
         except TimeoutError:
             return batch
         self._take(first, batch)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BATCH_WINDOW_S
         while len(batch.incoming) + len(batch.rejects) < BATCH_MAX_EVENTS:
             if inbox.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                await asyncio.sleep(0)  # let messages handed over meanwhile land
+                if inbox.empty():
                     break
-                try:
-                    item = await asyncio.wait_for(inbox.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                item = inbox.get_nowait()
+            item = inbox.get_nowait()
             self._take(item, batch)
         return batch
 
@@ -154,6 +191,8 @@ class HubService:
         self._report_gaps(result)
         if result.new and self.fanout is not None:
             self.fanout.wake()
+        if result.new and self.context is not None:
+            self.context.pulse.notify()
 
     async def _store(
         self, incoming: list[Incoming], rejects: list[tuple[str, str, bytes]],
@@ -187,16 +226,22 @@ class HubService:
                   ) -> list[Incoming]:
         gateway = topics.gateway_from_up_topic(message.topic)
         try:
-            objects = decode_many(message.payload)
+            objects = decode_events(message.payload)
         except PacketError as error:
             self._reject(message.topic, str(error), message.payload, rejects)
             return []
         good: list[Incoming] = []
+        suspect = b"\\u0000" in message.payload
         for obj in objects:
             try:
-                packet = from_obj(obj)
+                packet, body = validate_event(obj)
             except PacketError as error:
                 self._reject(message.topic, str(error), _dump(obj), rejects)
+                continue
+            if suspect and "\\u0000" in body:
+                # PostgreSQL cannot store NUL in text; no real id or name carries one.
+                self._reject(message.topic, "a string holds a NUL character (\\u0000)",
+                             _dump(obj), rejects)
                 continue
             if topics.gateway_of(packet.source) != gateway:
                 # A gateway may only speak for itself (the broker ACL says so too).
@@ -204,7 +249,7 @@ class HubService:
                           "of the topic")
                 self._reject(message.topic, reason, _dump(obj), rejects)
                 continue
-            good.append(Incoming(packet, obj))
+            good.append(Incoming(packet, obj, body))
         return good
 
     def _reject(self, topic: str, reason: str, payload: bytes,
@@ -284,5 +329,8 @@ def main(config_path: str) -> int:
     except SQLAlchemyError as error:
         log.error("hub store unavailable: %s", str(error).splitlines()[0])
         return 1
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
     log.info("hub exited", extra={"uptime_s": round(time.monotonic() - started, 1)})
     return 0

@@ -19,7 +19,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from hub.schema import dead_letters, metadata, packets, source_progress, supplier_cursors
+from hub import migrate
+from hub.schema import (
+    alerts,
+    assignments,
+    audit_log,
+    dead_letters,
+    leases,
+    op_state,
+    packets,
+    source_progress,
+    supplier_cursors,
+)
+from hub.state import state_rows, upsert_states
 from sync.packet import Packet, parse_time
 
 # How many stored seqs one step of the contiguous walk reads.
@@ -28,10 +40,12 @@ _WALK_CHUNK = 5_000
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A validated packet with its raw JSON object (kept as is, unknown fields included)."""
+    """A validated packet with its raw JSON object (kept as is, unknown fields included) and,
+    when the caller has it, that object's compact JSON text (stored as the body)."""
 
     packet: Packet
     raw: dict[str, Any]
+    body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,8 @@ class StoreResult:
 
     progress: dict[tuple[str, str], Progress] = field(default_factory=dict)
     gaps: list[Gap] = field(default_factory=list)
+    # (work order, operation) whose state this batch may have changed.
+    state_keys: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def new(self) -> int:
@@ -92,6 +108,15 @@ class StoredPacket:
     body: str
 
 
+def _covering(ranges: list[tuple[int, int]], seq: int) -> int | None:
+    """How far declared ranges (sorted by start) reach without a hole, starting at `seq`."""
+    reach = seq - 1
+    for low, high in ranges:
+        if low <= reach + 1 <= high:
+            reach = high
+    return reach if reach >= seq else None
+
+
 class Store:
     """The hub's database. Thread-safe: calls run in worker threads (`asyncio.to_thread`)."""
 
@@ -106,7 +131,8 @@ class Store:
         # SQLite has one writer per file; serialising writers here avoids busy errors between
         # our own threads (other processes still wait on busy_timeout).
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        metadata.create_all(self.engine)
+        # Create or upgrade the schema (Alembic; hub/migrations).
+        migrate.upgrade(self.engine)
         self._insert = (sqlite.insert if self.is_sqlite else postgresql.insert)
 
     def close(self) -> None:
@@ -128,6 +154,7 @@ class Store:
         now = time.time() if received_at is None else received_at
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str, int]] = set()
+        by_ident: dict[tuple[str, str, int], Incoming] = {}
         for item in batch:
             p = item.packet
             key = (p.source, p.sourceepoch)
@@ -139,27 +166,74 @@ class Store:
                 prog.duplicates += 1
                 continue
             seen.add(ident)
+            by_ident[ident] = item
             rows.append(_row(item, now))
+        # One order of keys for every writer: two hub workers inserting the same keys cannot
+        # deadlock on PostgreSQL.
+        rows.sort(key=lambda r: (r["source"], r["epoch"], r["seq"]))
         with self._writing(), self.engine.begin() as conn:
-            inserted: set[tuple[str, str, int]] = set()
-            if rows:
-                stmt = (
-                    self._insert(packets)
-                    .on_conflict_do_nothing()
-                    .returning(packets.c.source, packets.c.epoch, packets.c.seq)
-                )
-                inserted = {(r.source, r.epoch, r.seq) for r in conn.execute(stmt, rows)}
-            for source, epoch, seq in seen:
+            # Lock each (source, epoch) progress row first, in one order: two hub workers that
+            # store parts of one source's stream take turns, so the later one sees the earlier
+            # one's rows and its contiguous walk misses nothing (no ack left behind).
+            for source, epoch in sorted(result.progress):
+                self._lock_progress(conn, source, epoch, now)
+            inserted = self._insert_packets(conn, rows) if rows else {}
+            states = state_rows(((by_ident[i].packet, pk) for i, pk in inserted.items()), now)
+            if states:
+                upsert_states(conn, self._insert, states)
+            result.state_keys = {(s.work_order, s.operation) for s in states}
+            for source, epoch, seq in sorted(seen):
                 prog = result.progress[(source, epoch)]
                 if (source, epoch, seq) in inserted:
                     prog.new += 1
                 else:
                     prog.duplicates += 1
-            for prog in result.progress.values():
+            for _key, prog in sorted(result.progress.items()):
                 gap = self._advance(conn, prog, now)
                 if gap is not None:
                     result.gaps.append(gap)
         return result
+
+    def _insert_packets(self, conn: Connection, rows: list[dict[str, Any]]
+                        ) -> dict[tuple[str, str, int], int]:
+        """Insert rows, skipping stored ones; the pk of each row inserted, by identity."""
+        if self.is_sqlite:
+            stmt = (
+                self._insert(packets)
+                .on_conflict_do_nothing()
+                .returning(packets.c.source, packets.c.epoch, packets.c.seq, packets.c.pk)
+            )
+            return {(r.source, r.epoch, r.seq): r.pk for r in conn.execute(stmt, rows)}
+        # PostgreSQL: SQLAlchemy would send one multi-VALUES statement per batch, whose text
+        # differs with the batch size and is too long for psycopg's query cache, so psycopg
+        # re-parses ~6,000 placeholders every time (measured: 2/3 of the batch's CPU). A
+        # one-row statement sent with executemany in pipeline mode is parsed once.
+        names = _PACKET_COLUMNS
+        dbapi: Any = conn.connection.dbapi_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(_PG_INSERT, [tuple(r[n] for n in names) for r in rows],
+                               returning=True)
+            found: dict[tuple[str, str, int], int] = {}
+            while True:
+                for pk, source, epoch, seq in cursor.fetchall():
+                    found[(source, epoch, seq)] = pk
+                if not cursor.nextset():
+                    break
+        finally:
+            cursor.close()
+        return found
+
+    def _lock_progress(self, conn: Connection, source: str, epoch: str, now: float) -> None:
+        stmt = self._insert(source_progress).values(
+            source=source, epoch=epoch, contiguous_seq=0, updated_at=now)
+        # A no-op update: it exists to take the row lock (PostgreSQL) or the write lock
+        # (SQLite) whether or not the row was there.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[source_progress.c.source, source_progress.c.epoch],
+            set_={"contiguous_seq": source_progress.c.contiguous_seq},
+        )
+        conn.execute(stmt)
 
     def _advance(self, conn: Connection, prog: Progress, now: float) -> Gap | None:
         """Walk stored seqs after the contiguous value; persist the new value; return a gap."""
@@ -170,6 +244,7 @@ class Store:
         ).scalar_one_or_none()
         prog.previous = contiguous = current or 0
         gap: Gap | None = None
+        declared: list[tuple[int, int]] | None = None  # ranges the edge named in gap records
         while True:
             seqs = conn.execute(
                 sa.select(packets.c.seq)
@@ -182,7 +257,17 @@ class Store:
                 .limit(_WALK_CHUNK)
             ).scalars().all()
             for seq in seqs:
+                if seq <= contiguous:
+                    continue  # inside a declared range we already stepped over
                 if seq != contiguous + 1:
+                    if declared is None:
+                        declared = self._declared_gaps(conn, prog.source, prog.epoch)
+                    covered = _covering(declared, contiguous + 1)
+                    if covered is not None and covered + 1 >= seq:
+                        contiguous = max(seq, covered)
+                        continue
+                    if covered is not None:
+                        contiguous = covered
                     gap = Gap(prog.source, prog.epoch, contiguous + 1, seq - 1)
                     break
                 contiguous = seq
@@ -208,6 +293,25 @@ class Store:
             )
             conn.execute(stmt)
         return gap
+
+    @staticmethod
+    def _declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, int]]:
+        """Sequence ranges the edge said it had to drop (`keyop.outbox.gap` records): they
+        count as accounted for, so the acknowledgement can pass them (ARCHITECTURE.md, 7)."""
+        bodies = conn.execute(
+            sa.select(packets.c.body).where(
+                packets.c.source == source, packets.c.epoch == epoch,
+                packets.c.type == "keyop.outbox.gap",
+            )
+        ).scalars().all()
+        ranges = []
+        for body in bodies:
+            try:
+                gap = json.loads(body)["data"]["gap"]
+                ranges.append((int(gap["fromSequence"]), int(gap["toSequence"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # validated at ingest; a bad one simply covers nothing
+        return sorted(ranges)
 
     def contiguous(self, source: str, epoch: str) -> int:
         """The highest contiguous seq stored for `(source, epoch)` (0 when none)."""
@@ -250,21 +354,158 @@ class Store:
         return [StoredPacket(*row) for row in rows]
 
     def latest_state_pk(self, work_order: str, operation: str) -> int | None:
-        """The pk of the newest operation packet of a work order's operation.
-
-        Newest by event time, then sequence: arrival order does not decide (guarantee 6).
-        """
+        """The pk of the newest operation event of a work order's operation (hub/state.py rule:
+        per-source sequence, then event time; arrival order does not decide)."""
         with self.engine.connect() as conn:
             return conn.execute(
-                sa.select(packets.c.pk)
-                .where(
-                    packets.c.work_order == work_order,
-                    packets.c.operation == operation,
-                    packets.c.type.like("keyop.operation.%"),
-                )
-                .order_by(packets.c.event_time.desc(), packets.c.seq.desc(), packets.c.pk.desc())
-                .limit(1)
+                sa.select(op_state.c.last_pk).where(
+                    op_state.c.work_order == work_order, op_state.c.operation == operation)
             ).scalar_one_or_none()
+
+    def states(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """The `op_state` rows of some (work order, operation) pairs."""
+        wanted = set(pairs)
+        if not wanted:
+            return {}
+        orders = sorted({w for w, _ in wanted})
+        found: dict[tuple[str, str], Any] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(orders), 500):
+                rows = conn.execute(
+                    sa.select(op_state).where(op_state.c.work_order.in_(orders[i:i + 500]))
+                ).all()
+                for row in rows:
+                    if (row.work_order, row.operation) in wanted:
+                        found[(row.work_order, row.operation)] = row
+        return found
+
+    def list_states(self, after: str | None, limit: int,
+                    work_order: str | None = None) -> list[Any]:
+        """`op_state` rows in (work order, operation) order, after a work order (exclusive)."""
+        query = sa.select(op_state).order_by(op_state.c.work_order, op_state.c.operation)
+        if work_order is not None:
+            query = query.where(op_state.c.work_order == work_order)
+        if after is not None:
+            query = query.where(op_state.c.work_order > after)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.limit(limit)).all())
+
+    def progress_points(self, work_order: str, operation: str, limit: int
+                        ) -> list[tuple[float, int]]:
+        """The newest `(event time, good)` points of an operation, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(packets.c.event_time, packets.c.good)
+                .where(packets.c.work_order == work_order, packets.c.operation == operation,
+                       packets.c.good.is_not(None))
+                .order_by(packets.c.event_time.desc()).limit(limit)
+            ).all()
+        return [(float(r.event_time), int(r.good)) for r in reversed(rows)]
+
+    # -- assignments, audit, leases ----------------------------------------------------------
+
+    def set_assignment(self, work_order: str, suppliers: Iterable[str], due: float | None
+                       ) -> None:
+        """Make `suppliers` the API-assigned suppliers of a work order (replacing earlier ones)."""
+        now = time.time()
+        with self._writing(), self.engine.begin() as conn:
+            conn.execute(assignments.delete().where(assignments.c.work_order == work_order))
+            rows = [{"work_order": work_order, "supplier": s, "due": due, "updated_at": now}
+                    for s in sorted(set(suppliers))]
+            if rows:
+                conn.execute(assignments.insert(), rows)
+
+    def list_assignments(self) -> list[tuple[str, str, float | None]]:
+        """All `(work order, supplier, due)` assignments."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(assignments.c.work_order, assignments.c.supplier,
+                                          assignments.c.due)).all()
+        return [(r.work_order, r.supplier, r.due) for r in rows]
+
+    def audit(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Append API audit entries (at, supplier, method, path, query, status, client)."""
+        if not entries:
+            return
+        with self._writing(), self.engine.begin() as conn:
+            conn.execute(audit_log.insert(), list(entries))
+
+    def list_audit(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(audit_log).order_by(audit_log.c.pk)).all())
+
+    def try_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `holder` unless another holder's is still valid."""
+        now = time.time()
+        stmt = self._insert(leases).values(name=name, holder=holder, expires_at=now + ttl_s)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[leases.c.name],
+            set_={"holder": ex.holder, "expires_at": ex.expires_at},
+            where=sa.or_(leases.c.holder == ex.holder, leases.c.expires_at < now),
+        )
+        with self._writing(), self.engine.begin() as conn:
+            conn.execute(stmt)
+            current = conn.execute(
+                sa.select(leases.c.holder).where(leases.c.name == name)).scalar_one()
+        return bool(current == holder)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._writing(), self.engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def open_states(self) -> list[Any]:
+        """`op_state` rows of operations not completed or aborted."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(op_state).where(op_state.c.state.not_in(["Completed", "Aborted"]))
+                .order_by(op_state.c.work_order, op_state.c.operation)).all())
+
+    def alert_status(self) -> dict[tuple[str, str, str, str], bool]:
+        """The latest `active` of every (work order, operation, kind, supplier)."""
+        latest = (sa.select(sa.func.max(alerts.c.pk))
+                  .group_by(alerts.c.work_order, alerts.c.operation, alerts.c.kind,
+                            alerts.c.supplier).scalar_subquery())
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(alerts.c.work_order, alerts.c.operation, alerts.c.kind,
+                          alerts.c.supplier, alerts.c.active).where(alerts.c.pk.in_(latest))
+            ).all()
+        return {(r.work_order, r.operation, r.kind, r.supplier): bool(r.active) for r in rows}
+
+    def add_alerts(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert alert rows (body without its sequence); returns their pks in order."""
+        pks: list[int] = []
+        with self._writing(), self.engine.begin() as conn:
+            for row in rows:
+                pks.append(int(conn.execute(alerts.insert().values(**row)
+                                            .returning(alerts.c.pk)).scalar_one()))
+        return pks
+
+    def unpublished_alerts(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(alerts).where(alerts.c.published.is_(False))
+                                     .order_by(alerts.c.pk)).all())
+
+    def mark_alerts_published(self, pks: Sequence[int]) -> None:
+        if not pks:
+            return
+        with self._writing(), self.engine.begin() as conn:
+            conn.execute(alerts.update().where(alerts.c.pk.in_(list(pks)))
+                         .values(published=True))
+
+    def alerts_for(self, supplier: str, after: int, limit: int) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(alerts.c.pk, alerts.c.body)
+                .where(alerts.c.supplier == supplier, alerts.c.pk > after)
+                .order_by(alerts.c.pk).limit(limit)).all())
+
+    def max_pk(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(packets.c.pk), 0)))
+                       .scalar_one())
 
     def count_packets(self) -> int:
         with self.engine.connect() as conn:
@@ -281,6 +522,19 @@ class Store:
             ).all()
         found = {r.supplier: int(r.last_pk) for r in rows}
         return {name: found.get(name, 0) for name in names}
+
+    def start_cursors(self, suppliers: Iterable[str]) -> dict[str, int]:
+        """Give suppliers without a cursor one at the head of the log (see hub/fanout.py: a new
+        supplier gets what arrives from now on; history is in the API's cursor feed)."""
+        names = list(suppliers)
+        if not names:
+            return {}
+        with self._writing(), self.engine.begin() as conn:
+            head = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(packets.c.pk), 0))).scalar_one()
+            stmt = self._insert(supplier_cursors).on_conflict_do_nothing()
+            conn.execute(stmt, [{"supplier": s, "last_pk": int(head)} for s in names])
+        return self.get_cursors(names)
 
     def set_cursors(self, cursors: dict[str, int]) -> None:
         """Persist supplier cursors (upsert)."""
@@ -306,6 +560,15 @@ class _NoLock:
         return None
 
 
+_PACKET_COLUMNS = ("source", "epoch", "seq", "id", "type", "subject", "work_order", "operation",
+                   "event_time", "received_at", "good", "body")
+_PG_INSERT = (
+    f"INSERT INTO packets ({', '.join(_PACKET_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_PACKET_COLUMNS))}) "
+    "ON CONFLICT DO NOTHING RETURNING pk, source, epoch, seq"
+)
+
+
 def _row(item: Incoming, received_at: float) -> dict[str, Any]:
     p = item.packet
     data = p.data
@@ -320,7 +583,9 @@ def _row(item: Incoming, received_at: float) -> dict[str, Any]:
         "operation": data.operation.id if data.operation else None,
         "event_time": parse_time(p.time),
         "received_at": received_at,
-        "body": json.dumps(item.raw, separators=(",", ":"), ensure_ascii=False),
+        "good": data.quantities.good if data.quantities is not None else None,
+        "body": item.body if item.body is not None else json.dumps(
+            item.raw, separators=(",", ":"), ensure_ascii=False),
     }
 
 

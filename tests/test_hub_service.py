@@ -98,6 +98,9 @@ class RunningHub:
         # ingest subscription is in place.
         wait_until(lambda: any(p.get("online") for p in watcher.payloads()), "hub online")
         watcher.close()
+        # The status is retained (another hub's "online" may be what the watcher saw).
+        wait_until(lambda: self.service.mqtt is not None and self.service.mqtt.subscribed.is_set(),
+                   "hub subscribed")
 
     def _main(self) -> None:
         async def run() -> None:
@@ -126,6 +129,7 @@ def hub_config(broker: PrivateBroker, db_url: str, client_id: str = "keyop-hub-t
     return parse_config(
         f"""
 hub: {{id: hub, database: "{db_url}"}}
+api: {{port: 0}}
 mqtt: {{host: {broker.host}, port: {broker.port}, client_id: {client_id}, share_group: hubtest}}
 suppliers:
   acme: {{partner_params: false}}
@@ -230,7 +234,7 @@ def test_ingest_dedupe_ack_and_fanout(
         message = late.received()[0]
         assert message.retain
         state = json.loads(message.payload)
-        assert state["sequence"] == json.loads(ev[4])["sequence"]
+        assert state["lastEventId"] == json.loads(ev[4])["id"]
         assert state["state"] == "Running" and state["quantities"]["good"] == 40
     finally:
         late.close()
@@ -362,3 +366,67 @@ def test_cursors_stop_before_the_first_unacknowledged_message() -> None:
         assert "refused" in failures[0][2] and "no PUBACK" in failures[1][2]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_retained_state_is_cleared_when_the_operation_closes(
+    broker: PrivateBroker, hub_db_url: str, clients: dict[str, Client]
+) -> None:
+    hub = RunningHub(hub_config(broker, hub_db_url), broker)
+    edge = clients["edge"]
+    up = topics.up_events(GATEWAY)
+    running = make_event(1, work_order="WO-1003", operation="OP40")
+    done = json.loads(make_event(4, work_order="WO-1001", state="Completed"))
+    done["type"] = "keyop.operation.completed"
+    try:
+        edge.publish(up, batch(make_event(3, work_order="WO-1001"), running))
+        wait_until(lambda: hub.service.stored == 2, "stored")
+        # The completion (seq 4), then an older Running event (seq 2) that arrives late and
+        # changes nothing.
+        edge.publish(up, json.dumps(done).encode())
+        edge.publish(up, make_event(2, work_order="WO-1001"))
+        store = hub.service.store
+        assert store is not None
+        wait_until(lambda: store.count_packets() == 4, "4 stored")
+        wait_until(lambda: store.get_cursors(["acme"])["acme"] == store.max_pk(), "fanned out")
+    finally:
+        hub.close()
+    late = Client(broker, "keyop/v1/sup/acme/state/#")
+    try:
+        # Retained messages follow the SUBACK at once: WO-1003's is there, WO-1001's is gone.
+        wait_until(lambda: any("WO-1003" in m.topic for m in late.received()), "WO-1003 state")
+        assert [m.topic for m in late.received()] == [
+            topics.sup_state("acme", "WO-1003", "OP40")]
+        assert store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")].state == "Completed"
+    finally:
+        late.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_supplier_can_take_cloudevents_batches(
+    broker: PrivateBroker, hub_db_url: str, clients: dict[str, Client]
+) -> None:
+    config = hub_config(broker, hub_db_url)
+    suppliers = dict(config.suppliers)
+    suppliers["bolt"] = suppliers["bolt"].model_copy(update={"batch": True})
+    hub = RunningHub(config.model_copy(update={"suppliers": suppliers}), broker)
+    edge, bolt = clients["edge"], clients["bolt"]
+    events = [make_event(seq, work_order="WO-1002", params=RESTRICTED) for seq in range(1, 9)]
+    try:
+        edge.publish(topics.up_events(GATEWAY), batch(*events))
+        wait_until(lambda: acked(edge)[-1:] == [8], "ack of seq 8")
+        store = hub.service.store
+        assert store is not None
+        wait_until(lambda: store.get_cursors(["bolt"])["bolt"] == store.max_pk(), "fanned out")
+        messages = bolt.received(topics.sup_events("bolt", "WO-1002"))
+        assert messages and len(messages) < 8
+        got: list[dict[str, Any]] = []
+        for message in messages:
+            assert message.properties is not None
+            assert message.properties.json()["ContentType"].startswith(
+                "application/cloudevents-batch+json")
+            got += json.loads(message.payload)
+        assert [int(e["sequence"]) for e in got] == list(range(1, 9))
+        assert all(set(e["data"]["params"]) == {"pressForce"} for e in got)
+    finally:
+        hub.close()

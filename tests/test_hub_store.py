@@ -131,3 +131,26 @@ def test_latest_state_follows_event_time_not_arrival(store: Store) -> None:
 def test_dead_letters_are_kept(store: Store) -> None:
     store.dead_letter_many([("keyop/v1/up/edge-07/events", "not JSON", b"{nope")])
     assert store.list_dead_letters() == [("keyop/v1/up/edge-07/events", "not JSON", b"{nope")]
+
+
+def _gap_event(seq: int, first: int, last: int) -> Incoming:
+    raw = json.loads(pk.render(
+        pk.Draft("keyop.outbox.gap", "plant1/body/line-3/welder-2", BASE_TIME + seq, {
+            "kopVersion": "1.0", "equipment": {"path": "plant1/body/line-3/welder-2"},
+            "gap": {"fromSequence": pk.format_sequence(first),
+                    "toSequence": pk.format_sequence(last), "reason": "evicted"},
+            "tzOffset": "+00:00", "timeQuality": "synced"}),
+        id=f"01JDA5Q1Y4S7M2GAP{seq:09d}", source=SOURCE, sequence=seq, epoch=EPOCH,
+        recorded=BASE_TIME + seq))
+    return Incoming(pk.from_obj(raw), raw)
+
+
+def test_ranges_the_edge_declared_dropped_do_not_hold_the_ack_back(store: Store) -> None:
+    r = store.store_batch([incoming(1), incoming(2), incoming(6)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 2
+    # The edge evicted 3..4 and says so in packet 5; 6 was already stored.
+    r = store.store_batch([_gap_event(5, 3, 4)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 6
+    # A hole nobody declared still holds the ack back.
+    r = store.store_batch([incoming(8)])
+    assert r.progress[(SOURCE, EPOCH)].contiguous == 6

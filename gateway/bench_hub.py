@@ -1,0 +1,323 @@
+"""`keyop bench hub`: ingest, store, route and fan out, measured on the hub alone.
+
+The hub (HubService) runs in this process on its own thread and event loop, against a private
+Mosquitto and SQLite or PostgreSQL. A separate process plays the edges: it pre-renders valid v1
+packets for several gateways and publishes them as CloudEvents batches (as an uplink draining a
+backlog does), keeping at most `window` packets per gateway unacknowledged by the hub, and
+measures each batch's publish -> hub acknowledgement latency (the hub acks after its commit).
+Each of the N suppliers follows its own work orders, so every packet goes to one supplier, with
+params of every class to redact.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sync import packet as pk
+from sync import topics
+
+# numpy, SQLAlchemy, the broker and the hub itself are imported where they are used: the CLI
+# imports this module to build its parser, on every command.
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
+PARAMS = {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"},
+          "cycleTime": {"value": 41.0, "uom": "SEC", "class": "public"},
+          "pressForce": {"value": 8.1, "uom": "KNT", "class": "partner"}}
+
+
+def _work_order(supplier: int, k: int) -> str:
+    return f"WO-{supplier:03d}-{k % 4}"
+
+
+def _render(gateway: str, seq: int, suppliers: int) -> bytes:
+    supplier = seq % suppliers
+    work_order = _work_order(supplier, seq // suppliers)
+    good = seq // 7
+    data = {
+        "kopVersion": "1.0",
+        "workOrder": {"id": work_order, "customerOrders": [f"PO-{supplier}"]},
+        "operation": {"id": "OP30", "name": "welding"},
+        "runId": f"{work_order}.OP30.{gateway}.1",
+        "equipment": {"path": f"plant1/body/{gateway}/welder-2", "level": "WorkUnit"},
+        "state": {"value": "Running"},
+        "quantities": {"uom": "C62", "planned": 10**9, "produced": good, "good": good,
+                       "scrap": 0, "rework": 0},
+        "params": PARAMS,
+        "tzOffset": "+01:00",
+        "timeQuality": "synced",
+        "origin": {"protocol": "opcua", "ref": "ns=3;s=W2.Count"},
+    }
+    ident = f"01JDA5Q1Y4S7M{abs(hash(gateway)) % 1000:03d}{seq:010d}"
+    draft = pk.Draft("keyop.operation.progress", f"{work_order}/OP30", 1_795_000_000.0 + seq,
+                     data)
+    return pk.render(draft, id=ident, source=f"plant1/{gateway}", sequence=seq, epoch=EPOCH,
+                     recorded=1_795_000_000.05 + seq)
+
+
+def _edge_main(port: int, gateways: list[str], per_gateway: int, suppliers: int, batch: int,
+               window: int, ready: Any, go: Any, results: Any) -> None:
+    """The edges: publish every gateway's packets in batches, measure ack latency."""
+    payloads = {g: [_render(g, seq, suppliers) for seq in range(1, per_gateway + 1)]
+                for g in gateways}
+    acked = dict.fromkeys(gateways, 0)
+    cond = threading.Condition()
+    sent_at: dict[str, list[tuple[int, float]]] = {g: [] for g in gateways}
+    latencies: list[float] = []
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        gateway = msg.topic.split("/")[3]
+        seq = int(json.loads(msg.payload)["sequence"])
+        now = time.monotonic()
+        with cond:
+            if seq > acked[gateway]:
+                acked[gateway] = seq
+                pending = sent_at[gateway]
+                while pending and pending[0][0] <= seq:
+                    latencies.append(now - pending.pop(0)[1])
+                cond.notify_all()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-edges-{os.getpid()}",
+                         protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.max_inflight_messages_set(50)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe([(topics.down_ack(g), 1) for g in gateways])
+    subscribed.wait(10)
+    ready.set()
+    go.wait()
+    started = time.monotonic()
+    position = dict.fromkeys(gateways, 0)
+    while any(position[g] < per_gateway for g in gateways):
+        for gateway in gateways:
+            first = position[gateway]
+            if first >= per_gateway:
+                continue
+            with cond:
+                while first - acked[gateway] >= window:
+                    cond.wait(5)
+            last = min(first + batch, per_gateway)
+            body = b"[" + b",".join(payloads[gateway][first:last]) + b"]"
+            with cond:
+                sent_at[gateway].append((last, time.monotonic()))
+            client.publish(topics.up_events(gateway), body, qos=1)
+            position[gateway] = last
+    with cond:
+        cond.wait_for(lambda: all(acked[g] >= per_gateway for g in gateways), 600)
+    finished = time.monotonic()
+    client.disconnect()
+    client.loop_stop()
+    results.put({"started": started, "finished": finished, "latencies": latencies,
+                 "acked": sum(acked.values())})
+
+
+def _config(broker: Any, url: str, suppliers: int, supplier_batch: bool = False,
+            client_id: str = "keyop-hub-bench") -> Any:
+    from hub.config import parse_config
+
+    names = [f"s{i:03d}" for i in range(suppliers)]
+    lines = [f'hub: {{id: bench, database: "{url}"}}',
+             f"mqtt: {{host: 127.0.0.1, port: {broker.port}, client_id: {client_id}, "
+             "share_group: bench, ingest_queue: 2000}",
+             "api: {enabled: false}", "alerts: {enabled: false}", "suppliers:"]
+    batch = str(supplier_batch).lower()
+    lines += [f"  {n}: {{partner_params: {str(i % 2 == 0).lower()}, batch: {batch}}}"
+              for i, n in enumerate(names)]
+    lines.append("routes:")
+    for i, name in enumerate(names):
+        orders = ", ".join(_work_order(i, k) for k in range(4))
+        lines.append(f"  - {{supplier: {name}, work_orders: [{orders}]}}")
+    return parse_config("\n".join(lines) + "\n", "bench-hub.yaml")
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+def _worker_main(port: int, url: str, suppliers: int, supplier_batch: bool, index: int,
+                 ready: Any, stop_flag: Any) -> None:
+    """An extra hub worker process on the same shared subscription and database."""
+    from hub.service import HubService
+
+    service = HubService(_config(_Port(port), url, suppliers, supplier_batch,
+                                 client_id=f"keyop-hub-bench-{index}"))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop_flag.is_set():
+                if service.mqtt is not None and service.mqtt.subscribed.is_set():
+                    ready.set()
+                await asyncio.sleep(0.1)  # polls a cross-process flag: no event to await
+            stop.set()
+
+        watcher = asyncio.create_task(watch())
+        await service.run(stop)
+        await watcher
+
+    asyncio.run(run())
+
+
+def _database(kind: str, work: Path) -> tuple[str, Any]:
+    import sqlalchemy as sa
+
+    if kind == "sqlite":
+        return f"sqlite:///{work / 'hub.db'}", None
+    base = os.environ.get("KEYOP_BENCH_POSTGRES_URL") or os.environ.get(
+        "KEYOP_TEST_POSTGRES_URL") or DEFAULT_POSTGRES
+    schema = f"bench_{os.getpid()}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", drop
+
+
+def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
+                  batch: int = 50, window: int = 500, supplier_batch: bool = False,
+                  workers: int = 1) -> dict[str, Any]:
+    import numpy as np
+
+    from gateway.broker import PrivateBroker
+    from hub.service import HubService
+
+    work = Path(tempfile.mkdtemp(prefix="keyop-bench-hub-"))
+    url, drop = _database(db, work)
+    per_gateway = -(-packets // gateways)
+    names = [f"bench-{i:02d}" for i in range(gateways)]
+    with PrivateBroker(workdir=work / "broker") as broker:
+        config = _config(broker, url, suppliers, supplier_batch)
+        service = HubService(config)
+        loop_box: dict[str, Any] = {}
+        ready_hub = threading.Event()
+
+        def hub_main() -> None:
+            async def run() -> None:
+                loop_box["loop"] = asyncio.get_running_loop()
+                loop_box["stop"] = stop = asyncio.Event()
+                ready_hub.set()
+                await service.run(stop)
+
+            asyncio.run(run())
+
+        hub_thread = threading.Thread(target=hub_main, name="bench-hub", daemon=True)
+        hub_thread.start()
+        ready_hub.wait(30)
+        deadline = time.monotonic() + 30
+        while not (service.mqtt and service.mqtt.subscribed.is_set()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hub did not subscribe within 30 s")
+            time.sleep(0.05)
+
+        ctx = mp.get_context("spawn")
+        # Extra hub workers (processes: the GIL limits one) share the ingest; the fan-out lease
+        # stays with this process's hub, which took it first.
+        stop_workers = ctx.Event()
+        extra = []
+        for index in range(1, workers):
+            up = ctx.Event()
+            worker = ctx.Process(target=_worker_main, args=(broker.port, url, suppliers,
+                                                            supplier_batch, index, up,
+                                                            stop_workers))
+            worker.start()
+            if not up.wait(120):
+                raise RuntimeError("an extra hub worker did not subscribe")
+            extra.append(worker)
+        ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        edge = ctx.Process(target=_edge_main, args=(broker.port, names, per_gateway, suppliers,
+                                                    batch, window, ready, go, results))
+        edge.start()
+        if not ready.wait(120):
+            raise RuntimeError("the edge process did not start")
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.monotonic()
+        go.set()
+        edge_result = results.get(timeout=900)
+        edge.join(30)
+        total = per_gateway * gateways
+        # Fan-out is done when every supplier's cursor has reached the end of the log.
+        assert service.store is not None
+        store = service.store
+        head = store.max_pk()
+        while min(store.get_cursors(config.suppliers).values()) < head:
+            time.sleep(0.05)
+        t_fanout = time.monotonic()
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        fanout = service.fanout
+        assert fanout is not None
+        stored = store.count_packets()
+        loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
+        hub_thread.join(60)
+        stop_workers.set()
+        for worker in extra:
+            worker.join(60)
+    if drop is not None:
+        drop()
+    latencies = np.array(edge_result["latencies"]) * 1000.0
+    ingest_s = edge_result["finished"] - edge_result["started"]
+    fanout_s = t_fanout - t0
+    return {
+        "packets": total, "suppliers": suppliers, "db": db, "gateways": gateways,
+        "batch": batch, "window": window, "supplier_batch": supplier_batch,
+        "workers": workers, "stored": stored, "duplicates": service.duplicates,
+        "fanout_messages": fanout.published,
+        "ingest_s": round(ingest_s, 3), "fanout_s": round(fanout_s, 3),
+        "hub_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
+                           - cpu_before.ru_utime - cpu_before.ru_stime, 2),
+        "ack_latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
+        "routed_packets_per_s": round(total / fanout_s),
+        "ingest_packets_per_s": round(total / ingest_s),
+        "fanout_messages_per_s": round(fanout.published / fanout_s),
+        "ack_latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
+    }
+
+
+def add_hub_bench(bench_sub: Any) -> None:
+    """Register `keyop bench hub` on the CLI's bench subparsers."""
+    hub = bench_sub.add_parser("hub", help="hub ingest → store → route → fan-out, measured")
+    hub.add_argument("--packets", type=int, default=100_000)
+    hub.add_argument("--suppliers", type=int, default=50)
+    hub.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
+                     help="postgres: KEYOP_BENCH_POSTGRES_URL, KEYOP_TEST_POSTGRES_URL or "
+                     f"{DEFAULT_POSTGRES}, in a schema of its own dropped after")
+    hub.add_argument("--gateways", type=int, default=4)
+    hub.add_argument("--batch", type=int, default=50, help="events per MQTT message")
+    hub.add_argument("--window", type=int, default=500,
+                     help="packets per gateway published but not yet acknowledged by the hub")
+    hub.add_argument("--workers", type=int, default=1,
+                     help="hub worker processes sharing the ingest (use with --db postgres)")
+    hub.add_argument("--supplier-batch", action="store_true",
+                     help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
+
+
+def run_hub_bench(args: Any) -> dict[str, Any]:
+    """`keyop bench hub` from parsed arguments."""
+    return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
+                         batch=args.batch, window=args.window,
+                         supplier_batch=args.supplier_batch, workers=args.workers)

@@ -1,0 +1,40 @@
+"""PUT /v1/admin/orders/{order}/assignment: the hub operator assigns an order to suppliers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.api.auth import admin
+from hub.api.orders import OrderId, _context
+from hub.config import ID_PATTERN
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+class Assignment(BaseModel):
+    """The suppliers a work order concerns (besides hub.yaml routes), and its due time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suppliers: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(max_length=1000)
+    due: datetime | None = None
+
+
+@router.put("/orders/{order}/assignment", summary="assign a work order to suppliers")
+def put_assignment(request: Request, _who: Annotated[str, Depends(admin)], order: OrderId,
+                   body: Assignment) -> dict[str, Any]:
+    context = _context(request)
+    unknown = sorted(set(body.suppliers) - set(context.config.suppliers))
+    if unknown:
+        raise HTTPException(status_code=422, detail=f"suppliers: unknown {unknown}")
+    if body.due is not None and body.due.tzinfo is None:
+        raise HTTPException(status_code=422, detail="due: needs a time zone (e.g. Z)")
+    due = body.due.timestamp() if body.due is not None else None
+    context.store.set_assignment(order, body.suppliers, due)
+    context.reload()
+    return {"workOrder": order, "suppliers": sorted(set(body.suppliers)),
+            "due": None if body.due is None else body.due.isoformat()}

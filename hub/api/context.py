@@ -1,0 +1,191 @@
+"""What the API's routes share: config, store, the current router, due times, a wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from hub import routing
+from hub.config import HubConfig
+from hub.state import state_document
+from hub.store import Store, StoredPacket
+
+
+class Pulse:
+    """Wakes every waiter when new packets were stored (thread-safe `notify`)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    async def wait(self, timeout: float) -> None:
+        """Return on the next `notify`, or after `timeout` seconds."""
+        if self._event is None or self._loop is not asyncio.get_running_loop():
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+
+    def notify(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is None or event is None:
+            return
+        self._event = asyncio.Event() if loop is _running_loop() else None
+
+        def fire() -> None:
+            event.set()
+
+        if loop is _running_loop():
+            fire()
+        else:
+            try:
+                loop.call_soon_threadsafe(fire)
+            except RuntimeError:
+                pass  # that loop has closed
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class ApiContext:
+    """Shared by all routes. Thread-safe: sync routes run in FastAPI's thread pool."""
+
+    # How many log rows one feed request looks at, at most, to fill a page.
+    SCAN_ROWS = 5_000
+
+    def __init__(self, config: HubConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.pulse = Pulse()
+        self._lock = threading.Lock()
+        self._router = routing.Router(config)
+        self._due: dict[str, float] = {}
+        self.reload()
+
+    # -- routing and due times -------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the API's order assignments (other hub workers may have changed them)."""
+        assigned: dict[str, set[str]] = {}
+        due: dict[str, float] = {}
+        for work_order, supplier, when in self.store.list_assignments():
+            assigned.setdefault(work_order, set()).add(supplier)
+            if when is not None:
+                due[work_order] = when
+        for work_order, order in self.config.orders.items():
+            if order.due is not None and work_order not in due:
+                due[work_order] = order.due.timestamp()
+        router = routing.Router(self.config, assigned)
+        with self._lock:
+            self._router, self._due = router, due
+
+    def router(self) -> routing.Router:
+        with self._lock:
+            return self._router
+
+    def due(self, work_order: str) -> float | None:
+        with self._lock:
+            return self._due.get(work_order)
+
+    # -- what one supplier may see ---------------------------------------------------------
+
+    def visible_state(self, supplier: str, row: Any) -> bool:
+        """Whether an `op_state` row concerns the supplier (routed like its newest event)."""
+        event = {
+            "type": row.type,
+            "data": {
+                "workOrder": {"id": row.work_order,
+                              "customerOrders": json.loads(row.customer_orders)},
+                "operation": {"id": row.operation},
+                "equipment": {"path": row.station},
+            },
+        }
+        return self.router().concerns(supplier, event)
+
+    def state_for(self, supplier: str, row: Any) -> dict[str, Any]:
+        document = state_document(row)
+        names = self.config.suppliers[supplier].station_names
+        if names and document["station"] in names:
+            document["station"] = names[document["station"]]
+        return document
+
+    def events_after(self, supplier: str, after: int, limit: int
+                     ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """Up to `limit` redacted events for a supplier after log position `after`, and the
+        position to ask from next (past every row looked at, even when fewer matched)."""
+        rules = self.config.suppliers[supplier]
+        router = self.router()
+        found: list[tuple[int, dict[str, Any]]] = []
+        cursor, scanned = after, 0
+        while len(found) < limit and scanned < self.SCAN_ROWS:
+            rows: list[StoredPacket] = self.store.packets_after(cursor, 500)
+            if not rows:
+                break
+            for row in rows:
+                cursor = row.pk
+                scanned += 1
+                event = json.loads(row.body)
+                if router.concerns(supplier, event):
+                    found.append((row.pk, routing.redacted(event, rules)))
+                    if len(found) == limit:
+                        break
+            else:
+                continue
+            break
+        return found, cursor
+
+    def orders_of(self, supplier: str, after: str | None, limit: int
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the supplier's work orders (summaries) and the cursor of the next page
+        (None at the end). Looks at SCAN_ROWS operations at most per call."""
+        orders: dict[str, list[dict[str, Any]]] = {}
+        cursor, scanned = after, 0
+        while scanned < self.SCAN_ROWS:
+            rows = self.store.list_states(cursor, 500)
+            full = len(rows) == 500
+            if full and rows[0].work_order != rows[-1].work_order:
+                # Never split a work order between two reads.
+                last = rows[-1].work_order
+                rows = [r for r in rows if r.work_order != last]
+            for row in rows:
+                scanned += 1
+                if not self.visible_state(supplier, row):
+                    continue
+                if row.work_order not in orders and len(orders) == limit:
+                    return self._summaries(orders), list(orders)[-1]
+                orders.setdefault(row.work_order, []).append(self.state_for(supplier, row))
+            if not full or not rows:
+                return self._summaries(orders), None
+            cursor = rows[-1].work_order
+        return self._summaries(orders), cursor
+
+    def order(self, supplier: str, work_order: str) -> list[dict[str, Any]]:
+        """The supplier's view of one work order's operations ([] when none concerns it)."""
+        return [self.state_for(supplier, row)
+                for row in self.store.list_states(None, 10_000, work_order=work_order)
+                if self.visible_state(supplier, row)]
+
+    def summary(self, work_order: str, operations: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        ops = list(operations)
+        due = self.due(work_order)
+        from sync.packet import format_time
+
+        return {
+            "workOrder": work_order,
+            "due": None if due is None else format_time(due),
+            "closed": all(op["closed"] for op in ops),
+            "operations": ops,
+        }
+
+    def _summaries(self, orders: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [self.summary(w, ops) for w, ops in orders.items()]

@@ -1,0 +1,94 @@
+"""GET /v1/events (the cursor feed) and GET /v1/stream (server-sent events, live)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from hub.api.auth import supplier
+from hub.api.context import ApiContext
+from hub.api.orders import _context, _limit
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+MAX_CURSOR = 2**62
+# A comment line this often keeps proxies from closing an idle stream.
+KEEPALIVE_S = 15.0
+
+
+@router.get("/events", summary="the supplier's redacted events after a cursor")
+def list_events(
+    request: Request,
+    who: Annotated[str, Depends(supplier)],
+    after: Annotated[int, Query(ge=0, le=MAX_CURSOR,
+                                description="0, or the `next` of the previous page")] = 0,
+    limit: Annotated[int | None, Query(ge=1, description="page size (default 100, at most "
+                                                         "api.max_limit)")] = None,
+) -> dict[str, Any]:
+    """Events in log order. `next` moves past every row looked at, so paging on with it
+    always progresses; an empty page with the same `next` means: nothing new yet."""
+    found, following = _context(request).events_after(who, after, _limit(request, limit))
+    return {"events": [event for _, event in found], "next": following}
+
+
+@router.get("/stream", summary="live events (text/event-stream)",
+            response_class=StreamingResponse)
+async def stream(
+    request: Request,
+    who: Annotated[str, Depends(supplier)],
+    after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR,
+                                       description="start after this cursor (default: now)")]
+    = None,
+    last_event_id: Annotated[str | None, Header(max_length=24)] = None,
+) -> StreamingResponse:
+    """Each event is one SSE message whose `id` is its cursor: a client that reconnects with
+    `Last-Event-ID` resumes exactly after it."""
+    context = _context(request)
+    if last_event_id is not None:
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_CURSOR:
+            raise HTTPException(status_code=422, detail="Last-Event-ID: expected a cursor")
+        after = int(last_event_id)
+    start = after if after is not None else await asyncio.to_thread(context.store.max_pk)
+    return StreamingResponse(_events(request, context, who, start),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
+
+
+async def _events(request: Request, context: ApiContext, who: str, cursor: int
+                  ) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    yield b": keyop stream\n\n"
+    while not await request.is_disconnected():
+        found, cursor = await asyncio.to_thread(context.events_after, who, cursor, 100)
+        for pk, event in found:
+            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            yield f"id: {pk}\nevent: {event.get('type', 'message')}\ndata: {data}\n\n".encode()
+        if found:
+            quiet_since = loop.time()
+            continue
+        if loop.time() - quiet_since > KEEPALIVE_S:
+            quiet_since = loop.time()
+            yield b": keepalive\n\n"
+        await context.pulse.wait(context.config.api.stream_poll_s)
+
+
+@router.get("/alerts", summary="the supplier's delay alerts after a cursor")
+def list_alerts(
+    request: Request,
+    who: Annotated[str, Depends(supplier)],
+    after: Annotated[int, Query(ge=0, le=MAX_CURSOR,
+                                description="0, or the `next` of the previous page")] = 0,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """`keyop.alert.delay_risk` / `keyop.alert.stalled` packets, raised and cleared, in order."""
+    from hub.alerts import packet_of
+
+    rows = _context(request).store.alerts_for(who, after, _limit(request, limit))
+    return {"alerts": [json.loads(packet_of(r.pk, r.body)) for r in rows],
+            "next": rows[-1].pk if rows else after}

@@ -1,0 +1,57 @@
+"""Create or upgrade the hub schema with Alembic when the hub starts (SQLite and PostgreSQL).
+
+A database made by the walking skeleton (tables, no `alembic_version`) is recognised and
+stamped at revision 0001 first, so its rows are kept and only the later revisions run.
+Concurrent starts on PostgreSQL take turns on an advisory lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Any fixed number: all hub workers serialise their migrations on it.
+_LOCK_KEY = 0x6B65796F70
+
+
+def alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+# Alembic's `context` is one module-level proxy: migrations in one process must not overlap.
+_PROCESS_LOCK = threading.Lock()
+
+
+def head() -> str:
+    with _PROCESS_LOCK:
+        return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (default: the newest)."""
+    if revision == "head" and current_revision(engine) == head():
+        return
+    with _PROCESS_LOCK, engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        config = alembic_config(conn)
+        versioned = MigrationContext.configure(conn).get_current_revision() is not None
+        if not versioned and sa.inspect(conn).has_table("packets"):
+            command.stamp(config, "0001")
+        command.upgrade(config, revision)

@@ -1,0 +1,223 @@
+"""Operation state that does not depend on arrival order (ARCHITECTURE.md, guarantee 6).
+
+Of two operation events, the newer is decided by `(sourceepoch, sequence)` when both come from
+the same source (epochs are ULIDs, so they sort by creation) and by event time across sources
+(the source breaks a tie). The database applies the same rule in its upsert, so two hub workers
+that store the same events in any order, in any interleaving, end with the same row.
+`started_at` is the earliest `started` event and `completed_at` the latest `completed` one,
+whichever arrives last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import pydantic_core
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from hub.schema import op_state
+from sync.packet import Packet, parse_time
+
+CLOSED_STATES = frozenset({"Completed", "Aborted"})
+
+
+class StateRow(NamedTuple):
+    """One candidate `op_state` row, from one stored operation event (a NamedTuple: the
+    ingest path turns thousands a second into parameter dicts)."""
+
+    work_order: str
+    operation: str
+    state: str
+    type: str
+    good: int
+    scrap: int
+    rework: int
+    planned: int | None
+    uom: str
+    station: str
+    customer_orders: str
+    started_at: float | None
+    completed_at: float | None
+    last_time: float
+    last_source: str
+    last_epoch: str
+    last_seq: int
+    last_pk: int
+    last_id: str
+    received_at: float
+
+    @staticmethod
+    def of(packet: Packet, pk: int, received_at: float) -> StateRow | None:
+        """The row an operation event proposes; None for other events."""
+        data = packet.data
+        if (not packet.type.startswith("keyop.operation.") or data.workOrder is None
+                or data.operation is None or data.state is None or data.quantities is None):
+            return None
+        q = data.quantities
+        at = parse_time(packet.time)
+        return StateRow(
+            work_order=data.workOrder.id,
+            operation=data.operation.id,
+            state=data.state.value,
+            type=packet.type,
+            good=q.good,
+            scrap=q.scrap,
+            rework=q.rework,
+            planned=q.planned,
+            uom=q.uom,
+            station=data.equipment.path,
+            customer_orders=pydantic_core.to_json(data.workOrder.customerOrders or []).decode(),
+            started_at=at if packet.type == "keyop.operation.started" else None,
+            completed_at=at if packet.type == "keyop.operation.completed" else None,
+            last_time=at,
+            last_source=packet.source,
+            last_epoch=packet.sourceepoch,
+            last_seq=packet.seq,
+            last_pk=pk,
+            last_id=packet.id,
+            received_at=received_at,
+        )
+
+
+def state_rows(items: Iterable[tuple[Packet, int]], received_at: float) -> list[StateRow]:
+    """The reduced `op_state` rows of a batch of stored packets `(packet, pk)`.
+
+    The newest packet per operation is chosen on its identity first; only the winners are
+    turned into rows (the ingest path sees thousands of packets a second).
+    """
+    best: dict[tuple[str, str], tuple[Packet, int]] = {}
+    started: dict[tuple[str, str], float] = {}
+    completed: dict[tuple[str, str], float] = {}
+    for packet, pk in items:
+        data = packet.data
+        if (not packet.type.startswith("keyop.operation.") or data.workOrder is None
+                or data.operation is None):
+            continue
+        key = (data.workOrder.id, data.operation.id)
+        if packet.type == "keyop.operation.started":
+            at = parse_time(packet.time)
+            started[key] = min(at, started.get(key, at))
+        elif packet.type == "keyop.operation.completed":
+            at = parse_time(packet.time)
+            completed[key] = max(at, completed.get(key, at))
+        old = best.get(key)
+        if old is None or _newer_packet(packet, old[0]):
+            best[key] = (packet, pk)
+    rows = []
+    for key in sorted(best):
+        packet, pk = best[key]
+        row = StateRow.of(packet, pk, received_at)
+        if row is not None:
+            rows.append(row._replace(started_at=started.get(key), completed_at=completed.get(key)))
+    return rows
+
+
+def _newer_packet(a: Packet, b: Packet) -> bool:
+    if a.source == b.source:
+        return (a.sourceepoch, a.seq) > (b.sourceepoch, b.seq)
+    return (parse_time(a.time), a.source) > (parse_time(b.time), b.source)
+
+
+def newer(a: StateRow, b: StateRow) -> bool:
+    """Whether event `a` supersedes event `b` (the rule in the module docstring)."""
+    if a.last_source == b.last_source:
+        return (a.last_epoch, a.last_seq) > (b.last_epoch, b.last_seq)
+    return (a.last_time, a.last_source) > (b.last_time, b.last_source)
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def reduce_states(rows: Iterable[StateRow]) -> list[StateRow]:
+    """One row per (work order, operation): the newest, with merged start/completion times.
+
+    Sorted by key, so concurrent writers lock rows in one order.
+    """
+    best: dict[tuple[str, str], StateRow] = {}
+    for row in rows:
+        key = (row.work_order, row.operation)
+        old = best.get(key)
+        if old is None:
+            best[key] = row
+            continue
+        winner = row if newer(row, old) else old
+        best[key] = winner._replace(
+            started_at=_min(old.started_at, row.started_at),
+            completed_at=_max(old.completed_at, row.completed_at),
+            received_at=max(old.received_at, row.received_at),
+        )
+    return [best[key] for key in sorted(best)]
+
+
+_NEWEST_FIELDS = ("state", "type", "good", "scrap", "rework", "planned", "uom", "station",
+                  "customer_orders", "last_time", "last_source", "last_epoch", "last_seq",
+                  "last_pk", "last_id")
+
+
+def upsert_states(conn: Connection, insert: Callable[..., Any], rows: list[StateRow]) -> None:
+    """Apply reduced rows: the newest event's fields win, start/completion times merge."""
+    t = op_state.c
+    stmt = insert(op_state)
+    ex = stmt.excluded
+    is_newer = sa.or_(
+        sa.and_(ex.last_source == t.last_source,
+                sa.or_(ex.last_epoch > t.last_epoch,
+                       sa.and_(ex.last_epoch == t.last_epoch, ex.last_seq > t.last_seq))),
+        sa.and_(ex.last_source != t.last_source,
+                sa.or_(ex.last_time > t.last_time,
+                       sa.and_(ex.last_time == t.last_time, ex.last_source > t.last_source))),
+    )
+    set_: dict[str, Any] = {
+        name: sa.case((is_newer, ex[name]), else_=t[name]) for name in _NEWEST_FIELDS
+    }
+    set_["started_at"] = sa.case(
+        (t.started_at.is_(None), ex.started_at),
+        (sa.and_(ex.started_at.is_not(None), ex.started_at < t.started_at), ex.started_at),
+        else_=t.started_at,
+    )
+    set_["completed_at"] = sa.case(
+        (t.completed_at.is_(None), ex.completed_at),
+        (sa.and_(ex.completed_at.is_not(None), ex.completed_at > t.completed_at),
+         ex.completed_at),
+        else_=t.completed_at,
+    )
+    set_["received_at"] = sa.case((ex.received_at > t.received_at, ex.received_at),
+                                  else_=t.received_at)
+    stmt = stmt.on_conflict_do_update(index_elements=[t.work_order, t.operation], set_=set_)
+    conn.execute(stmt, [row._asdict() for row in rows])
+
+
+def state_document(row: Any) -> dict[str, Any]:
+    """The public view of an `op_state` row (API and retained MQTT state), station unmapped."""
+    quantities: dict[str, Any] = {
+        "uom": row.uom, "produced": row.good + row.scrap + row.rework,
+        "good": row.good, "scrap": row.scrap, "rework": row.rework,
+    }
+    if row.planned is not None:
+        quantities["planned"] = row.planned
+    return {
+        "workOrder": row.work_order,
+        "operation": row.operation,
+        "state": row.state,
+        "type": row.type,
+        "quantities": quantities,
+        "station": row.station,
+        "startedAt": _iso(row.started_at),
+        "completedAt": _iso(row.completed_at),
+        "lastEventTime": _iso(row.last_time),
+        "lastEventId": row.last_id,
+        "closed": row.state in CLOSED_STATES,
+    }
+
+
+def _iso(value: float | None) -> str | None:
+    from sync.packet import format_time
+
+    return None if value is None else format_time(value)

@@ -1,0 +1,212 @@
+"""`keyop hub acl`: password and ACL files, checked against a real Mosquitto started with them."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from test_hub_service import wait_until
+
+from gateway.broker import PrivateBroker
+from hub.acl import accounts, acl_text, main, mosquitto_snippet, password_hash, write
+from hub.config import ConfigError, HubConfig, hash_key, parse_config
+from sync import topics
+
+CONFIG = """
+hub: {id: hub}
+mqtt: {username: keyop-hub}
+gateways:
+  edge-07: {}
+  edge-08: {}
+suppliers:
+  acme: {}
+  bolt: {}
+routes: [{supplier: acme, work_orders: ["*"]}]
+"""
+
+
+class Session:
+    """A paho MQTT 5 client that records connect, subscribe and publish outcomes."""
+
+    def __init__(self, broker: PrivateBroker, username: str | None, password: str | None):
+        self.connected = threading.Event()
+        self.connect_rc: ReasonCode | None = None
+        self.granted: dict[int, list[ReasonCode]] = {}
+        self.acks: dict[int, ReasonCode] = {}
+        self.messages: list[mqtt.MQTTMessage] = []
+        self._lock = threading.Lock()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)
+        if username is not None:
+            client.username_pw_set(username, password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self.client = client
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.connect_rc = rc
+        self.connected.set()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        with self._lock:
+            self.granted[mid] = codes
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        with self._lock:
+            self.acks[mid] = rc
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    @property
+    def accepted(self) -> bool:
+        return self.connect_rc is not None and not self.connect_rc.is_failure
+
+    def subscribe(self, topic: str) -> bool:
+        """True when the broker granted the subscription."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        wait_until(lambda: mid in self.granted, f"SUBACK for {topic}")
+        return not self.granted[mid][0].is_failure
+
+    def publish(self, topic: str, payload: bytes = b"x") -> ReasonCode:
+        info = self.client.publish(topic, payload, qos=1)
+        wait_until(lambda: info.mid in self.acks, f"PUBACK for {topic}")
+        return self.acks[info.mid]
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [m.topic for m in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def config() -> HubConfig:
+    return parse_config(CONFIG, "acl.yaml")
+
+
+def test_password_hash_is_mosquittos_format() -> None:
+    # A hash mosquitto_passwd 2.0.11 wrote for `secret123`.
+    known = ("$7$101$ASM8ZONbmpIzPQcK$b70d/pj9LRpj8QXrwSAe+Ttb7QVMU7jM2g9zwYJX3jFM+CJ1LcNUiuxKZaV"
+             "mcMqHWpVeJ56BJqV3ToKt0ARgPA==")
+    import base64
+
+    salt = base64.b64decode(known.split("$")[3])
+    assert password_hash("secret123", salt) == known
+    assert password_hash("secret123") != password_hash("secret123")  # salted
+
+
+def test_acl_rules_and_refusals(config: HubConfig, tmp_path: Path) -> None:
+    text = acl_text(accounts(config, tmp_path))
+    assert "\npattern " not in text and "topic read #\n" not in text
+    assert "user edge-07\ntopic write keyop/v1/up/edge-07/#\ntopic read keyop/v1/down/edge-07/#" \
+        in text
+    assert "user bolt\ntopic read keyop/v1/sup/bolt/#" in text
+    with pytest.raises(ConfigError, match=r"gateways\.ed"):
+        parse_config("gateways: {'ed+ge': {}}")
+    with pytest.raises(ConfigError, match="suppliers"):
+        parse_config("suppliers: {'ac#me': {}}")
+    with pytest.raises(ConfigError, match="both a gateway and a supplier"):
+        accounts(parse_config("gateways: {acme: {}}\nsuppliers: {acme: {}}"), tmp_path)
+
+
+def test_cli_writes_files_and_keeps_given_secrets(tmp_path: Path) -> None:
+    (tmp_path / "acme.secret").write_text("a-supplier-secret-of-enough-length\n")
+    path = tmp_path / "hub.yaml"
+    path.write_text(CONFIG.replace("acme: {}", f"acme: {{mqtt_password_file: "
+                                                f"\"{tmp_path / 'acme.secret'}\"}}"))
+    out = tmp_path / "out"
+    assert main(path, out) == 0
+    generated = sorted(p.name for p in (out / "secrets").iterdir())
+    assert generated == ["api-acme.key", "api-bolt.key", "gateway-edge-07.secret",
+                         "gateway-edge-08.secret", "hub-keyop-hub.secret", "supplier-bolt.secret"]
+    hashes = parse_config((out / "api-keys.yaml").read_text())
+    key = (out / "secrets" / "api-acme.key").read_text().strip()
+    assert hashes.suppliers["acme"].api_key_hash == hash_key(key)
+    assert oct((out / "passwd").stat().st_mode & 0o777) == "0o600"
+    assert (out / "secrets" / "supplier-bolt.secret").stat().st_mode & 0o077 == 0
+    first = (out / "secrets" / "supplier-bolt.secret").read_text()
+    assert main(path, out) == 0  # again: the same secrets, new salts
+    assert (out / "secrets" / "supplier-bolt.secret").read_text() == first
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateways: {acme: {}}\nsuppliers: {acme: {}}\n")
+    assert main(bad, tmp_path / "bad") == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) -> None:
+    out = tmp_path / "acl"
+    write(config, out)
+
+    def secret(kind: str, name: str) -> str:
+        return (out / "secrets" / f"{kind}-{name}.secret").read_text().strip()
+
+    # Started as root, Mosquitto drops to the `mosquitto` user, which may not read these 0600
+    # files (in production: chown them to it); `user root` keeps it as it is (ignored unless
+    # started as root).
+    extra = mosquitto_snippet(out) + "user root\n"
+    with PrivateBroker(workdir=tmp_path / "broker", extra_config=extra) as broker:
+        # No anonymous access, no wrong password, no made-up wildcard username.
+        for user, password in ((None, None), ("acme", "wrong-password-123"),
+                               ("ac+me", secret("supplier", "acme")), ("#", "x" * 20)):
+            session = Session(broker, user, password)
+            assert not session.accepted, user
+            session.close()
+
+        hub = Session(broker, "keyop-hub", secret("hub", "keyop-hub"))
+        acme = Session(broker, "acme", secret("supplier", "acme"))
+        bolt = Session(broker, "bolt", secret("supplier", "bolt"))
+        edge7 = Session(broker, "edge-07", secret("gateway", "edge-07"))
+        edge8 = Session(broker, "edge-08", secret("gateway", "edge-08"))
+        sessions = [hub, acme, bolt, edge7, edge8]
+        try:
+            assert all(s.accepted for s in sessions)
+            # Suppliers: only their own subtree; never '#', '$SYS/#' or another's. Mosquitto's
+            # acl_file may grant such a SUBSCRIBE, but delivers nothing the ACL does not allow
+            # (checked below: bolt receives only its own message, no retained $SYS topic).
+            assert acme.subscribe(topics.sup_all("acme"))
+            assert bolt.subscribe(topics.sup_all("bolt"))
+            for wider in (topics.sup_all("acme"), "keyop/v1/sup/+/events/#", "#", "$SYS/#",
+                          "keyop/#", "keyop/v1/up/#"):
+                bolt.subscribe(wider)
+            edge8.subscribe("#")
+            edge8.subscribe(topics.down_ack("edge-07"))
+            assert edge8.subscribe(topics.down_ack("edge-08"))
+            assert hub.subscribe(topics.hub_ingest_subscription("keyop-hub"))
+            # Suppliers cannot publish at all, not even into their own subtree.
+            assert acme.publish(topics.sup_events("acme", "WO-1")).is_failure
+            # The hub writes supplier topics and acks; each party gets only its own.
+            assert not hub.publish(topics.sup_events("acme", "WO-1"), b"for-acme").is_failure
+            assert not hub.publish(topics.sup_events("bolt", "WO-2"), b"for-bolt").is_failure
+            assert not hub.publish(topics.down_ack("edge-07"), b"ack-7").is_failure
+            assert not hub.publish(topics.down_ack("edge-08"), b"ack-8").is_failure
+            # An edge cannot publish as another edge, nor write acks or supplier topics.
+            assert edge7.publish(topics.up_events("edge-08"), b"forged").is_failure
+            assert edge7.publish(topics.down_ack("edge-07"), b"self-ack").is_failure
+            assert edge7.publish(topics.sup_events("bolt", "WO-2"), b"spam").is_failure
+            assert not edge7.publish(topics.up_events("edge-07"), b"real").is_failure
+            wait_until(lambda: len(hub.messages) == 1, "the hub got edge-07's packet")
+            wait_until(lambda: bool(acme.messages) and bool(bolt.messages)
+                       and bool(edge8.messages), "deliveries")
+            assert hub.topics() == [topics.up_events("edge-07")]
+            assert acme.topics() == [topics.sup_events("acme", "WO-1")]
+            # (Overlapping granted filters may each deliver a copy of bolt's own message.)
+            assert set(bolt.topics()) == {topics.sup_events("bolt", "WO-2")}
+            assert set(edge8.topics()) == {topics.down_ack("edge-08")}
+        finally:
+            for s in sessions:
+                s.close()
