@@ -1,39 +1,28 @@
 """Group commit for the event loop: many concurrent `append`s, one SQLite transaction per round.
 
 On real edge storage one fsync costs 0.2-20 ms (FIELD-NOTES.md), so one transaction per packet
-would cap the gateway at a few hundred packets per second. The writer task takes everything
-queued (up to `max_batch` entries), commits it in one transaction in a worker thread, and only
-then resolves each caller's future: when `await writer.append(entry)` returns, the row is durable.
-While one commit runs, new entries queue up and form the next group, so batches grow with load
-without any timer.
+would cap the gateway at a few hundred packets per second. Appends go to the outbox's worker
+thread (`edge_store.worker`), which takes everything queued (up to `max_batch` entries) into one
+transaction and only then resolves each caller's future: when `await writer.append(entry)`
+returns, the row is durable. While one commit runs, new entries queue up and form the next
+group, so batches grow with load without any timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from dataclasses import dataclass, field
 
-from edge_store.outbox import Entry, Outbox, OutboxClosed, OutboxError, RenderError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Item:
-    """One caller's entries: committed together, in order, with consecutive sequences."""
-
-    entries: list[Entry]
-    future: asyncio.Future[list[int]] = field(repr=False)
+from edge_store.outbox import Entry, Outbox, OutboxClosed
+from edge_store.worker import OutboxWorker, worker_for
 
 
 class GroupWriter:
     """Serialises appends from the event loop into group commits on one outbox.
 
-    The queue holds at most `max_queue` appends (an `append_many` counts once); when it is
-    full, `append` waits for room (the producer is slowed to the disk's pace rather than memory
-    growing without bound). A group commit takes queued appends until it holds `max_batch`
-    entries (a larger `append_many` goes alone, unsplit).
+    At most `max_queue` appends (an `append_many` counts once) wait for their commit; more
+    wait for room (the producer is slowed to the disk's pace rather than memory growing
+    without bound). A group commit takes queued appends until it holds `max_batch` entries
+    (a larger `append_many` goes alone, unsplit).
     A cancelled `append` whose entry was already queued may still be committed: cancellation
     only stops the wait, it cannot take back a row that is on its way to disk.
     """
@@ -43,22 +32,38 @@ class GroupWriter:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1")
         self.outbox = outbox
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=max_queue)
-        self._task: asyncio.Task[None] | None = None
+        self.max_queue = max_queue
+        self._room: asyncio.Semaphore | None = None
+        self._worker: OutboxWorker | None = None
         self._closing = False
-        self.transactions = 0  # committed transactions (group commits)
-        self.committed = 0  # rows committed
-        self.failed = 0  # entries not stored (their append raised)
+        self._outstanding: set[asyncio.Future[list[int]]] = set()
 
-    def start(self) -> None:
-        """Start the writer task on the running loop (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-writer")
+    @property
+    def transactions(self) -> int:
+        """Committed transactions (group commits, ack deletes included)."""
+        return self._worker.transactions if self._worker else 0
+
+    @property
+    def committed(self) -> int:
+        return self._worker.committed if self._worker else 0
+
+    @property
+    def failed(self) -> int:
+        return self._worker.failed if self._worker else 0
+
+    def start(self) -> OutboxWorker:
+        """Bind to the running loop and the outbox's worker thread (idempotent)."""
+        if self._worker is None:
+            self._worker = worker_for(self.outbox)
+            self._worker.max_batch = self.max_batch
+            self._room = asyncio.Semaphore(self.max_queue)
+        return self._worker
 
     async def append(self, entry: Entry) -> int:
         """Queue `entry` and return its sequence once its transaction has committed.
 
-        Raises an `OutboxError` (e.g. `RenderError`, `OutboxClosed`) when it was not stored.
+        Raises an `OutboxError` (e.g. `RenderError`, `OutboxClosed`, `OutboxFull`) when it was
+        not stored.
         """
         return (await self.append_many([entry]))[0]
 
@@ -72,20 +77,23 @@ class GroupWriter:
             raise OutboxClosed("outbox writer is closed")
         if not entries:
             return []
-        self.start()
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(list(entries), future))
-        return await future
+        worker = self.start()
+        assert self._room is not None
+        async with self._room:
+            future = worker.append(list(entries))
+            self._outstanding.add(future)
+            try:
+                return await future
+            finally:
+                self._outstanding.discard(future)
 
     async def close(self) -> None:
-        """Commit everything already queued, then stop the writer task."""
+        """Wait for every append already queued to commit, then refuse new ones."""
         if self._closing:
             return
         self._closing = True
-        if self._task is None:
-            return
-        await self._queue.put(None)
-        await self._task
+        if self._outstanding:
+            await asyncio.gather(*self._outstanding, return_exceptions=True)
 
     async def __aenter__(self) -> GroupWriter:
         self.start()
@@ -93,81 +101,3 @@ class GroupWriter:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
-
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            batch: list[_Item] = []
-            size = 0
-            if first is None:
-                stopping = True
-            else:
-                batch.append(first)
-                size = len(first.entries)
-            while size < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    continue
-                batch.append(item)
-                size += len(item.entries)
-            if batch:
-                await self._commit(batch)
-        # An append that was already waiting for room when close() began lands after the
-        # sentinel: refuse it rather than leave its caller waiting forever.
-        while not self._queue.empty():
-            late = self._queue.get_nowait()
-            if late is not None:
-                self._fail(late, OutboxClosed("outbox writer closed before this append"))
-
-    async def _commit(self, batch: list[_Item]) -> None:
-        """Commit `batch` in one transaction; a failing render drops only its caller's unit."""
-        while batch:
-            entries = [entry for item in batch for entry in item.entries]
-            try:
-                # SQLite blocks (fsync): keep it off the event loop.
-                seqs = await asyncio.to_thread(self.outbox.append, entries)
-            except RenderError as error:
-                self._fail(batch.pop(self._owner(batch, error.index)), error)
-                continue
-            except OutboxError as error:
-                for item in batch:
-                    self._fail(item, error)
-                log.error(
-                    "outbox group commit failed",
-                    extra={"entries": len(entries), "error": str(error)},
-                )
-                return
-            except Exception as error:
-                # Supervisor boundary: the writer serves every producer and must outlive one
-                # bad entry or driver bug; the callers get it as an OutboxError.
-                wrapped = OutboxError(f"outbox append failed: {error!r}")
-                wrapped.__cause__ = error
-                for item in batch:
-                    self._fail(item, wrapped)
-                log.exception("outbox writer: unexpected error", extra={"entries": len(entries)})
-                return
-            self.transactions += 1
-            self.committed += len(seqs)
-            offset = 0
-            for item in batch:
-                count = len(item.entries)
-                if not item.future.done():
-                    item.future.set_result(seqs[offset : offset + count])
-                offset += count
-            return
-
-    @staticmethod
-    def _owner(batch: list[_Item], index: int) -> int:
-        """Position in `batch` of the unit holding the flattened entry `index`."""
-        for position, item in enumerate(batch):
-            if index < len(item.entries):
-                return position
-            index -= len(item.entries)
-        raise IndexError(index)
-
-    def _fail(self, item: _Item, error: OutboxError) -> None:
-        self.failed += len(item.entries)
-        if not item.future.done():
-            item.future.set_exception(error)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,29 @@ def _samples(packets: int) -> list[tuple[str, Any]]:
 def _hub_config(work: Path, port: int) -> Path:
     hub = yaml.safe_load((CONFIG_DIR / "hub.yaml").read_text())
     hub["hub"]["database"] = f"sqlite:///{work / 'hub.db'}"
+    hub["api"]["port"] = 0  # a free port: the example's 8710 may be taken
     hub["mqtt"].update(host="127.0.0.1", port=port, client_id=f"keyop-hub-bench-{os.getpid()}")
     hub["routes"] = [{"supplier": "acme", "work_orders": ["WO-*"]}]
     path = work / "hub.yaml"
     path.write_text(yaml.safe_dump(hub))
     return path
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per Python thread name of this process (Linux /proc; names without digits,
+    so paho's per-connection threads and the to_thread pool are summed)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    result: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        raw = names.get(int(task.name), "other")
+        name = "".join(c for c in raw.split(" ")[0] if not c.isdigit()).strip("-_") or raw
+        result[name] = result.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return result
 
 
 def _hub_counts(url: str) -> tuple[int, int, int]:
@@ -84,11 +103,19 @@ def _start_hub(work: Path, port: int) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work)
 
 
-async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, Any]:
+async def run_bench_e2e(packets: int, rate: float | None = None,
+                        hub: str = "real") -> dict[str, Any]:
+    """`hub="acker"` replaces `keyop hub` with a subscriber that acks each message at once
+    (no validation, no database): what is left is the gateway's own cost and latency."""
     work = Path(tempfile.mkdtemp(prefix="keyop-bench-"))
     broker = PrivateBroker(workdir=work / "broker").start()
-    hub = _start_hub(work, broker.port)
     outbox = Outbox(work / "outbox.db", SOURCE)
+    hub_process = _start_hub(work, broker.port) if hub == "real" else None
+    acker = None
+    if hub == "acker":
+        from gateway.bench_drain import Acker
+
+        acker = Acker(broker.host, broker.port, outbox.epoch)
     writer = GroupWriter(outbox)
     writer.start()
     uplink = Uplink(UplinkConfig(host="127.0.0.1", port=broker.port, gateway=GATEWAY_ID,
@@ -110,12 +137,14 @@ async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, An
              asyncio.create_task(pipeline.commit_drafts())]
     try:
         # The hub's start-up is not the gateway's cost: start the clock once it is subscribed.
-        await asyncio.to_thread(wait_hub_online, "127.0.0.1", broker.port)
+        if hub_process is not None:
+            await asyncio.to_thread(wait_hub_online, "127.0.0.1", broker.port)
         deadline = time.monotonic() + 30
         while not uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
             await asyncio.sleep(0.05)
         samples = _samples(packets)
         first_packet_index = 4  # the busy edge is the sample that emits packet 1
+        threads0 = thread_cpu()
         cpu0, t0 = time.process_time(), time.perf_counter()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -132,6 +161,8 @@ async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, An
         done = await uplink.wait_acked(packets, ACK_WAIT_S)
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        threads = {name: round(value - threads0.get(name, 0.0), 2)
+                   for name, value in thread_cpu().items()}
     finally:
         await pipeline.close()
         for task in tasks[1:]:
@@ -140,14 +171,23 @@ async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, An
         await uplink.stop()
         await asyncio.gather(tasks[0], return_exceptions=True)
         outbox.close()
-        hub.terminate()
-        hub.wait(30)
+        if hub_process is not None:
+            hub_process.terminate()
+            hub_process.wait(30)
+        if acker is not None:
+            acker.close()
         broker.close()
-    rows, distinct, top = _hub_counts(f"sqlite:///{work / 'hub.db'}")
+    if acker is not None:
+        # The acker's own thread is not the gateway's cost.
+        cpu -= sum(v for k, v in threads.items() if "acker" in k)
+        rows = distinct = top = acker.contiguous
+    else:
+        rows, distinct, top = _hub_counts(f"sqlite:///{work / 'hub.db'}")
     measured = latencies[1:][~np.isnan(latencies[1:])] * 1000
     return {
         "packets": packets,
         "rate": rate,
+        "hub": hub,
         "seconds": round(seconds, 3),
         "packets_per_s": round(packets / seconds, 1),
         "latency_ms_p50": round(float(np.percentile(measured, 50)), 2) if measured.size else None,
@@ -157,6 +197,12 @@ async def run_bench_e2e(packets: int, rate: float | None = None) -> dict[str, An
         "lost": packets - distinct,
         "unexpected": max(0, top - packets),
         "duplicates": rows - distinct,
+        "messages": uplink.published_messages,
+        "events_published": uplink.published_events,
+        "live_events": uplink.live_events,
+        "resends": uplink.resends,
+        "transactions": writer.transactions,
+        "thread_cpu_s": threads,
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

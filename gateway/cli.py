@@ -47,8 +47,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        _install_stop(asyncio.get_running_loop(), stop)
-        await Gateway(config, compiled, drivers).run(stop)
+        loop = asyncio.get_running_loop()
+        _install_stop(loop, stop)
+        gateway = Gateway(config, compiled, drivers)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload() -> None:
+            if gateway.control is not None:
+                task = asyncio.ensure_future(gateway.control.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+        # SIGHUP: check the mapping file again and swap it in if it passes.
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        await gateway.run(stop)
 
     asyncio.run(main())
     return EXIT_OK
@@ -61,6 +73,10 @@ def cmd_hub(args: argparse.Namespace) -> int:
     if args.hub_command == "run" or args.hub_command is None:
         setup_logging(args.log_level)
         return hub_main(args.config)
+    if args.hub_command == "acl":
+        from hub.acl import main as acl_main
+
+        return acl_main(args.config, args.out)
     return EXIT_FAILED
 
 
@@ -148,10 +164,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
 
     setup_logging(args.log_level)
+    if args.bench == "serial":
+        import logging
+
+        from gateway.bench_serial import run_bench_serial
+
+        logging.getLogger("drivers.serial_reader").setLevel(logging.ERROR)  # 5% are bad on purpose
+        result = run_bench_serial(args.frames)
+        print(json.dumps(result))
+        return EXIT_OK if result["rejected"] == result["injected_bad"] else EXIT_FAILED
+    if args.bench == "mapping":
+        from gateway.bench_mapping import run_bench_mapping
+
+        print(json.dumps(run_bench_mapping(args.stations, args.samples,
+                                           polls_per_part=args.polls_per_part)))
+        return EXIT_OK
     if args.bench == "e2e":
-        result = asyncio.run(run_bench_e2e(packets=args.packets, rate=args.rate))
+        result = asyncio.run(run_bench_e2e(packets=args.packets, rate=args.rate, hub=args.hub))
         print(json.dumps(result))
         return EXIT_OK if result["lost"] == 0 and result["duplicates"] == 0 else EXIT_FAILED
+    if args.bench in ("modbus-poll", "opcua-subscribe", "reconnect"):
+        from gateway.bench_drivers import run_driver_bench
+
+        driver_result = run_driver_bench(args)
+        print(json.dumps(driver_result))
+        return EXIT_OK
+    if args.bench == "hub":
+        from gateway.bench_hub import run_hub_bench
+
+        hub_result = run_hub_bench(args)
+        print(json.dumps(hub_result))
+        return EXIT_OK if hub_result["stored"] == hub_result["packets"] else EXIT_FAILED
+    if args.bench in ("drain", "faults"):
+        from gateway.bench_delivery import run_delivery_bench
+
+        delivery = run_delivery_bench(args)
+        print(json.dumps(delivery))
+        return EXIT_OK if delivery.get("ok", True) else EXIT_FAILED
     return EXIT_FAILED
 
 
@@ -165,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     hub = sub.add_parser("hub", help="run the collaboration hub")
-    hub.add_argument("hub_command", nargs="?", choices=["run"], default="run")
+    hub.add_argument("hub_command", nargs="?", choices=["run", "acl"], default="run",
+                     help="run: the hub; acl: write Mosquitto password and ACL files")
     hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
+    hub.add_argument("--out", type=Path, default=Path("broker-acl"),
+                     help="acl: folder for passwd, acl and generated secrets")
     hub.set_defaults(func=cmd_hub)
 
     check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
@@ -197,10 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line last")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bench_serial = bench_sub.add_parser("serial", help="frames through a pty into the driver")
+    bench_serial.add_argument("--frames", type=int, default=100_000)
+    bench_map = bench_sub.add_parser("mapping", help="samples through the pure engine")
+    bench_map.add_argument("--stations", type=int, default=200)
+    bench_map.add_argument("--samples", type=int, default=1_000_000)
+    bench_map.add_argument("--polls-per-part", type=int, default=10,
+                           help="polls of a station per part made (1: every poll changes)")
     e2e = bench_sub.add_parser("e2e", help="mapping → outbox → uplink → broker → hub")
     e2e.add_argument("--packets", type=int, default=20_000)
     e2e.add_argument("--rate", type=float, default=None, help="packets/s offered (default: max)")
+    e2e.add_argument("--hub", choices=["real", "acker"], default="real",
+                     help="acker: a subscriber that acks at once (the gateway's own figures)")
+    from gateway.bench_drivers import add_driver_benches
+
+    add_driver_benches(bench_sub)
+    from gateway.bench_delivery import add_delivery_benches
+    from gateway.outbox_cli import add_outbox_command
+
+    add_delivery_benches(bench_sub)
+    from gateway.bench_hub import add_hub_bench
+
+    add_hub_bench(bench_sub)
     bench.set_defaults(func=cmd_bench)
+    add_outbox_command(sub)
     return parser
 
 

@@ -6,11 +6,13 @@ person at a shell get the same files.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mapping import yamlsrc
 from mapping.errors import MappingError
@@ -27,12 +29,53 @@ class Identity(_Strict):
     id: str = Field(pattern=ID_PATTERN, description="gateway id: MQTT username and topic level")
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+          "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def parse_size(value: object) -> object:
+    """`1000`, `"500MB"`, `"2GiB"` -> bytes; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"size {value!r}: expected a number of bytes with an optional "
+                             "unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. '500MB'")
+        return int(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=1)]
+
+
 class OutboxSettings(_Strict):
     path: str = "var/outbox.db"
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL survives power loss; NORMAL may lose the last commits on power loss",
     )
+    max_packets: int | None = Field(default=None, ge=1,
+                                    description="bound on pending packets (none: unbounded)")
+    max_bytes: Size | None = Field(default=None,
+                                   description="bound on pending packet bytes, e.g. '1GB'")
+    policy: Literal["refuse", "evict_low_priority"] = Field(
+        default="refuse",
+        description="when a bound is reached: refuse (new packets wait, alarm) or "
+        "evict_low_priority (oldest progress/state first; every eviction a gap record)",
+    )
+    max_file_bytes: Size | None = Field(
+        default=None,
+        description="hard cap on the SQLite file; past it appends meet 'disk full' and follow "
+        "the policy (keep it above max_bytes: the file holds pages, index and free space)",
+    )
+
+
+class TlsSettings(_Strict):
+    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
+    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
+    key_file: str | None = Field(default=None, description="client key (PEM)")
+    server_name: str | None = Field(
+        default=None, description="name the broker certificate must carry, if not `host`")
 
 
 class MqttSettings(_Strict):
@@ -42,8 +85,26 @@ class MqttSettings(_Strict):
     keepalive: Duration = 15.0
     ack_timeout: Duration = 10.0
     batch_max_events: int = Field(default=100, ge=1, le=1000)
-    username_env: str | None = None
-    password_env: str | None = None
+    username: str | None = Field(default=None, description="MQTT username (none: no login)")
+    username_env: str | None = Field(default=None,
+                                     description="read the username from this env variable")
+    password_env: str | None = Field(default=None,
+                                     description="read the password from this env variable")
+    password_file: str | None = Field(
+        default=None, description="read the password from this file (first line)")
+    tls: TlsSettings | None = None
+
+
+class CredentialsError(ValueError):
+    """A configured credential source (env variable or file) is missing or unreadable."""
+
+
+class ApiSettings(_Strict):
+    """The gateway's local HTTP API (health, status, mapping check and reload)."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
+    port: int = Field(default=8471, ge=0, le=65535, description="0 picks a free port")
 
 
 class GatewaySettings(_Strict):
@@ -51,6 +112,7 @@ class GatewaySettings(_Strict):
     mapping: str = "mapping.yaml"
     outbox: OutboxSettings = OutboxSettings()
     mqtt: MqttSettings = MqttSettings()
+    api: ApiSettings = ApiSettings()
 
 
 @dataclass(frozen=True)
@@ -77,6 +139,37 @@ class GatewayConfig:
     @property
     def outbox_path(self) -> Path:
         return self.resolve(self.settings.outbox.path)
+
+    def mqtt_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) from the config, its env variables or its password file.
+
+        Raises `CredentialsError` naming the variable or file when it cannot be read; never
+        logs or returns the secret in an error.
+        """
+        mqtt = self.settings.mqtt
+        username = mqtt.username
+        if mqtt.username_env:
+            username = os.environ.get(mqtt.username_env)
+            if not username:
+                raise CredentialsError(f"mqtt.username_env: environment variable "
+                                       f"{mqtt.username_env!r} is not set")
+        password: str | None = None
+        if mqtt.password_env:
+            password = os.environ.get(mqtt.password_env)
+            if password is None:
+                raise CredentialsError(f"mqtt.password_env: environment variable "
+                                       f"{mqtt.password_env!r} is not set")
+        elif mqtt.password_file:
+            path = self.resolve(mqtt.password_file)
+            try:
+                password = path.read_text().splitlines()[0] if path.stat().st_size else ""
+            except OSError as error:
+                raise CredentialsError(f"mqtt.password_file: cannot read {path}: "
+                                       f"{error.strerror}") from None
+        if password is not None and username is None:
+            raise CredentialsError("mqtt: a password is configured but no username "
+                                   "(username or username_env)")
+        return username, password
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

@@ -15,23 +15,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from ulid import ULID
-
-from drivers.base import Driver, Sample
-from edge_store.outbox import Entry, Outbox, OutboxError
+from drivers.base import Driver, Quality, Sample
+from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
+from gateway.api import start_local_api, stop_local_api
 from gateway.config import GatewayConfig
+from gateway.control import MappingControl
+from gateway.ids import new_ids
+from gateway.outbox_gap import gap_entry_factory
 from mapping.engine import CompiledMapping, Engine
+from sync.mqtt_link import Tls
 from sync.packet import Draft, render
 from sync.uplink import Uplink, UplinkConfig
 
 log = logging.getLogger(__name__)
 
+TICK = ""  # the signal name of a tick: no real signal has an empty name
+TICK_INTERVAL_S = 0.1
 SAMPLE_QUEUE = 10_000
 DRAFT_QUEUE = 10_000
 COMMIT_BATCH = 1_000
 RESTART_BACKOFF_MIN_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
+# A refused or failed commit is retried soon: room appears as soon as the hub acks.
+FULL_RETRY_MIN_S = 0.05
+FULL_RETRY_MAX_S = 1.0
 
 
 @dataclass
@@ -44,7 +52,16 @@ class GatewayStats:
 
 
 def uplink_config(config: GatewayConfig) -> UplinkConfig:
+    """The uplink's settings from gateway.yaml; credentials are read here (env or file)."""
     mqtt = config.settings.mqtt
+    username, password = config.mqtt_credentials()
+    tls = None
+    if mqtt.tls is not None:
+        def path(value: str | None) -> str | None:
+            return None if value is None else str(config.resolve(value))
+
+        tls = Tls(ca_file=path(mqtt.tls.ca_file), cert_file=path(mqtt.tls.cert_file),
+                  key_file=path(mqtt.tls.key_file), server_name=mqtt.tls.server_name)
     return UplinkConfig(
         host=mqtt.host,
         port=mqtt.port,
@@ -54,6 +71,30 @@ def uplink_config(config: GatewayConfig) -> UplinkConfig:
         keepalive_s=mqtt.keepalive,
         ack_timeout_s=mqtt.ack_timeout,
         batch_max_events=mqtt.batch_max_events,
+        username=username,
+        password=password,
+        tls=tls,
+    )
+
+
+def open_outbox(config: GatewayConfig, compiled: CompiledMapping | None = None, *,
+                exclusive: bool = True, check: bool = True) -> Outbox:
+    """The gateway's outbox with its bounds, policy and gap records, as gateway.yaml says.
+
+    `exclusive`: hold the file's lock (the daemon, `keyop outbox purge`); a second holder
+    gets `OutboxLocked`.
+    """
+    settings = config.settings.outbox
+    config.outbox_path.parent.mkdir(parents=True, exist_ok=True)
+    return Outbox(
+        config.outbox_path, config.source,
+        synchronous=settings.synchronous,
+        bounds=Bounds(max_packets=settings.max_packets, max_bytes=settings.max_bytes,
+                      policy=settings.policy),
+        gap_entry=gap_entry_factory(config, compiled),
+        max_file_bytes=settings.max_file_bytes,
+        exclusive=exclusive,
+        check=check,
     )
 
 
@@ -78,14 +119,29 @@ class Pipeline:
                       recorded=time.time())
 
     async def map_samples(self) -> None:
-        """Engine task: samples in, drafts out, until a `None` sentinel."""
+        """Engine task: samples in, drafts out, until a `None` sentinel.
+
+        A sample whose signal is `TICK` only lets time pass (hold times, stalled alarms, timed
+        progress); `self.engine` may be swapped by a mapping reload between two samples.
+        """
         while (sample := await self.samples.get()) is not None:
-            self.stats.samples += 1
-            if not sample.good:
-                self.stats.bad_samples += 1
-            for draft in self.engine.step(sample):
+            if sample.signal == TICK:
+                drafts = self.engine.tick(sample.monotonic, sample.time)
+            else:
+                self.stats.samples += 1
+                if not sample.good:
+                    self.stats.bad_samples += 1
+                drafts = self.engine.step(sample)
+            for draft in drafts:
                 await self._drafts.put(draft)
         await self._drafts.put(None)
+
+    async def tick_forever(self, interval: float = TICK_INTERVAL_S) -> None:
+        """Ticker task: time passes for the engine even when no sample arrives."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            await self.samples.put(Sample(TICK, None, Quality.GOOD, time.time(), loop.time()))
 
     async def emit(self, draft: Draft) -> None:
         await self._drafts.put(draft)
@@ -105,25 +161,39 @@ class Pipeline:
                     break
                 batch.append(item)
             entries = [
-                Entry(pid, partial(self._render, draft, pid), draft.priority)
-                for draft in batch
-                for pid in (str(ULID()),)
+                Entry(pid, partial(self._render, draft, pid), draft.priority, draft.type)
+                for draft, pid in zip(batch, new_ids(len(batch)), strict=True)
             ]
             await self._commit(entries)
 
     async def _commit(self, entries: list[Entry]) -> None:
-        backoff = RESTART_BACKOFF_MIN_S
+        backoff = FULL_RETRY_MIN_S
+        failing = False
         while True:
             try:
                 seqs = await self.writer.append_many(entries)
                 break
             except OutboxError as error:
                 # Nothing accepted is dropped: the same entries (same ids) are tried again.
+                # A full outbox under `refuse` lands here too: the packets wait (bounded
+                # queues behind them slow the drivers down) and the outbox raised the alarm.
+                if isinstance(error, OutboxFull) and len(entries) > 1:
+                    # A batch may be larger than the room the bound will ever leave: halves,
+                    # in order, fit one after the other.
+                    half = len(entries) // 2
+                    await self._commit(entries[:half])
+                    await self._commit(entries[half:])
+                    return
                 self.stats.commit_failures += 1
-                log.error("outbox commit failed; retrying", extra={
-                    "packets": len(entries), "error": str(error), "retry_s": backoff})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                if not failing:
+                    log.error("outbox commit failed; retrying until it succeeds", extra={
+                        "packets": len(entries), "error": str(error),
+                        "full": isinstance(error, OutboxFull)})
+                    failing = True
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, FULL_RETRY_MAX_S)
+        if failing:
+            log.info("outbox commit recovered", extra={"packets": len(entries)})
         self.stats.packets_emitted += len(seqs)
         for callback in self.on_commit:
             callback(seqs)
@@ -143,12 +213,41 @@ class Gateway:
         self.drivers = drivers
         self.pipeline: Pipeline | None = None
         self.uplink: Uplink | None = None
+        self.started_at = time.time()
+        self.control: MappingControl | None = None  # set by the local API at start
+        self.api_port: int | None = None
+        self._feeders: dict[Driver, asyncio.Task[None]] = {}
+
+    def _start_driver(self, driver: Driver, pipeline: Pipeline) -> None:
+        self._feeders[driver] = asyncio.create_task(
+            self._supervise(driver, pipeline), name=f"driver:{driver.name}")
+
+    async def _stop_drivers(self, drivers: list[Driver]) -> None:
+        for driver in drivers:
+            await driver.close()
+        tasks = [self._feeders.pop(driver) for driver in drivers if driver in self._feeders]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def apply_mapping(
+        self, compiled: CompiledMapping, drivers: list[Driver] | None
+    ) -> None:
+        """Swap in a checked mapping. Stations whose definition is unchanged keep their state;
+        with `drivers`, the device links are replaced too (sources or signals changed)."""
+        if self.pipeline is None:
+            raise RuntimeError("the gateway is not running")
+        pipeline = self.pipeline
+        pipeline.engine = Engine(compiled, previous=pipeline.engine)
+        self.compiled = compiled
+        if drivers is not None:
+            old, self.drivers = self.drivers, drivers
+            await self._stop_drivers(old)
+            for driver in drivers:
+                self._start_driver(driver, pipeline)
 
     async def run(self, stop: asyncio.Event) -> None:
-        settings = self.config.settings
-        self.config.outbox_path.parent.mkdir(parents=True, exist_ok=True)
-        outbox = Outbox(self.config.outbox_path, self.config.source,
-                        synchronous=settings.outbox.synchronous)
+        outbox = open_outbox(self.config, self.compiled)
         writer = GroupWriter(outbox)
         writer.start()
         uplink = Uplink(uplink_config(self.config), outbox)
@@ -163,19 +262,18 @@ class Gateway:
         uplink_task = asyncio.create_task(uplink.run(), name="uplink")
         mapper = asyncio.create_task(pipeline.map_samples(), name="mapping")
         committer = asyncio.create_task(pipeline.commit_drafts(), name="committer")
-        feeders = [
-            asyncio.create_task(self._supervise(driver, pipeline), name=f"driver:{driver.name}")
-            for driver in self.drivers
-        ]
+        ticker = asyncio.create_task(pipeline.tick_forever(), name="ticker")
+        for driver in self.drivers:
+            self._start_driver(driver, pipeline)
+        api = start_local_api(self)
         try:
             await stop.wait()
         finally:
             log.info("gateway stopping")
-            for driver in self.drivers:
-                await driver.close()
-            for task in feeders:
-                task.cancel()
-            await asyncio.gather(*feeders, return_exceptions=True)
+            await stop_local_api(api)
+            await self._stop_drivers(list(self._feeders))
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
             # Everything already sampled is mapped and committed before we stop.
             await pipeline.close()
             await mapper

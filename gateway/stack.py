@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import PrivateBroker, wait_for_port
+from gateway.broker import PrivateBroker, free_port, wait_for_port
 from simulators.modbus_device import PressDevice
 from sync import topics
 
@@ -105,12 +105,23 @@ class Observer:
 def wait_hub_online(host: str, port: int, timeout: float = 30.0) -> None:
     """Block until the hub's retained status says online: its ingest subscription is then in
     place (the hub subscribes before it announces itself on the same connection)."""
+    wait_status_online(host, port, topics.hub_status(), timeout, "the hub")
+
+
+def wait_gateway_online(host: str, port: int, gateway: str = GATEWAY_ID,
+                        timeout: float = 30.0) -> None:
+    """Block until the gateway's retained birth says online (its uplink is connected)."""
+    wait_status_online(host, port, topics.up_status(gateway), timeout, f"gateway {gateway}")
+
+
+def wait_status_online(host: str, port: int, topic: str, timeout: float, what: str) -> None:
+    """Block until a retained status on `topic` says `online: true`."""
     online = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                         client_id=f"keyop-wait-hub-{os.getpid()}-{time.monotonic_ns()}")
+                         client_id=f"keyop-wait-{os.getpid()}-{time.monotonic_ns()}")
 
     def on_connect(c: mqtt.Client, *_args: Any) -> None:
-        c.subscribe(topics.hub_status(), qos=1)
+        c.subscribe(topic, qos=1)
 
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(ValueError):
@@ -123,7 +134,7 @@ def wait_hub_online(host: str, port: int, timeout: float = 30.0) -> None:
     client.loop_start()
     try:
         if not online.wait(timeout):
-            raise TimeoutError(f"the hub did not come online at {host}:{port} in {timeout}s")
+            raise TimeoutError(f"{what} did not come online at {host}:{port} in {timeout}s")
     finally:
         client.disconnect()
         client.loop_stop()
@@ -138,17 +149,26 @@ class Stack:
     """Start and stop the parts; files (configs, logs, databases) live in `workdir`."""
 
     def __init__(self, workdir: Path | None = None, broker: str | None = None,
-                 progress_every: int = 5) -> None:
+                 progress_every: int = 5, *, poll_interval: str | None = None,
+                 gateway_overrides: dict[str, dict[str, Any]] | None = None,
+                 log_level: str = "INFO") -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="keyop-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.external_broker = broker
         self.broker: PrivateBroker | None = None
         self.device = PressDevice(good=2**32 - 12)  # the good counter rolls over early on
         self.progress_every = progress_every
+        self.poll_interval = poll_interval
+        """Override every signal's poll interval (fault tests: more packets per second)."""
+        self.gateway_overrides = gateway_overrides or {}
+        """Sections of gateway.yaml to update (`{"outbox": {"max_packets": 500}}`)."""
+        self.log_level = log_level
+        self.gateway_starts = 0
         self.hub: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self.observer: Observer | None = None
         self.host, self.port = "127.0.0.1", 0
+        self.api_port = free_port()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -164,14 +184,21 @@ class Stack:
         mapping = yaml.safe_load((CONFIG_DIR / "mapping.yaml").read_text())
         mapping["sources"]["press-1"]["port"] = device_port
         mapping["stations"]["press-1"]["progress"]["every"] = self.progress_every
+        if self.poll_interval is not None:
+            for signal_spec in mapping["signals"].values():
+                signal_spec["interval"] = self.poll_interval
         _dump(self.workdir / "mapping.yaml", mapping)
         gateway = yaml.safe_load((CONFIG_DIR / "gateway.yaml").read_text())
         gateway["mapping"] = "mapping.yaml"
         gateway["outbox"]["path"] = str(self.outbox_path)
         gateway["mqtt"].update(host=self.host, port=self.port, ack_timeout="3s")
+        for section, values in self.gateway_overrides.items():
+            gateway.setdefault(section, {}).update(values)
+        gateway["api"] = {"host": "127.0.0.1", "port": self.api_port}
         gateway_file = _dump(self.workdir / "gateway.yaml", gateway)
         hub = yaml.safe_load((CONFIG_DIR / "hub.yaml").read_text())
         hub["hub"]["database"] = self.hub_db_url
+        hub["api"]["port"] = 0  # a free port: several stacks may run at once
         hub["mqtt"].update(host=self.host, port=self.port, client_id=f"keyop-hub-{os.getpid()}")
         # acme follows every order; bolt only the even-numbered ones.
         hub["routes"] = [
@@ -186,7 +213,7 @@ class Stack:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *args],
+            [sys.executable, "-m", "gateway.cli", "--log-level", self.log_level, *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
@@ -196,6 +223,7 @@ class Stack:
 
     def start_gateway(self) -> None:
         self.gateway = self._spawn("gateway", "run", "-c", str(self.workdir / "gateway.yaml"))
+        self.gateway_starts += 1
 
     @staticmethod
     def _stop(process: subprocess.Popen[bytes] | None, *, kill: bool = False,

@@ -8,9 +8,11 @@ A packet is a CloudEvents 1.0 event in structured mode. The mapping engine build
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -250,10 +252,25 @@ def format_sequence(seq: int) -> str:
     return f"{seq:0{SEQUENCE_DIGITS}d}"
 
 
+_LAST_SECOND: tuple[int, str] = (-1, "")
+
+
 def format_time(epoch_seconds: float) -> str:
-    """RFC 3339 UTC with milliseconds, as PACKET.md requires."""
-    stamp = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds, as PACKET.md requires.
+
+    Hot path (every packet): the date-time text of the last second is reused.
+    """
+    global _LAST_SECOND
+    second = math.floor(epoch_seconds)
+    micros = round((epoch_seconds - second) * 1e6)  # exactly as datetime rounds
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    millis = micros // 1000
+    cached_second, text = _LAST_SECOND
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _LAST_SECOND = (second, text)
+    return f"{text}.{millis:03d}Z"
 
 
 def parse_time(text: str) -> float:

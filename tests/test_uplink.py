@@ -314,7 +314,7 @@ def test_acks_for_another_epoch_or_older_sequence_are_ignored(
         ack(outbox.epoch, 4)
         assert await uplink.wait_acked(4, 5)
         assert uplink.acked_seq == 4
-        assert [s for s, _ in outbox.pending(0, 10)] == [5]
+        assert [s for s, *_ in outbox.pending(0, 10)] == [5]
 
     caplog.set_level(logging.WARNING, logger="sync.uplink")
     try:

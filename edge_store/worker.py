@@ -1,0 +1,270 @@
+"""The one thread that does the outbox's SQLite work for the event loop.
+
+Before, each commit, pending read and ack delete was its own `asyncio.to_thread` call: a thread
+hop and a GIL hand-off per call, across a pool of worker threads. Here one dedicated thread owns
+the outbox's connections and works in rounds: everything queued since the last round (appends
+from the group writer, the newest hub ack to delete, pending reads for the uplink) is done
+together, appends and the ack delete in one transaction (one fsync), and the results go back to
+the loop in one `call_soon_threadsafe` per round.
+
+Committed rows (with their bodies) are handed to listeners on the loop, in sequence order, so
+the uplink can publish fresh packets without reading them back from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_store.outbox import (
+    Commit,
+    Entry,
+    Outbox,
+    OutboxClosed,
+    OutboxError,
+    OutboxFull,
+    RenderError,
+    Row,
+)
+
+log = logging.getLogger(__name__)
+
+# Deleting acknowledged rows can wait: alone it costs a transaction (an fsync on real flash),
+# riding with the next append it costs nothing. Rows wait at most this long, or until this many.
+ACK_DELAY_S = 0.25
+ACK_ROWS_NOW = 2_000
+
+
+@dataclass(slots=True)
+class _Append:
+    entries: list[Entry]
+    future: asyncio.Future[list[int]] = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Read:
+    after: int
+    limit: int
+    upto: int
+    future: asyncio.Future[list[Row]] = field(repr=False)
+
+
+class OutboxWorker:
+    """Serialises an outbox's work on one thread; every public method is for the loop thread.
+
+    `add_commit_listener(fn)`: `fn(rows)` on the loop after each commit, rows in seq order
+    (gap rows included). `add_delete_listener(fn)`: `fn(upto)` after acknowledged rows went.
+    """
+
+    def __init__(self, outbox: Outbox, loop: asyncio.AbstractEventLoop, *,
+                 max_batch: int = 1000) -> None:
+        self.outbox = outbox
+        self.loop = loop
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._appends: deque[_Append] = deque()
+        self._reads: deque[_Read] = deque()
+        self._ack_target = 0
+        self._acked = 0
+        self._ack_since = 0.0
+        self._stopping = False
+        self._commit_listeners: list[Callable[[list[Row]], None]] = []
+        self._delete_listeners: list[Callable[[int], None]] = []
+        self.transactions = 0
+        self.committed = 0
+        self.failed = 0
+        self.rounds = 0
+        self._thread = threading.Thread(target=self._run, name="outbox-worker", daemon=True)
+        self._thread.start()
+
+    # --- loop side -----------------------------------------------------------------------------
+
+    def add_commit_listener(self, callback: Callable[[list[Row]], None]) -> None:
+        self._commit_listeners.append(callback)
+
+    def add_delete_listener(self, callback: Callable[[int], None]) -> None:
+        self._delete_listeners.append(callback)
+
+    def append(self, entries: list[Entry]) -> asyncio.Future[list[int]]:
+        """Queue `entries` as one unit (one transaction, consecutive seqs); the future resolves
+        with their seqs once committed, or fails with an `OutboxError`."""
+        future: asyncio.Future[list[int]] = self.loop.create_future()
+        with self._cond:
+            if self._stopping:
+                future.set_exception(OutboxClosed(f"outbox {self.outbox.path} is closed"))
+                return future
+            self._appends.append(_Append(entries, future))
+            self._cond.notify()
+        return future
+
+    def read(self, after: int, limit: int, upto: int = 2**62) -> asyncio.Future[list[Row]]:
+        """Pending rows `after` < seq <= `upto`, at most `limit`, in seq order."""
+        future: asyncio.Future[list[Row]] = self.loop.create_future()
+        with self._cond:
+            if self._stopping:
+                future.set_exception(OutboxClosed(f"outbox {self.outbox.path} is closed"))
+                return future
+            self._reads.append(_Read(after, limit, upto, future))
+            self._cond.notify()
+        return future
+
+    def ack(self, upto: int) -> None:
+        """The hub has everything up to `upto`: delete it with the next append's transaction,
+        or on its own after `ACK_DELAY_S` (coalesced either way)."""
+        with self._cond:
+            if upto > self._ack_target:
+                if self._ack_target <= self._acked:
+                    self._ack_since = time.monotonic()
+                self._ack_target = upto
+                self._cond.notify()  # the thread re-arms its wait with the ack's deadline
+
+    def _ack_due(self) -> bool:
+        """An ack delete alone is worth a transaction (an fsync) when it has waited a while
+        for an append to ride with, or when it frees many rows; called under the lock."""
+        pending = self._ack_target - self._acked
+        return pending > 0 and (pending >= ACK_ROWS_NOW
+                                or time.monotonic() - self._ack_since >= ACK_DELAY_S)
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread (blocks until it has)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    # --- worker thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._appends or self._reads or self._stopping
+                           or self._ack_due()):
+                    timeout = None
+                    if self._ack_target > self._acked:
+                        timeout = max(0.0, self._ack_since + ACK_DELAY_S - time.monotonic())
+                    self._cond.wait(timeout)
+                units: list[_Append] = []
+                size = 0
+                while self._appends and (not units or size + len(self._appends[0].entries)
+                                         <= self.max_batch):
+                    unit = self._appends.popleft()
+                    units.append(unit)
+                    size += len(unit.entries)
+                ack = self._ack_target if self._ack_target > self._acked else 0
+                reads = list(self._reads)
+                self._reads.clear()
+                stop = self._stopping and not self._appends and not units
+            self.rounds += 1
+            outcome: list[tuple[_Append, list[int] | OutboxError]] = []
+            rows: list[Row] = []
+            deleted = 0
+            if units or ack:
+                outcome, rows, deleted = self._commit(units, ack)
+            answers: list[tuple[_Read, list[Row] | OutboxError]] = []
+            for read in reads:
+                try:
+                    answers.append((read, self.outbox.pending(read.after, read.limit, read.upto)))
+                except OutboxError as error:
+                    answers.append((read, error))
+            if outcome or rows or deleted or answers:
+                try:
+                    self.loop.call_soon_threadsafe(self._deliver, outcome, rows, deleted, answers)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
+            if stop:
+                return
+
+    def _commit(
+        self, units: list[_Append], ack: int
+    ) -> tuple[list[tuple[_Append, list[int] | OutboxError]], list[Row], int]:
+        """Commit `units` (and the ack delete) in one transaction; a failing render drops only
+        its own unit."""
+        outcome: list[tuple[_Append, list[int] | OutboxError]] = []
+        while True:
+            entries = [entry for unit in units for entry in unit.entries]
+            try:
+                result: Commit = self.outbox.commit(entries, ack)
+            except RenderError as error:
+                owner = _owner(units, error.index)
+                outcome.append((units.pop(owner), error))
+                continue
+            except OutboxError as error:
+                outcome.extend((unit, error) for unit in units)
+                if not isinstance(error, (OutboxFull, OutboxClosed)):
+                    log.error("outbox group commit failed",
+                              extra={"entries": len(entries), "error": str(error)})
+                if ack and entries and not isinstance(error, OutboxClosed):
+                    # The acknowledged rows must still go: they are what frees room.
+                    try:
+                        deleted_only = self.outbox.commit([], ack)
+                    except OutboxError:
+                        return outcome, [], 0
+                    self._acked = ack
+                    return outcome, deleted_only.gap_rows, ack
+                return outcome, [], 0
+            self.transactions += 1
+            self.committed += len(result.rows)
+            offset = 0
+            for unit in units:
+                count = len(unit.entries)
+                outcome.append((unit, [r.seq for r in result.rows[offset:offset + count]]))
+                offset += count
+            if ack:
+                self._acked = ack
+            return outcome, result.stored, ack if ack else 0
+
+    # --- back on the loop ----------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        outcome: list[tuple[_Append, list[int] | OutboxError]],
+        rows: list[Row],
+        deleted: int,
+        answers: list[tuple[_Read, Any]],
+    ) -> None:
+        for unit, value in outcome:
+            if isinstance(value, OutboxError):
+                self.failed += len(unit.entries)
+                if not unit.future.done():
+                    unit.future.set_exception(value)
+            elif not unit.future.done():
+                unit.future.set_result(value)
+        if rows:
+            for listener in self._commit_listeners:
+                listener(rows)
+        if deleted:
+            for on_deleted in self._delete_listeners:
+                on_deleted(deleted)
+        for read, answer in answers:
+            if read.future.done():
+                continue
+            if isinstance(answer, OutboxError):
+                read.future.set_exception(answer)
+            else:
+                read.future.set_result(answer)
+
+
+def _owner(units: list[_Append], index: int) -> int:
+    """Position in `units` of the unit holding the flattened entry `index`."""
+    for position, unit in enumerate(units):
+        if index < len(unit.entries):
+            return position
+        index -= len(unit.entries)
+    raise IndexError(index)
+
+
+def worker_for(outbox: Outbox) -> OutboxWorker:
+    """The outbox's worker, started on the running loop at first use (one per outbox)."""
+    worker = outbox.worker
+    if worker is None or worker.loop is not asyncio.get_running_loop():
+        if worker is not None:
+            worker.stop()
+        worker = outbox.worker = OutboxWorker(outbox, asyncio.get_running_loop())
+    return worker
