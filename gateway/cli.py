@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mapping.errors import MappingError
 
@@ -27,23 +28,35 @@ def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_gateway(args: argparse.Namespace, command: str) -> tuple[Any, Any, Any] | None:
+    """gateway.yaml, its compiled mapping and drivers; None (problems printed) when refused.
+
+    Everything is checked before anything is opened: a bad config touches nothing.
+    """
     from gateway.config import load_gateway_config
     from gateway.devices import build_drivers
-    from gateway.logs import setup_logging
-    from gateway.runtime import Gateway
     from mapping.load import load_mapping
 
-    setup_logging(args.log_level)
-    # Everything is checked before the outbox is opened: a bad config touches nothing.
     try:
         config = load_gateway_config(args.config)
         doc, compiled = load_mapping(config.mapping_path)
-        drivers = build_drivers(doc, compiled)
+        return config, compiled, build_drivers(doc, compiled)
     except MappingError as error:
         _print_problems(error)
-        print(f"keyop run: refusing to start ({len(error.problems)} problem(s))", file=sys.stderr)
+        print(f"keyop {command}: refusing to start ({len(error.problems)} problem(s))",
+              file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from gateway.runtime import Gateway
+
+    setup_logging(args.log_level)
+    loaded = _load_gateway(args, "run")
+    if loaded is None:
         return EXIT_CONFIG
+    config, compiled, drivers = loaded
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -116,20 +129,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from gateway.config import load_gateway_config
-    from gateway.devices import build_drivers
     from gateway.logs import setup_logging
     from gateway.record import record
-    from mapping.load import load_mapping
 
     setup_logging(args.log_level)
-    try:
-        config = load_gateway_config(args.config)
-        doc, compiled = load_mapping(config.mapping_path)
-        drivers = build_drivers(doc, compiled)
-    except MappingError as error:
-        _print_problems(error)
+    loaded = _load_gateway(args, "record")
+    if loaded is None:
         return EXIT_CONFIG
+    _, _, drivers = loaded
     with args.out.open("w") as out:
         count = asyncio.run(record(drivers, out, args.duration))
     print(f"{count} sample(s) written to {args.out}", file=sys.stderr)
