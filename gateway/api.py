@@ -76,20 +76,15 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class LocalApi:
-    def __init__(self, server: _EmbeddedServer | None, task: asyncio.Task[None] | None,
-                 port: int | None, control: MappingControl) -> None:
+    def __init__(self, server: _EmbeddedServer | None, task: asyncio.Task[None] | None) -> None:
         self.server = server
         self.task = task
-        self.port = port
-        self.control = control
 
 
 def start_local_api(gateway: Gateway) -> LocalApi:
-    control = MappingControl(gateway)
-    gateway.control = control
     settings = gateway.config.settings.api
     if not settings.enabled:
-        return LocalApi(None, None, None, control)
+        return LocalApi(None, None)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,15 +94,15 @@ def start_local_api(gateway: Gateway) -> LocalApi:
         sock.close()
         log.error("local API not started: cannot bind", extra={
             "host": settings.host, "port": settings.port, "error": str(error)})
-        return LocalApi(None, None, None, control)
+        return LocalApi(None, None)
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(create_app(gateway, control), log_level="warning",
+    config = uvicorn.Config(create_app(gateway, gateway.control), log_level="warning",
                             access_log=False, lifespan="off")
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="local-api")
     log.info("local API listening", extra={"host": settings.host, "port": port})
     gateway.api_port = port
-    return LocalApi(server, task, port, control)
+    return LocalApi(server, task)
 
 
 async def stop_local_api(api: LocalApi) -> None:

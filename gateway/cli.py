@@ -66,10 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         reloads: set[asyncio.Task[object]] = set()
 
         def reload() -> None:
-            if gateway.control is not None:
-                task = asyncio.ensure_future(gateway.control.reload())
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
+            task = asyncio.ensure_future(gateway.control.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
         # SIGHUP: check the mapping file again and swap it in if it passes.
         loop.add_signal_handler(signal.SIGHUP, reload)

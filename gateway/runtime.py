@@ -143,9 +143,6 @@ class Pipeline:
             await asyncio.sleep(interval)
             await self.samples.put(Sample(TICK, None, Quality.GOOD, time.time(), loop.time()))
 
-    async def emit(self, draft: Draft) -> None:
-        await self._drafts.put(draft)
-
     async def commit_drafts(self) -> None:
         """Committer task: takes every draft waiting and commits them in one group."""
         done = False
@@ -214,7 +211,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.uplink: Uplink | None = None
         self.started_at = time.time()
-        self.control: MappingControl | None = None  # set by the local API at start
+        self.control = MappingControl(self)  # reloads: SIGHUP and the local API
         self.api_port: int | None = None
         self._feeders: dict[Driver, asyncio.Task[None]] = {}
 

@@ -78,7 +78,7 @@ class MaterialRuntime:
             "equipment": {"path": self.compiled.equipment_path,
                           "level": self.spec.equipment.level},
             "materials": [material],
-            "scan": _scan_json(value),
+            "scan": scan_json(value),
         }
         self.engine.common_fields(data, name, sample.time)
         event: dict[str, Any] = {
@@ -98,11 +98,10 @@ class MaterialRuntime:
         out.append(Draft(self.type, self.compiled.equipment_path, sample.time, data))
 
 
-def _scan_json(scan: Scan) -> dict[str, Any]:
+def scan_json(scan: Scan) -> dict[str, Any]:
+    """A scan as PACKET.md's `scan` field."""
     result: dict[str, Any] = {"kind": scan.kind, "code": scan.code}
     if scan.fields:
         result["fields"] = scan.field_map
     return result
 
-
-scan_json = _scan_json
