@@ -24,7 +24,7 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    reason: str  # overlong, bad_checksum, non_printable, partial_timeout, no_stx, decode
+    reason: str  # overlong, bad_checksum, non_printable, partial_timeout, no_stx, partial, decode
     data: bytes
 
 
@@ -37,7 +37,7 @@ class FramingSpec:
     max_length: int = 512
     prefix: str = ""
     suffix: str = ""
-    timeout_s: float = 0.5  # a partial frame older than this is rejected
+    timeout_s: float = 0.5  # a partial frame silent this long is rejected
 
 
 def lrc(data: bytes) -> int:
@@ -70,8 +70,8 @@ class Framer:
 
     def feed(self, data: bytes, now: float) -> list[Frame | Rejected]:
         out: list[Frame | Rejected] = []
-        if data and not self._buffer:
-            self._since = now
+        if data:
+            self._since = now  # the partial-frame timeout counts from the last byte received
         self._buffer += data
         if self.spec.kind == "line":
             self._lines(out)
@@ -86,7 +86,7 @@ class Framer:
         return out
 
     def expire(self, now: float) -> list[Frame | Rejected]:
-        """A partial frame left waiting longer than the timeout is rejected."""
+        """A partial frame with no new byte for longer than the timeout is rejected."""
         if self._buffer and self._since is not None and now - self._since > self.spec.timeout_s:
             data = bytes(self._buffer)
             self._buffer.clear()

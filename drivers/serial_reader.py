@@ -238,10 +238,21 @@ class SerialReaderDriver:
 
     async def _read(self, port: serial.Serial, loop: asyncio.AbstractEventLoop
                     ) -> AsyncIterator[Sample]:
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+        # Chunks with their arrival time: the partial-frame timeout must measure the line's
+        # silence, not how long the mapping took to get to them.
+        chunks: asyncio.Queue[tuple[bytes, float] | None] = asyncio.Queue(1000)
         fd = port.fileno()
 
+        paused = False
+
         def readable() -> None:
+            nonlocal paused
+            if chunks.full():
+                # The mapping is behind: stop reading and let the OS buffer (and the line's
+                # flow control) hold the bytes, rather than drop any.
+                loop.remove_reader(fd)
+                paused = True
+                return
             try:
                 data = port.read(4096)
             except (serial.SerialException, OSError):
@@ -251,10 +262,7 @@ class SerialReaderDriver:
                 chunks.put_nowait(None)
                 return
             if data:
-                if chunks.full():  # a burst faster than we map: drop the oldest chunk, loudly
-                    chunks.get_nowait()
-                    self.rejected["overrun"] += 1
-                chunks.put_nowait(data)
+                chunks.put_nowait((data, loop.time()))
 
         framer = Framer(self.config.framing)
         presence = TagPresence(self.config.dedupe_window_s, self.config.depart_after_s)
@@ -263,13 +271,20 @@ class SerialReaderDriver:
         try:
             while not self._closed.is_set():
                 try:
-                    data = await asyncio.wait_for(chunks.get(), tick)
+                    chunk = await asyncio.wait_for(chunks.get(), tick)
                 except TimeoutError:
-                    data = b""
-                if data is None:
+                    chunk = (b"", loop.time())
+                if chunk is None:
                     return
+                data, arrived = chunk
+                if paused and chunks.qsize() < chunks.maxsize // 2:
+                    paused = False
+                    loop.add_reader(fd, readable)
+                items = framer.feed(data, arrived)
+                if chunks.empty() and not paused:  # nothing more waiting: is the line silent?
+                    items += framer.expire(loop.time())
                 now = loop.time()
-                for item in framer.feed(data, now) + framer.expire(now):
+                for item in items:
                     if isinstance(item, Rejected):
                         self._reject(item)
                         continue
