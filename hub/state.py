@@ -163,8 +163,13 @@ _NEWEST_FIELDS = ("state", "type", "good", "scrap", "rework", "planned", "uom", 
 
 def upsert_states(conn: Connection, insert: Callable[..., Any], rows: list[StateRow]) -> None:
     """Apply reduced rows: the newest event's fields win, start/completion times merge."""
+    conn.execute(upsert_statement(insert(op_state)), [row._asdict() for row in rows])
+
+
+def upsert_statement(stmt: Any) -> Any:
+    """`stmt` (an INSERT into `op_state`, of values or from a SELECT) made an upsert that
+    applies the rule of the module docstring on conflict."""
     t = op_state.c
-    stmt = insert(op_state)
     ex = stmt.excluded
     is_newer = sa.or_(
         sa.and_(ex.last_source == t.last_source,
@@ -190,8 +195,7 @@ def upsert_states(conn: Connection, insert: Callable[..., Any], rows: list[State
     )
     set_["received_at"] = sa.case((ex.received_at > t.received_at, ex.received_at),
                                   else_=t.received_at)
-    stmt = stmt.on_conflict_do_update(index_elements=[t.work_order, t.operation], set_=set_)
-    conn.execute(stmt, [row._asdict() for row in rows])
+    return stmt.on_conflict_do_update(index_elements=[t.work_order, t.operation], set_=set_)
 
 
 def state_document(row: Any) -> dict[str, Any]:

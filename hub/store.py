@@ -31,7 +31,7 @@ from hub.schema import (
     source_progress,
     supplier_cursors,
 )
-from hub.state import state_rows, upsert_states
+from hub.state import StateRow, state_rows, upsert_statement, upsert_states
 from sync.packet import Packet, parse_time
 
 # How many stored seqs one step of the contiguous walk reads.
@@ -128,6 +128,8 @@ class Store:
         self.engine: Engine = sa.create_engine(self.url)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            sa.event.listen(self.engine, "connect", _pg_staging_tables)
         # SQLite has one writer per file; serialising writers here avoids busy errors between
         # our own threads (other processes still wait on busy_timeout).
         self._write_lock = threading.Lock() if self.is_sqlite else None
@@ -180,7 +182,7 @@ class Store:
             inserted = self._insert_packets(conn, rows) if rows else {}
             states = state_rows(((by_ident[i].packet, pk) for i, pk in inserted.items()), now)
             if states:
-                upsert_states(conn, self._insert, states)
+                self._upsert_states(conn, states)
             result.state_keys = {(s.work_order, s.operation) for s in states}
             for source, epoch, seq in sorted(seen):
                 prog = result.progress[(source, epoch)]
@@ -204,25 +206,29 @@ class Store:
                 .returning(packets.c.source, packets.c.epoch, packets.c.seq, packets.c.pk)
             )
             return {(r.source, r.epoch, r.seq): r.pk for r in conn.execute(stmt, rows)}
-        # PostgreSQL: SQLAlchemy would send one multi-VALUES statement per batch, whose text
-        # differs with the batch size and is too long for psycopg's query cache, so psycopg
-        # re-parses ~6,000 placeholders every time (measured: 2/3 of the batch's CPU). A
-        # one-row statement sent with executemany in pipeline mode is parsed once.
-        names = _PACKET_COLUMNS
-        dbapi: Any = conn.connection.dbapi_connection
-        cursor = dbapi.cursor()
+        # PostgreSQL: COPY the batch into a session-local staging table, then move it with one
+        # INSERT ... SELECT (in key order, so concurrent workers lock rows in one order).
+        # Measured on 500-row batches: a third of the client CPU of pipelined one-row INSERTs
+        # (5 vs 15 us a row) and less server time too.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(_PG_INSERT, [tuple(r[n] for n in names) for r in rows],
-                               returning=True)
-            found: dict[tuple[str, str, int], int] = {}
-            while True:
-                for pk, source, epoch, seq in cursor.fetchall():
-                    found[(source, epoch, seq)] = pk
-                if not cursor.nextset():
-                    break
+            _copy_rows(cursor, _PACKETS_STAGING, _PACKET_COLUMNS,
+                       [tuple(r[n] for n in _PACKET_COLUMNS) for r in rows])
+            cursor.execute(_PG_MOVE_PACKETS)
+            return {(source, epoch, seq): pk for pk, source, epoch, seq in cursor.fetchall()}
         finally:
             cursor.close()
-        return found
+
+    def _upsert_states(self, conn: Connection, states: list[StateRow]) -> None:
+        if self.is_sqlite:
+            upsert_states(conn, self._insert, states)
+            return
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            _copy_rows(cursor, _STATES_STAGING, StateRow._fields, states)
+        finally:
+            cursor.close()
+        conn.execute(_PG_MOVE_STATES)
 
     def _lock_progress(self, conn: Connection, source: str, epoch: str, now: float) -> None:
         stmt = self._insert(source_progress).values(
@@ -562,11 +568,48 @@ class _NoLock:
 
 _PACKET_COLUMNS = ("source", "epoch", "seq", "id", "type", "subject", "work_order", "operation",
                    "event_time", "received_at", "good", "body")
-_PG_INSERT = (
+
+# Session-local staging tables for PostgreSQL ingest (see `_insert_packets`), emptied at every
+# commit. Created when a pooled connection is opened; never part of the migrated schema.
+_PACKETS_STAGING = "keyop_packets_in"
+_STATES_STAGING = "keyop_op_state_in"
+_PG_MOVE_PACKETS = (
     f"INSERT INTO packets ({', '.join(_PACKET_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_PACKET_COLUMNS))}) "
+    f"SELECT {', '.join(_PACKET_COLUMNS)} FROM {_PACKETS_STAGING} ORDER BY source, epoch, seq "
     "ON CONFLICT DO NOTHING RETURNING pk, source, epoch, seq"
 )
+_PG_MOVE_STATES = upsert_statement(
+    postgresql.insert(op_state).from_select(
+        list(StateRow._fields),
+        sa.select(*(sa.column(name) for name in StateRow._fields))
+        .select_from(sa.table(_STATES_STAGING))
+        .order_by(sa.column("work_order"), sa.column("operation")),
+    )
+)
+
+
+def _staging_ddl(name: str, table: sa.Table, columns: Sequence[str]) -> str:
+    dialect = postgresql.dialect()
+    spec = ", ".join(f"{c} {table.c[c].type.compile(dialect=dialect)}" for c in columns)
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({spec}) ON COMMIT DELETE ROWS"
+
+
+_STAGING_DDL = (_staging_ddl(_PACKETS_STAGING, packets, _PACKET_COLUMNS),
+                _staging_ddl(_STATES_STAGING, op_state, StateRow._fields))
+
+
+def _pg_staging_tables(dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        for ddl in _STAGING_DDL:
+            cursor.execute(ddl)
+    dbapi_connection.commit()
+
+
+def _copy_rows(cursor: Any, table: str, columns: Sequence[str],
+               rows: Iterable[Sequence[Any]]) -> None:
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _row(item: Incoming, received_at: float) -> dict[str, Any]:
