@@ -2,12 +2,17 @@
 
 A database made by the walking skeleton (tables, no `alembic_version`) is recognised and
 stamped at revision 0001 first, so its rows are kept and only the later revisions run.
-Concurrent starts on PostgreSQL take turns on an advisory lock.
+Concurrent starts take turns: on PostgreSQL on an advisory lock, on SQLite on an exclusive lock
+of a file beside the database (SQLite's own locks do not cover Alembic's DDL and version stamp
+as one step; six hub processes started together on a new file failed without it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,11 +52,24 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the newest)."""
     if revision == "head" and current_revision(engine) == head():
         return
-    with _PROCESS_LOCK, engine.begin() as conn:
+    with _PROCESS_LOCK, _sqlite_file_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        # Read under the lock: another process may have migrated while we waited.
         config = alembic_config(conn)
         versioned = MigrationContext.configure(conn).get_current_revision() is not None
         if not versioned and sa.inspect(conn).has_table("packets"):
             command.stamp(config, "0001")
         command.upgrade(config, revision)
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Hold `<database>.migrate.lock` exclusively while migrating a SQLite file."""
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield

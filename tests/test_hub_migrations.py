@@ -3,7 +3,10 @@ start, and a walking-skeleton database upgraded in place with its rows kept."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -70,3 +73,37 @@ def test_concurrent_starts_take_turns(hub_db_url: str) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_hub_processes_starting_together_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """Several hub workers started at once on a database file nobody has created yet: one
+    creates the schema, the others wait for it and find it done; none fails."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    go = tmp_path / "go"
+    # Each process imports everything first, says so, then waits for the common start, so the
+    # migrations really overlap (started cold, import times would stagger them).
+    code = (
+        "import sys, time, pathlib; from hub.store import Store\n"
+        "print('ready', flush=True)\n"
+        "go = pathlib.Path(sys.argv[2]); deadline = time.monotonic() + 60\n"
+        "while not go.exists() and time.monotonic() < deadline: time.sleep(0.001)\n"
+        "Store(sys.argv[1]).close()\n"
+    )
+    starts = [subprocess.Popen([sys.executable, "-c", code, url, str(go)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(6)]
+    for start in starts:
+        assert start.stdout is not None and start.stdout.readline().strip() == "ready"
+    go.touch()
+    failures = []
+    for start in starts:
+        _, err = start.communicate(timeout=120)
+        if start.returncode != 0:
+            failures.append(err.strip().splitlines()[-1])
+    assert failures == []
+    engine = sa.create_engine(url)
+    try:
+        assert migrate.current_revision(engine) == migrate.head()
+        assert _diff(engine) == []
+    finally:
+        engine.dispose()
