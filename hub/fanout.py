@@ -27,7 +27,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,9 @@ LEASE = "fanout"
 # A batch message stays under the packet size cap (PACKET.md: 64 KB per event and per batch).
 _BATCH_BYTES = MAX_EVENT_BYTES - 1024
 LEASE_TTL_S = 15.0
+# Events this worker just stored, kept parsed for the fan-out that follows right behind
+# (it would otherwise parse each body again). Bounded: a fan-out far behind reads bodies.
+_RECENT_EVENTS = 5_000
 
 Sent = dict[str, list[tuple[int, asyncio.Future[None]]]]
 
@@ -96,6 +99,15 @@ class FanOut:
         self.packets = 0
         self._wake = asyncio.Event()
         self._lease_until = 0.0
+        self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def remember(self, stored: list[tuple[int, dict[str, Any]]]) -> None:
+        """Events just committed by this worker, `(pk, event)`: the next step takes them
+        from here instead of parsing their stored bodies."""
+        recent = self._recent
+        recent.update(stored)
+        while len(recent) > _RECENT_EVENTS:
+            recent.popitem(last=False)
 
     def wake(self) -> None:
         """New packets were committed."""
@@ -179,7 +191,8 @@ class FanOut:
     async def _send(self, rows: list[StoredPacket], cursors: dict[str, int]) -> _Step:
         """Route and publish one batch (without waiting for PUBACKs)."""
         step = _Step(rows[-1].pk, {s: [] for s in self.config.suppliers})
-        events = [pydantic_core.from_json(row.body) for row in rows]
+        recent = self._recent
+        events = [recent.pop(row.pk, None) or pydantic_core.from_json(row.body) for row in rows]
         pairs = {(r.work_order, r.operation) for r in rows
                  if r.work_order and r.operation and r.type.startswith("keyop.operation.")}
         states = await asyncio.to_thread(self.store.states, pairs) if pairs else {}

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import asyncio
-import copy
+import functools
 import json
 import logging
 import socket
@@ -101,7 +101,20 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-_PACKED_TEMPLATE = PackedProperties(PacketTypes.PUBLISH)
+_PACKED_TEMPLATE = PackedProperties(PacketTypes.PUBLISH).__dict__
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_part(content_type: str, expiry_s: int | None) -> bytes:
+    body = b"\x01\x01"
+    if expiry_s is not None:
+        body += b"\x02" + expiry_s.to_bytes(4, "big")
+    return body + b"\x03" + _utf8(content_type)
+
+
+@functools.lru_cache(maxsize=64)
+def _user_key(key: str) -> bytes:
+    return b"\x26" + _utf8(key)
 
 
 def packed_properties(
@@ -114,15 +127,14 @@ def packed_properties(
     Encoded in the order paho uses (by property identifier): Payload Format Indicator (1),
     Message Expiry Interval (2), Content Type (3), User Property (38).
     """
-    body = b"\x01\x01"
-    if expiry_s is not None:
-        body += b"\x02" + expiry_s.to_bytes(4, "big")
-    body += b"\x03" + _utf8(content_type)
+    body = _fixed_part(content_type, expiry_s)
     for key, value in user or ():
-        body += b"\x26" + _utf8(key) + _utf8(value)
-    props = copy.copy(_PACKED_TEMPLATE)
-    # Set through __dict__: Properties.__setattr__ validates names (and would refuse `_packed`).
-    props.__dict__.update(ContentType=content_type, PayloadFormatIndicator=1,
+        body += _user_key(key) + _utf8(value)
+    # A copy of a template's attributes, without running Properties.__init__ or copy.copy
+    # (both show on the fan-out's profile); set through __dict__ because
+    # Properties.__setattr__ validates names and would refuse `_packed`.
+    props = PackedProperties.__new__(PackedProperties)
+    props.__dict__.update(_PACKED_TEMPLATE, ContentType=content_type, PayloadFormatIndicator=1,
                           _packed=_varint(len(body)) + body)
     if user:
         props.__dict__["UserProperty"] = list(user)

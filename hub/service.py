@@ -192,6 +192,7 @@ class HubService:
         self._acknowledge(result)
         self._report_gaps(result)
         if result.new and self.fanout is not None:
+            self.fanout.remember(result.inserted)
             self.fanout.wake()
         if result.new and self.context is not None:
             self.context.pulse.notify()

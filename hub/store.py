@@ -82,6 +82,8 @@ class StoreResult:
     gaps: list[Gap] = field(default_factory=list)
     # (work order, operation) whose state this batch may have changed.
     state_keys: set[tuple[str, str]] = field(default_factory=set)
+    # The rows this batch inserted: (pk, the packet's raw JSON object).
+    inserted: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def new(self) -> int:
@@ -184,6 +186,7 @@ class Store:
             if states:
                 self._upsert_states(conn, states)
             result.state_keys = {(s.work_order, s.operation) for s in states}
+            result.inserted = [(pk, by_ident[i].raw) for i, pk in inserted.items()]
             for source, epoch, seq in sorted(seen):
                 prog = result.progress[(source, epoch)]
                 if (source, epoch, seq) in inserted:
