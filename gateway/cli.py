@@ -88,7 +88,7 @@ def cmd_hub(args: argparse.Namespace) -> int:
     if args.hub_command == "acl":
         from hub.acl import main as acl_main
 
-        return acl_main(args.config, args.out)
+        return acl_main(args.config, args.out, args.format)
     return EXIT_FAILED
 
 
@@ -221,10 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     hub = sub.add_parser("hub", help="run the collaboration hub")
     hub.add_argument("hub_command", nargs="?", choices=["run", "acl"], default="run",
-                     help="run: the hub; acl: write Mosquitto password and ACL files")
+                     help="run: the hub; acl: write Mosquitto broker accounts")
     hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
     hub.add_argument("--out", type=Path, default=Path("broker-acl"),
-                     help="acl: folder for passwd, acl and generated secrets")
+                     help="acl: folder for the broker files and generated secrets")
+    hub.add_argument("--format", choices=["acl-file", "dynsec"], default="acl-file",
+                     help="acl: passwd + acl_file (default), or a Dynamic Security plugin config "
+                          "(refuses a forbidden SUBSCRIBE in the SUBACK)")
     hub.set_defaults(func=cmd_hub)
 
     check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
