@@ -24,6 +24,7 @@ from hub.api import ApiContext
 from hub.api.auth import Keys
 from hub.config import ConfigError, HubConfig, load_config
 from hub.fanout import FanOut
+from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound, publish_properties
 from hub.server import ApiServer
 from hub.store import Incoming, Store, StoreResult
@@ -89,6 +90,7 @@ class HubService:
         # supplier starts at the head of the log (hub/fanout.py).
         await asyncio.to_thread(store.start_cursors, self.config.suppliers)
         self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
+        context.metrics = registry_for(self)
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, self.config.hub.id, loop)
         self.fanout = fanout = FanOut(self.config, store, mqtt, router=context.router)
         mqtt.start()

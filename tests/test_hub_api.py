@@ -23,7 +23,7 @@ RESTRICTED = {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted
               "cycleTime": {"value": 41.0, "class": "public"},
               "pressForce": {"value": 8.1, "class": "partner"}}
 ROUTES = ["/v1/orders", "/v1/orders/WO-1001", "/v1/orders/WO-1001/operations",
-          "/v1/events", "/v1/stream"]
+          "/v1/events", "/v1/stream", "/metrics"]
 
 
 class Api:
@@ -79,6 +79,13 @@ def test_every_route_refuses_without_credentials(api: Api, path: str) -> None:
         response = api.client.get(path, headers=headers)
         assert response.status_code == 401, (path, headers, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_metrics_are_for_the_operator_only(api: Api) -> None:
+    # Per-supplier fan-out lag names every supplier: a supplier's key is refused.
+    assert api.get("acme", "/metrics").status_code == 403
+    # An API without a running hub service has no metrics to give.
+    assert api.get("admin", "/metrics").status_code == 503
 
 
 @pytest.mark.parametrize("path", ["/v1/orders/WO-1001", "/v1/orders/WO-1001/operations"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -238,6 +240,56 @@ def test_ingest_dedupe_ack_and_fanout(
         assert state["state"] == "Running" and state["quantities"]["good"] == 40
     finally:
         late.close()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                     if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{wanted} not in metrics:\n{text}")
+
+
+@pytest.mark.timeout(60)
+def test_metrics_follow_the_running_hub(
+    broker: PrivateBroker, hub_db_url: str, clients: dict[str, Client], tmp_path: Path
+) -> None:
+    admin_key = secrets.token_urlsafe(32)
+    (tmp_path / "admin.key").write_text(admin_key)
+    config = hub_config(broker, hub_db_url)
+    config = config.model_copy(update={"api": config.api.model_copy(
+        update={"admin_key_file": str(tmp_path / "admin.key")})})
+    hub = RunningHub(config, broker)
+    edge = clients["edge"]
+    try:
+        edge.publish(topics.up_events(GATEWAY), batch(make_event(1), make_event(2)))
+        edge.publish(topics.up_events(GATEWAY), make_event(2))
+        edge.publish(topics.up_events(GATEWAY), b"not json")
+        # (The repeat may share the first batch's transaction, and so its acknowledgement.)
+        wait_until(lambda: acked(edge)[-1:] == [2] and hub.service.duplicates == 1
+                   and hub.service.dead_letters == 1, "the ack of 2, a repeat, a dead letter")
+        service = hub.service
+        assert service.api is not None and service.api.port
+        url = f"http://127.0.0.1:{service.api.port}/metrics"
+        assert httpx.get(url, timeout=10).status_code == 401
+        wait_until(lambda: service.fanout_published >= 2, "fan-out of both packets to acme")
+        response = httpx.get(url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = response.text
+        assert _metric(text, "keyop_hub_packets_stored_total", hub="hub") == 2
+        assert _metric(text, "keyop_hub_packets_duplicate_total", hub="hub") == 1
+        assert _metric(text, "keyop_hub_dead_letters_total", hub="hub") == 1
+        assert _metric(text, "keyop_hub_messages_total", hub="hub") == 3
+        assert _metric(text, "keyop_hub_broker_connected", hub="hub") == 1
+        assert _metric(text, "keyop_hub_fanout_messages_total", hub="hub") >= 2
+        # bolt has no packets of its own, but its cursor moves past acme's as well.
+        wait_until(lambda: _metric(httpx.get(url, headers={
+            "Authorization": f"Bearer {admin_key}"}, timeout=10).text,
+            "keyop_hub_fanout_lag", supplier="acme") == 0, "acme caught up")
+    finally:
+        hub.close()
 
 
 @pytest.mark.timeout(60)

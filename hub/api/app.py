@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hub.api import admin, events, orders
+from hub.api import admin, events, metrics, orders
 from hub.api.auth import AuditMiddleware, Keys
 from hub.api.context import ApiContext
 
@@ -24,5 +24,6 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(orders.router)
     app.include_router(events.router)
     app.include_router(admin.router)
+    app.include_router(metrics.router)
     app.add_middleware(AuditMiddleware, context=context)
     return app

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from hub import routing
 from hub.config import HubConfig
 from hub.state import state_document
@@ -67,6 +69,8 @@ class ApiContext:
         self.config = config
         self.store = store
         self.pulse = Pulse()
+        # Set by the running hub (hub/metrics.py); None for an API without a service.
+        self.metrics: CollectorRegistry | None = None
         self._lock = threading.Lock()
         self._router = routing.Router(config)
         self._due: dict[str, float] = {}

@@ -1,0 +1,26 @@
+"""GET /metrics: the hub process's Prometheus metrics, for the operator's admin key only
+(per-supplier fan-out lag names every supplier)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+from hub.api.auth import admin
+from hub.api.orders import _context
+from hub.metrics import CONTENT_TYPE, exposition
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", summary="Prometheus metrics (admin key)",
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+async def metrics(request: Request, _who: Annotated[str, Depends(admin)]) -> Response:
+    registry = _context(request).metrics
+    if registry is None:
+        raise HTTPException(status_code=503, detail="metrics not available yet")
+    # Collecting reads the store: off the event loop.
+    body = await asyncio.to_thread(exposition, registry)
+    return Response(content=body, media_type=CONTENT_TYPE)

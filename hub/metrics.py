@@ -1,0 +1,104 @@
+"""Prometheus metrics of one hub process, read from the live service when scraped.
+
+The counters already exist as plain attributes of the service (tests and benchmarks read them);
+this collector turns them into metric families at scrape time, so nothing on the ingest path
+pays for the metrics. The fan-out lag per supplier comes from the store (one small query).
+Served at `GET /metrics` of the hub API, behind the operator's admin key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hub.service import HubService
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (metric name, help, service attribute)
+_INGEST_COUNTERS = (
+    ("keyop_hub_messages", "MQTT messages taken from the uplink subscription", "messages"),
+    ("keyop_hub_packets_stored", "packets stored for the first time", "stored"),
+    ("keyop_hub_packets_duplicate", "packets received again and absorbed", "duplicates"),
+    ("keyop_hub_dead_letters", "invalid packets kept in the dead-letter table", "dead_letters"),
+    ("keyop_hub_sequence_gaps", "sequence gaps seen (each hole once)", "gaps"),
+    ("keyop_hub_acks_sent", "acknowledgements published to edges", "acks_sent"),
+)
+
+
+class HubCollector(Collector):
+    """Reads one `HubService` when the registry is collected."""
+
+    def __init__(self, service: HubService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        labels = ["hub"]
+        hub_id = service.config.hub.id
+        for name, text, attribute in _INGEST_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=labels)
+            family.add_metric([hub_id], getattr(service, attribute))
+            yield family
+        mqtt = service.mqtt
+        connected = GaugeMetricFamily("keyop_hub_broker_connected",
+                                      "1 while the hub's MQTT session is up", labels=labels)
+        connected.add_metric([hub_id], 1 if mqtt is not None and mqtt.client.is_connected()
+                             else 0)
+        yield connected
+        waiting = GaugeMetricFamily("keyop_hub_ingest_waiting",
+                                    "messages received and not yet taken by ingest",
+                                    labels=labels)
+        waiting.add_metric([hub_id], mqtt.inbox.qsize() if mqtt is not None else 0)
+        yield waiting
+        yield from self._fanout(hub_id)
+        alerts = service.alerts
+        if alerts is not None:
+            raised = CounterMetricFamily("keyop_hub_alerts_raised",
+                                         "delay and stall alerts raised", labels=labels)
+            raised.add_metric([hub_id], alerts.raised)
+            yield raised
+
+    def _fanout(self, hub_id: str) -> Iterator[Metric]:
+        service = self.service
+        fanout, store = service.fanout, service.store
+        published = CounterMetricFamily("keyop_hub_fanout_messages",
+                                        "supplier messages acknowledged by the broker",
+                                        labels=["hub"])
+        failed = CounterMetricFamily("keyop_hub_fanout_failures",
+                                     "supplier messages refused or not acknowledged in time "
+                                     "(resent later)", labels=["hub"])
+        published.add_metric([hub_id], fanout.published if fanout else 0)
+        failed.add_metric([hub_id], fanout.failed if fanout else 0)
+        yield published
+        yield failed
+        if store is None:
+            return
+        suppliers = list(service.config.suppliers)
+        head = store.max_pk()
+        cursors = store.get_cursors(suppliers) if suppliers else {}
+        lag = GaugeMetricFamily(
+            "keyop_hub_fanout_lag",
+            "positions of the stored packet log not yet sent to a supplier (an upper bound "
+            "of its waiting packets; 0 when caught up)", labels=["supplier"])
+        for supplier in suppliers:
+            lag.add_metric([supplier], max(0, head - cursors.get(supplier, head)))
+        yield lag
+
+
+def registry_for(service: HubService) -> CollectorRegistry:
+    """A registry of its own (never the global one: tests run several hubs in one process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(service))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format of everything in `registry` (blocking: the lag reads the
+    store)."""
+    return generate_latest(registry)
