@@ -276,17 +276,18 @@ def settle_cursors(
     broker did not acknowledge, or to `last_pk` when it acknowledged them all.
 
     `sent` lists each supplier's `(pk, future)` in pk order. Returns the new cursors of the
-    suppliers that moved, the number of acknowledged messages, and one failure per supplier
-    that has any, as `(supplier, pk, error)`.
+    suppliers that moved, the number of acknowledged messages (a batch message once), and one
+    failure per supplier that has any, as `(supplier, pk, error)`.
     """
     advanced: dict[str, int] = {}
-    acknowledged = 0
+    # Messages, not events: the events of a CloudEvents batch share one message (and future).
+    acknowledged: set[int] = set()
     failures: list[tuple[str, int, str]] = []
     for supplier, pairs in sent.items():
         first_bad: tuple[str, int, str] | None = None
         for pk, future in pairs:
             if future.done() and not future.cancelled() and future.exception() is None:
-                acknowledged += 1
+                acknowledged.add(id(future))
             elif first_bad is None:
                 error = future.exception() if future.done() and not future.cancelled() else None
                 first_bad = (supplier, pk, str(error or "no PUBACK in time"))
@@ -296,4 +297,4 @@ def settle_cursors(
             target = first_bad[1] - 1
         if target > cursors[supplier]:
             advanced[supplier] = target
-    return advanced, acknowledged, failures
+    return advanced, len(acknowledged), failures

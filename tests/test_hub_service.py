@@ -416,6 +416,11 @@ def test_cursors_stop_before_the_first_unacknowledged_message() -> None:
         assert acknowledged == 4
         assert [(s, pk) for s, pk, _ in failures] == [("acme", 5), ("bolt", 9)]
         assert "refused" in failures[0][2] and "no PUBACK" in failures[1][2]
+        # The events of one CloudEvents batch share a message: counted once.
+        shared = future()
+        batched: Sent = {"acme": [(3, shared), (4, shared), (6, shared)], "bolt": [(5, future())]}
+        advanced, acknowledged, failures = settle_cursors({"acme": 2, "bolt": 2}, batched, 6)
+        assert advanced == {"acme": 6, "bolt": 6} and acknowledged == 2 and failures == []
 
     asyncio.run(scenario())
 
