@@ -179,24 +179,22 @@ class Store:
             # Lock each (source, epoch) progress row first, in one order: two hub workers that
             # store parts of one source's stream take turns, so the later one sees the earlier
             # one's rows and its contiguous walk misses nothing (no ack left behind).
-            for source, epoch in sorted(result.progress):
-                self._lock_progress(conn, source, epoch, now)
+            current = self._lock_progress(conn, sorted(result.progress), now)
             inserted = self._insert_packets(conn, rows) if rows else {}
             states = state_rows(((by_ident[i].packet, pk) for i, pk in inserted.items()), now)
             if states:
                 self._upsert_states(conn, states)
             result.state_keys = {(s.work_order, s.operation) for s in states}
             result.inserted = [(pk, by_ident[i].raw) for i, pk in inserted.items()]
+            batch_seqs: dict[tuple[str, str], list[int]] = {}
             for source, epoch, seq in sorted(seen):
                 prog = result.progress[(source, epoch)]
+                batch_seqs.setdefault((source, epoch), []).append(seq)
                 if (source, epoch, seq) in inserted:
                     prog.new += 1
                 else:
                     prog.duplicates += 1
-            for _key, prog in sorted(result.progress.items()):
-                gap = self._advance(conn, prog, now)
-                if gap is not None:
-                    result.gaps.append(gap)
+            self._advance_all(conn, result, current, batch_seqs, now)
         return result
 
     def _insert_packets(self, conn: Connection, rows: list[dict[str, Any]]
@@ -233,14 +231,83 @@ class Store:
             cursor.close()
         conn.execute(_PG_MOVE_STATES)
 
-    def _lock_progress(self, conn: Connection, source: str, epoch: str, now: float) -> None:
-        stmt = self._insert(source_progress).values(
-            source=source, epoch=epoch, contiguous_seq=0, updated_at=now)
+    def _lock_progress(self, conn: Connection, keys: list[tuple[str, str]], now: float
+                       ) -> dict[tuple[str, str], int]:
+        """Lock the progress rows of `keys` (sorted), creating missing ones; their values."""
+        stmt = self._insert(source_progress).values([
+            {"source": source, "epoch": epoch, "contiguous_seq": 0, "updated_at": now}
+            for source, epoch in keys])
         # A no-op update: it exists to take the row lock (PostgreSQL) or the write lock
         # (SQLite) whether or not the row was there.
-        stmt = stmt.on_conflict_do_update(
+        locking = stmt.on_conflict_do_update(
             index_elements=[source_progress.c.source, source_progress.c.epoch],
             set_={"contiguous_seq": source_progress.c.contiguous_seq},
+        ).returning(source_progress.c.source, source_progress.c.epoch,
+                    source_progress.c.contiguous_seq)
+        return {(r.source, r.epoch): r.contiguous_seq for r in conn.execute(locking)}
+
+    def _advance_all(self, conn: Connection, result: StoreResult,
+                     current: dict[tuple[str, str], int],
+                     batch_seqs: dict[tuple[str, str], list[int]], now: float) -> None:
+        """New contiguous seqs for every `(source, epoch)` of a batch, in a few statements.
+
+        The usual case, a stream arriving in order: the batch's new seqs run on from the
+        stored contiguous value, and nothing is stored past the run (one probe for all
+        sources says so). Anything else (a hole, rows stored past the run by an earlier
+        out-of-order arrival or another worker) takes the full walk of `_advance`.
+        Fewer round trips matter: each one's reply waits for the GIL behind the busy ingest
+        loop (measured: ~24 statements per batch took about half of its wall time).
+        """
+        tentative: dict[tuple[str, str], int] = {}
+        for key, prog in result.progress.items():
+            prog.previous = current[key]
+            run = [seq for seq in batch_seqs.get(key, ()) if seq > prog.previous]
+            if run == list(range(prog.previous + 1, prog.previous + 1 + len(run))):
+                tentative[key] = prog.previous + len(run)
+        beyond = self._stored_after(conn, tentative)
+        moved: list[Progress] = []
+        for key, prog in sorted(result.progress.items()):
+            if key in tentative and key not in beyond:
+                prog.contiguous = tentative[key]
+                if prog.contiguous > prog.previous:
+                    moved.append(prog)
+                continue
+            gap = self._advance(conn, prog, now)
+            if gap is not None:
+                result.gaps.append(gap)
+        if moved:
+            self._save_progress(conn, moved, now)
+
+    @staticmethod
+    def _stored_after(conn: Connection, after: dict[tuple[str, str], int]
+                      ) -> set[tuple[str, str]]:
+        """The keys that have a stored seq above the given one (one statement for all)."""
+        if not after:
+            return set()
+        probes = [
+            sa.select(sa.literal(index).label("key")).where(sa.exists().where(
+                packets.c.source == source, packets.c.epoch == epoch, packets.c.seq > seq))
+            for index, ((source, epoch), seq) in enumerate(sorted(after.items()))
+        ]
+        keys = sorted(after)
+        return {keys[row.key] for row in conn.execute(sa.union_all(*probes))}
+
+    def _save_progress(self, conn: Connection, progress: list[Progress], now: float) -> None:
+        stmt = self._insert(source_progress).values([
+            {"source": p.source, "epoch": p.epoch, "contiguous_seq": p.contiguous,
+             "updated_at": now} for p in progress])
+        excluded = stmt.excluded
+        # Never move backwards, even if a concurrent hub worker got further.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[source_progress.c.source, source_progress.c.epoch],
+            set_={
+                "contiguous_seq": sa.case(
+                    (excluded.contiguous_seq > source_progress.c.contiguous_seq,
+                     excluded.contiguous_seq),
+                    else_=source_progress.c.contiguous_seq,
+                ),
+                "updated_at": excluded.updated_at,
+            },
         )
         conn.execute(stmt)
 
@@ -284,23 +351,7 @@ class Store:
                 break
         prog.contiguous = contiguous
         if current is None or contiguous > current:
-            stmt = self._insert(source_progress).values(
-                source=prog.source, epoch=prog.epoch, contiguous_seq=contiguous, updated_at=now
-            )
-            excluded = stmt.excluded
-            # Never move backwards, even if a concurrent hub worker got further.
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[source_progress.c.source, source_progress.c.epoch],
-                set_={
-                    "contiguous_seq": sa.case(
-                        (excluded.contiguous_seq > source_progress.c.contiguous_seq,
-                         excluded.contiguous_seq),
-                        else_=source_progress.c.contiguous_seq,
-                    ),
-                    "updated_at": excluded.updated_at,
-                },
-            )
-            conn.execute(stmt)
+            self._save_progress(conn, [prog], now)
         return gap
 
     @staticmethod
