@@ -6,9 +6,11 @@ samples, `close`. Drivers know nothing about packets, topics or the store.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 
@@ -49,7 +51,7 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Sample:
     """One reading of one signal.
 
@@ -66,9 +68,79 @@ class Sample:
     monotonic: float
     reason: str | None = None
 
+    # Hand-written for speed: drivers build ~10^4 samples a second, and the generated frozen
+    # __init__ (an `object.__setattr__` lookup and call per field) costs twice this, which
+    # stores through the slot descriptors directly. Still frozen: assignment raises.
+    def __init__(self, signal: str, value: SampleValue, quality: Quality, time: float,
+                 monotonic: float, reason: str | None = None) -> None:
+        _set_signal(self, signal)
+        _set_value(self, value)
+        _set_quality(self, quality)
+        _set_time(self, time)
+        _set_monotonic(self, monotonic)
+        _set_reason(self, reason)
+
     @property
     def good(self) -> bool:
-        return self.quality is Quality.GOOD
+        return self.quality is _GOOD
+
+
+_GOOD = Quality.GOOD
+_set_signal, _set_value, _set_quality, _set_time, _set_monotonic, _set_reason = (
+    Sample.__dict__[name].__set__
+    for name in ("signal", "value", "quality", "time", "monotonic", "reason")
+)
+_new = object.__new__
+_COLUMNS_FROM = 16  # samples; measured crossover of the two ways in `make_samples`
+
+
+def make_samples(signals: Sequence[str], values: Sequence[SampleValue], quality: Quality,
+                 time: float, monotonic: float) -> list[Sample]:
+    """`[Sample(s, v, quality, time, monotonic) for s, v in zip(signals, values)]`, faster.
+
+    A polling driver makes one sample per signal per poll; for more than a few, this fills
+    the slots field by field with C-level `map`s (no Python frame per sample), which costs
+    about 0.25 us a sample against 0.35 us for the constructor.
+    """
+    n = len(signals)
+    if len(values) != n:
+        raise ValueError(f"{n} signals but {len(values)} values")
+    if n < _COLUMNS_FROM:  # the dozen `map`s cost more than they save
+        return [Sample(s, v, quality, time, monotonic)
+                for s, v in zip(signals, values, strict=True)]
+    out = list(map(_new, repeat(Sample, n)))
+    deque(map(_set_signal, out, signals), 0)
+    deque(map(_set_value, out, values), 0)
+    deque(map(_set_quality, out, repeat(quality, n)), 0)
+    deque(map(_set_time, out, repeat(time, n)), 0)
+    deque(map(_set_monotonic, out, repeat(monotonic, n)), 0)
+    deque(map(_set_reason, out, repeat(None, n)), 0)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class DriverCounters:
+    """A snapshot of one driver's counters, for the status API and a metrics exporter.
+
+    Every figure only grows while the driver lives, so each maps onto a Prometheus counter
+    labelled by `device` (and `protocol`); `errors` is keyed by a bounded set of reasons
+    (e.g. `comm_timeout`, `comm_lost`, `illegal_data_address`) fit for a `reason` label, and
+    `extra` holds protocol-specific counters (e.g. Modbus `splits`).
+    """
+
+    device: str
+    protocol: str
+    requests: int  # requests sent to the device (reads, for a polling driver)
+    errors: dict[str, int]  # failed reads by reason
+    overruns: int  # poll cycles skipped because the previous one ran late
+    reconnects: int  # successful connects after the first
+    good_samples: int
+    bad_samples: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
 
 
 class DriverError(Exception):
@@ -96,3 +168,40 @@ class Driver(Protocol):
     def samples(self) -> AsyncIterator[Sample]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchDriver(Driver, Protocol):
+    """A driver that can also hand over its samples many at a time.
+
+    `batches()` follows the `samples()` contract and yields the same samples in the same
+    order, grouped as they were read (e.g. one Modbus request): a consumer that queues a batch
+    instead of each sample saves a queue hand-off per signal.
+    """
+
+    def batches(self) -> AsyncIterator[Sequence[Sample]]: ...
+
+
+async def sample_batches(driver: Driver) -> AsyncIterator[Sequence[Sample]]:
+    """`driver`'s samples as batches: its own if it is a `BatchDriver`, else one by one."""
+    if isinstance(driver, BatchDriver):
+        batches = driver.batches()
+        try:
+            async for batch in batches:
+                yield batch
+        finally:
+            await _aclose(batches)
+    else:
+        samples = driver.samples()
+        try:
+            async for sample in samples:
+                yield (sample,)
+        finally:
+            await _aclose(samples)
+
+
+async def _aclose(iterator: AsyncIterator[object]) -> None:
+    # Close the driver's generator now (its `finally` releases the link), not at GC time.
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -9,6 +9,7 @@ Contract (see `drivers.base.Driver`):
   many devices do not all poll in the same instant.
 - One request at a time per link (the link's lock); RTU keeps its inter-frame gap.
 - Every signal gets a sample on every successful poll (the mapping detects changes itself).
+  `batches()` yields the same samples a request at a time (see `drivers.base.BatchDriver`).
 - A merged read answered with "illegal data address" (a hole in the device's map) is split in
   two and both halves read at once; the split is kept for later cycles (`splits` counts them).
   A single-signal read answered so gives that signal a `BAD` sample.
@@ -27,14 +28,14 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
-from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import ConfigError, Quality, Sample
+from drivers.base import ConfigError, DriverCounters, Quality, Sample, make_samples
 from drivers.modbus_link import Backoff, LinkDown, ModbusLink, SerialBus, TcpLink
 from drivers.modbus_plan import (
     MAX_BITS_PER_READ,
@@ -67,6 +68,14 @@ log = logging.getLogger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2
 CYCLE_HISTORY = 1000  # poll cycles kept per driver for statistics
+
+#: The pymodbus client method of each table (function codes 3, 4, 1, 2).
+_CALLS = {
+    Table.HOLDING: "read_holding_registers",
+    Table.INPUT: "read_input_registers",
+    Table.COIL: "read_coils",
+    Table.DISCRETE: "read_discrete_inputs",
+}
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -136,6 +145,13 @@ class _ReadFailed(Exception):
         self.link = link
         self.code = code
 
+    @property
+    def kind(self) -> str:
+        """A bounded name for counting: the exception's name, else the reason's prefix."""
+        if self.code:
+            return EXCEPTION_NAMES.get(self.code, "unknown exception").replace(" ", "_")
+        return self.reason.split(":", 1)[0]
+
 
 @dataclass
 class _Slot:
@@ -150,9 +166,11 @@ class ModbusDriver:
     """Polls one Modbus device by its compiled plan (see the module docstring).
 
     Counters: `reads` (requests sent), `read_errors` (polls of a read that produced no values,
-    including those skipped while the link waits for its backoff), `overruns` (poll cycles
-    skipped because the previous one was late), `splits` (merged reads split after an
-    "illegal data address"), `reconnects` (of the link).
+    including those skipped while the link waits for its backoff), `errors_by_reason` (the
+    same by `comm_timeout`, `comm_lost`, `bad_response`, the Modbus exception's name...),
+    `overruns` (poll cycles skipped because the previous one was late), `splits` (merged reads
+    split after an "illegal data address"), `reconnects` (of the link), `good_samples` and
+    `bad_samples` (made); `counters()` gives them all at once for a metrics exporter.
     """
 
     def __init__(self, config: ModbusDeviceConfig, *, link: ModbusLink | None = None,
@@ -170,12 +188,16 @@ class ModbusDriver:
         self.stagger_s = config.stagger_s
         self.reads = 0
         self.read_errors = 0
+        self.errors_by_reason: dict[str, int] = {}
         self.overruns = 0
         self.splits = 0
+        self.good_samples = 0
+        self.bad_samples = 0
         #: Duration (ms) and requests of the latest poll cycles, for status and benchmarks.
         self.cycle_ms: deque[float] = deque(maxlen=CYCLE_HISTORY)
         self.cycle_reads: deque[int] = deque(maxlen=CYCLE_HISTORY)
         self._closed = asyncio.Event()
+        self._stopped = False  # `_closed` as a plain flag: checked before every yield
         self._link_fault: str | None = None  # reason while the link is down
         self._read_faults: dict[Read, str] = {}  # Modbus exception per read, while it lasts
         self._bad: dict[str, str] = {}  # signal -> kind of the fault already reported
@@ -185,6 +207,7 @@ class ModbusDriver:
         self._unit_fault: str | None = None
         self._detached = False
         self._waiter: asyncio.Future[None] | None = None  # the sleep between cycles
+        self._bound_s = config.timeout_s * 1.5
 
     @property
     def reconnects(self) -> int:
@@ -194,8 +217,30 @@ class ModbusDriver:
     def target(self) -> str:
         return self.link.name
 
+    def counters(self) -> DriverCounters:
+        """A snapshot of the counters (see the class docstring)."""
+        return DriverCounters(
+            device=self.name, protocol="modbus", requests=self.reads,
+            errors=dict(self.errors_by_reason), overruns=self.overruns,
+            reconnects=self.reconnects, good_samples=self.good_samples,
+            bad_samples=self.bad_samples, extra={"splits": self.splits},
+        )
+
     async def samples(self) -> AsyncIterator[Sample]:
         """Poll forever (until `close()`), yielding one sample per signal per poll."""
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for sample in batch:
+                    if self._stopped:
+                        return
+                    yield sample
+
+    async def batches(self) -> AsyncGenerator[list[Sample], None]:
+        """As `samples()`, one list per request: the samples of the signals it read.
+
+        For consumers that can take many samples at a time (one queue hand-off per request
+        instead of per signal); the order of the samples is that of `samples()`.
+        """
         loop = asyncio.get_running_loop()
         first = loop.time() + self.stagger_s
         slots = [_Slot(g.interval_s, list(g.reads), first) for g in self.plan]
@@ -203,8 +248,8 @@ class ModbusDriver:
             await self._closed.wait()  # nothing to poll: honour the contract, end at close
             return
         try:
-            while not self._closed.is_set():
-                slot = min(slots, key=lambda s: s.due)
+            while not self._stopped:
+                slot = slots[0] if len(slots) == 1 else min(slots, key=_due)
                 if await self._wait_until(slot.due):
                     return
                 started, reads_before = loop.time(), self.reads
@@ -217,10 +262,10 @@ class ModbusDriver:
                         slot.reads[index : index + 1] = parts
                         continue
                     index += 1
-                    for sample in samples:
-                        if self._closed.is_set():
-                            return
-                        yield sample
+                    if self._stopped:
+                        return
+                    if samples:
+                        yield samples
                 now = loop.time()
                 self.cycle_ms.append((now - started) * 1000)
                 self.cycle_reads.append(self.reads - reads_before)
@@ -233,6 +278,7 @@ class ModbusDriver:
         """Stop polling and drop the connection; no sample is yielded after this returns."""
         # Not under the lock: a request in flight may wait for its timeout, and close must
         # not. The generator checks the flag before every yield, so nothing follows this.
+        self._stopped = True
         self._closed.set()
         if self._waiter is not None:
             _wake(self._waiter)
@@ -293,33 +339,45 @@ class ModbusDriver:
                 )
                 return [], parts
             self.read_errors += 1
-            return self._fault_samples(read, exc), []
+            kind = exc.kind
+            self.errors_by_reason[kind] = self.errors_by_reason.get(kind, 0) + 1
+            bad = self._fault_samples(read, exc)
+            self.bad_samples += len(bad)
+            return bad, []
         received, mono = time.time(), asyncio.get_running_loop().time()
-        self._recovered(read)
-        start = read.start
-        return [
-            Sample(p.signal, p.decode(values, p.address - start), Quality.GOOD, received, mono)
-            for p in read.points
-        ], []
+        if self._link_fault is not None or self._read_faults or self._bad:
+            self._recovered(read)
+        self.good_samples += len(read.signals)
+        return make_samples(read.signals, read.decode_all(values), Quality.GOOD, received,
+                            mono), []
 
     async def _read(self, read: Read) -> Sequence[int] | Sequence[bool]:
         link = self.link
-        loop = asyncio.get_running_loop()
-        if self._unit_fault is not None and loop.time() < self._unit_retry_at:
+        if self._unit_fault is not None and (
+            asyncio.get_running_loop().time() < self._unit_retry_at
+        ):
             raise _ReadFailed(self._unit_fault, link=True)
         async with link.lock:
-            if self._closed.is_set():
+            if self._stopped:
                 raise _ReadFailed("closed", link=True)
-            try:
-                client = await link.client()
-            except LinkDown as down:
-                raise _ReadFailed(down.reason, link=True) from None
-            await link.pace()
+            client = link.ready()  # no await while the connection is up (nearly always)
+            if client is None:
+                try:
+                    client = await link.client()
+                except LinkDown as down:
+                    raise _ReadFailed(down.reason, link=True) from None
+            if link.paced:
+                await link.pace()
             self.reads += 1
+            unit = self.config.unit_id
             try:
-                response = await self._request(client, read)
+                # pymodbus has its own timeout per try; this bound covers the whole call
+                # regardless (asyncio.timeout, not wait_for: no extra task per request).
+                async with asyncio.timeout(self._bound_s):
+                    response: ModbusPDU = await getattr(client, _CALLS[read.table])(
+                        read.start, count=read.count, device_id=unit)
             except (TimeoutError, ModbusException, OSError) as exc:
-                reason, link_fault = link.failed(exc, self.config.unit_id)
+                reason, link_fault = link.failed(exc, unit)
                 if not link_fault:
                     self._unit_backoff(reason)
                 raise _ReadFailed(reason, link=True) from exc
@@ -335,7 +393,7 @@ class ModbusDriver:
                 link=False,
                 code=code,
             )
-        values = response.bits if read.table.is_bits else response.registers
+        values = response.bits if read.bits else response.registers
         if len(values) < read.count:
             raise _ReadFailed(f"bad_response: {len(values)} values for {read.ref}", link=False)
         return values
@@ -346,22 +404,6 @@ class ModbusDriver:
         wait = self._unit_delay * (1.0 + random.uniform(-spread, spread))
         self._unit_retry_at = asyncio.get_running_loop().time() + wait
         self._unit_delay = min(self._unit_delay * 2, self.config.backoff_max_s)
-
-    async def _request(self, client: ModbusBaseClient, read: Read) -> ModbusPDU:
-        unit, start, count = self.config.unit_id, read.start, read.count
-        # pymodbus has its own timeout per try; this bound covers the whole call regardless
-        # (asyncio.timeout, not wait_for: no extra task per request).
-        bound = self.config.timeout_s * 1.5
-        if read.table is Table.HOLDING:
-            call = client.read_holding_registers(start, count=count, device_id=unit)
-        elif read.table is Table.INPUT:
-            call = client.read_input_registers(start, count=count, device_id=unit)
-        elif read.table is Table.COIL:
-            call = client.read_coils(start, count=count, device_id=unit)
-        else:
-            call = client.read_discrete_inputs(start, count=count, device_id=unit)
-        async with asyncio.timeout(bound):
-            return await call
 
     # --- fault bookkeeping (log transitions, not repetitions) ------------------------------
 
@@ -406,6 +448,10 @@ class ModbusDriver:
         if self._bad:
             for p in read.points:
                 self._bad.pop(p.signal, None)
+
+
+def _due(slot: _Slot) -> float:
+    return slot.due
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

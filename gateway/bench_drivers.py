@@ -14,7 +14,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -62,18 +62,30 @@ async def _simulator(*args: str) -> AsyncIterator[dict[str, Any]]:
 
 
 class _Sink:
-    """What the gateway does with samples, reduced to a bounded queue and a counter."""
+    """What the gateway does with samples, reduced to a bounded queue and a counter.
 
-    def __init__(self, on_sample: Callable[[Sample], None] | None = None) -> None:
+    By default one queue item per sample, as `gateway.runtime` feeds its pipeline today;
+    `batched` queues each of a driver's batches as one item instead (`drivers.base.
+    sample_batches`), to measure what that change of the runtime would save.
+    """
+
+    def __init__(self, on_sample: Callable[[Sample], None] | None = None, *,
+                 batched: bool = False) -> None:
         self.queue: asyncio.Queue[Sample] = asyncio.Queue(10_000)
+        self.batches: asyncio.Queue[Sequence[Sample]] = asyncio.Queue(10_000)
         self.count = 0
         self.bad = 0
         self.on_sample = on_sample
+        self.batched = batched
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, drivers: list[Driver]) -> None:
-        self._tasks = [asyncio.create_task(self._feed(d)) for d in drivers]
-        self._tasks.append(asyncio.create_task(self._consume()))
+        if self.batched:
+            self._tasks = [asyncio.create_task(self._feed_batches(d)) for d in drivers]
+            self._tasks.append(asyncio.create_task(self._consume_batches()))
+        else:
+            self._tasks = [asyncio.create_task(self._feed(d)) for d in drivers]
+            self._tasks.append(asyncio.create_task(self._consume()))
 
     async def _feed(self, driver: Driver) -> None:
         put = self.queue.put
@@ -89,6 +101,23 @@ class _Sink:
                 self.bad += 1
             if self.on_sample is not None:
                 self.on_sample(sample)
+
+    async def _feed_batches(self, driver: Driver) -> None:
+        from drivers.base import sample_batches
+
+        put = self.batches.put
+        async for batch in sample_batches(driver):
+            await put(batch)
+
+    async def _consume_batches(self) -> None:
+        get = self.batches.get
+        while True:
+            for sample in await get():
+                self.count += 1
+                if not sample.good:
+                    self.bad += 1
+                if self.on_sample is not None:
+                    self.on_sample(sample)
 
     async def stop(self, drivers: list[Driver]) -> None:
         for driver in drivers:
@@ -137,11 +166,12 @@ async def _bare_polling(host: str, ports: list[int], reads: list[tuple[int, int]
 
 
 async def bench_modbus_poll(*, devices: int, registers: int, interval_s: float,
-                            duration_s: float) -> dict[str, Any]:
+                            duration_s: float, consumer: str = "sample") -> dict[str, Any]:
     """N devices x R uint16 holding registers, each polled every interval.
 
     First the same requests from bare pymodbus clients (no decoding, no samples), for a
-    baseline on this machine, then the drivers.
+    baseline on this machine, then the drivers, their samples queued one by one
+    (`consumer="sample"`, as the gateway does) or a request's worth at a time ("batch").
     """
     from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, compile_plan
     from drivers.modbus_plan import MAX_REGISTERS_PER_READ
@@ -161,7 +191,7 @@ async def bench_modbus_poll(*, devices: int, registers: int, interval_s: float,
                                         timeout_s=1.0, signals=signals,
                                         stagger_s=interval_s * index / len(ports))
             drivers.append(ModbusDriver(config))
-        sink = _Sink()
+        sink = _Sink(batched=consumer == "batch")
         sink.start(list(drivers))
         await asyncio.sleep(WARMUP_S + interval_s)
         for d in drivers:  # the drivers keep their latest cycles; the window starts empty
@@ -183,6 +213,7 @@ async def bench_modbus_poll(*, devices: int, registers: int, interval_s: float,
         "devices": devices,
         "registers": registers,
         "interval_s": interval_s,
+        "consumer": consumer,
         "duration_s": round(wall, 2),
         "requests_per_cycle": round(sum(per_device), 2),
         "coalesced_minimum": devices * math.ceil(registers / MAX_REGISTERS_PER_READ),
@@ -393,7 +424,8 @@ def run_driver_bench(args: Any) -> dict[str, Any]:
     if args.bench == "modbus-poll":
         return asyncio.run(bench_modbus_poll(devices=args.devices, registers=args.registers,
                                              interval_s=_interval(args.interval),
-                                             duration_s=args.duration))
+                                             duration_s=args.duration,
+                                             consumer=args.consumer))
     if args.bench == "opcua-subscribe":
         return asyncio.run(bench_opcua_subscribe(items=args.items,
                                                  sampling_s=_interval(args.sampling),
@@ -408,6 +440,8 @@ def add_driver_benches(bench_sub: Any) -> None:
     poll.add_argument("--registers", type=int, default=500)
     poll.add_argument("--interval", default="1s")
     poll.add_argument("--duration", type=float, default=30.0)
+    poll.add_argument("--consumer", choices=("sample", "batch"), default="sample",
+                      help="queue samples one by one (as the gateway does) or per request")
     sub = bench_sub.add_parser("opcua-subscribe", help="OPC UA subscription: CPU, lag")
     sub.add_argument("--items", type=int, default=1000)
     sub.add_argument("--sampling", default="100ms")

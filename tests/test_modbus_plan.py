@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 import struct
 
 import pytest
 
 from drivers.base import ConfigError
 from drivers.modbus_plan import (
+    NUMERIC_TYPES,
     ModbusSignal,
     Point,
     Read,
@@ -134,3 +136,52 @@ def test_split_cuts_at_the_widest_gap_and_halves_without_gaps() -> None:
     assert [(r.start, r.count) for r in split_read(dense)] == [(0, 2), (2, 2)]
     single = Read(Table.HOLDING, 5, 1, points(5))
     assert split_read(single) == [single]
+
+
+def _random_signals(rng: random.Random, table: str, count: int) -> list[ModbusSignal]:
+    """Signals of every kind at random (often overlapping) addresses of one table."""
+    signals: list[ModbusSignal] = []
+    for i in range(count):
+        address = rng.randrange(0, 60)
+        if table in ("co", "di"):
+            signals.append(ModbusSignal(f"s{i}", f"{table}:{address}", "bool"))
+            continue
+        kind = rng.choice([*NUMERIC_TYPES, "uint16", "uint16", "string(5)", "bit", "scaled"])
+        if kind == "bit":
+            signals.append(ModbusSignal(f"s{i}", f"{table}:{address}.{rng.randrange(16)}",
+                                        "bool"))
+        elif kind == "scaled":
+            signals.append(ModbusSignal(f"s{i}", f"{table}:{address}", "int16", scale=0.1,
+                                        offset=-3))
+        else:
+            signals.append(ModbusSignal(
+                f"s{i}", f"{table}:{address}", kind,
+                byte_order=rng.choice(["big", "big", "little"]),
+                word_order=rng.choice(["big", "big", "little"])))
+    return signals
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_a_read_decodes_in_one_go_exactly_as_point_by_point(seed: int) -> None:
+    rng = random.Random(seed)
+    table = rng.choice(["hr", "ir", "co", "di"])
+    signals = _random_signals(rng, table, rng.choice([1, 2, 3, 8, 40]))
+    if rng.random() < 0.3:  # the common case: plain uint16, dense or with gaps
+        step = rng.choice([1, 1, 3])
+        signals = [ModbusSignal(f"u{a}", f"hr:{a}") for a in range(0, 40 * step, step)]
+    for group in compile_plan(signals, max_gap=rng.choice([0, 4, 60])):
+        for read in group.reads:
+            for points in (read.points, tuple(reversed(read.points))):  # any point order
+                shuffled = Read(read.table, read.start, read.count, points)
+                if read.table.is_bits:
+                    values: list[int] | list[bool] = [rng.random() < 0.5
+                                                      for _ in range(read.count + 7)]
+                else:
+                    values = [rng.randrange(0x10000) for _ in range(read.count)]
+                expected = [p.decode(values, p.address - read.start) for p in points]
+                got = list(shuffled.decode_all(values))
+                assert shuffled.signals == tuple(p.signal for p in points)
+                # NaN != NaN: compare floats by their bits
+                assert [struct.pack(">d", v) if isinstance(v, float) else v for v in got] == [
+                    struct.pack(">d", v) if isinstance(v, float) else v for v in expected]
+                assert [type(v) for v in got] == [type(v) for v in expected]
