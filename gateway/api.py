@@ -1,4 +1,5 @@
-"""The gateway's local HTTP API: health, status, the running mapping, and its reload.
+"""The gateway's local HTTP API: health, status, Prometheus metrics, the running mapping and
+its reload.
 
 Bound to 127.0.0.1 unless configured otherwise. Served by uvicorn inside the gateway's own
 event loop; the socket is bound here first so a port in use is a logged error, not an exit.
@@ -16,10 +17,12 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.control import MappingControl
+from gateway.metrics import registry_for
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -53,6 +56,14 @@ def create_app(gateway: Gateway, control: MappingControl) -> FastAPI:
             } if uplink else None,
             "drivers": [driver.name for driver in gateway.drivers],
         }
+
+    registry = registry_for(gateway)
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def metrics() -> Response:
+        # In memory only (no database read): cheap enough to answer on the loop.
+        return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/mapping")
     async def mapping() -> dict[str, Any]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from hub.service import HubService
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # (metric name, help, service attribute)
 _INGEST_COUNTERS = (
@@ -97,8 +95,3 @@ def registry_for(service: HubService) -> CollectorRegistry:
     registry.register(HubCollector(service))
     return registry
 
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text format of everything in `registry` (blocking: the lag reads the
-    store)."""
-    return generate_latest(registry)

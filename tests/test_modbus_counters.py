@@ -10,13 +10,14 @@ import socket
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector as PromCollector
 from test_modbus_devices import config
 from test_modbus_sim_driver import Collector, arun
 
-from drivers.base import DriverCounters, Quality
+from drivers.base import DriverCounters
 from drivers.modbus import ModbusDriver, ModbusSignal
+from gateway.metrics import driver_metrics
 from simulators.modbus_registers import RegisterDevice
 
 
@@ -61,33 +62,12 @@ def test_counters_follow_requests_errors_by_reason_and_samples() -> None:
     assert dead.good_samples == 0 and dead.bad_samples == 1
 
 
-class _DriverMetrics(PromCollector):
-    """How a gateway exporter can publish `DriverCounters` (prometheus_client's collector API)."""
-
+class _Snapshots(PromCollector):
     def __init__(self, snapshots: list[DriverCounters]) -> None:
         self.snapshots = snapshots
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["device", "protocol"]
-        requests = CounterMetricFamily("keyop_driver_requests", "Requests sent", labels=labels)
-        errors = CounterMetricFamily("keyop_driver_errors", "Failed reads by reason",
-                                     labels=[*labels, "reason"])
-        overruns = CounterMetricFamily("keyop_driver_overruns", "Skipped poll cycles",
-                                       labels=labels)
-        reconnects = CounterMetricFamily("keyop_driver_reconnects", "Reconnects",
-                                         labels=labels)
-        samples = CounterMetricFamily("keyop_driver_samples", "Samples by quality",
-                                      labels=[*labels, "quality"])
-        for c in self.snapshots:
-            key = [c.device, c.protocol]
-            requests.add_metric(key, c.requests)
-            for reason, count in sorted(c.errors.items()):
-                errors.add_metric([*key, reason], count)
-            overruns.add_metric(key, c.overruns)
-            reconnects.add_metric(key, c.reconnects)
-            samples.add_metric([*key, Quality.GOOD.value], c.good_samples)
-            samples.add_metric([*key, Quality.BAD.value], c.bad_samples)
-        yield from (requests, errors, overruns, reconnects, samples)
+        return driver_metrics(self.snapshots)
 
 
 def test_counters_map_onto_prometheus_counters() -> None:
@@ -96,7 +76,7 @@ def test_counters_map_onto_prometheus_counters() -> None:
                               overruns=2, reconnects=1, good_samples=500, bad_samples=4,
                               extra={"splits": 1})
     registry = CollectorRegistry()
-    registry.register(_DriverMetrics([snapshot]))
+    registry.register(_Snapshots([snapshot]))
     text = generate_latest(registry).decode()
     for line in (
         'keyop_driver_requests_total{device="press-1",protocol="modbus"} 120.0',
@@ -106,6 +86,7 @@ def test_counters_map_onto_prometheus_counters() -> None:
         'keyop_driver_overruns_total{device="press-1",protocol="modbus"} 2.0',
         'keyop_driver_reconnects_total{device="press-1",protocol="modbus"} 1.0',
         'keyop_driver_samples_total{device="press-1",protocol="modbus",quality="bad"} 4.0',
+        'keyop_driver_splits_total{device="press-1",protocol="modbus"} 1.0',
     ):
         assert line in text.splitlines(), line
     assert snapshot.error_total == 4

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.demo import outcome, settle
-from gateway.stack import Stack
+from gateway.stack import SOURCE, Stack
 from simulators import scenario as sc
 
 pytestmark = pytest.mark.slow
@@ -29,6 +29,19 @@ def _api(stack: Stack, path: str, method: str = "GET") -> tuple[int, dict[str, A
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def _metric(stack: Stack, name: str, **labels: str) -> float:
+    """One sample of the gateway's Prometheus metrics (GET /metrics)."""
+    url = f"http://127.0.0.1:{stack.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{wanted} not in the gateway's metrics:\n{text}")
 
 
 async def _wait_digest_change(stack: Stack, old: str, timeout: float = 15) -> str:
@@ -51,6 +64,18 @@ def test_bad_reload_changes_nothing_and_good_reload_changes_behaviour(tmp_path: 
                                                            seed=11))
             expected = first.expected(operation="OP10", progress_every=5)
             await settle(stack, len(expected), "acme", 60)
+
+            # The metrics follow the running gateway.
+            source = SOURCE
+            emitted = await asyncio.to_thread(_metric, stack, "keyop_gateway_packets_emitted_total",
+                                              source=source)
+            assert emitted == len(expected)
+            assert await asyncio.to_thread(_metric, stack, "keyop_uplink_connected",
+                                           source=source) == 1
+            assert await asyncio.to_thread(_metric, stack, "keyop_outbox_last_seq",
+                                           source=source) == len(expected)
+            assert await asyncio.to_thread(_metric, stack, "keyop_driver_requests_total",
+                                           device="press-1", protocol="modbus") > 0
 
             status, before = await asyncio.to_thread(_api, stack, "/api/mapping")
             assert status == 200 and before["stations"] == ["press-1"]

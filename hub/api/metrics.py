@@ -7,20 +7,20 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.api.auth import admin
 from hub.api.orders import _context
-from hub.metrics import CONTENT_TYPE, exposition
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", summary="Prometheus metrics (admin key)",
-            response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request, _who: Annotated[str, Depends(admin)]) -> Response:
     registry = _context(request).metrics
     if registry is None:
         raise HTTPException(status_code=503, detail="metrics not available yet")
     # Collecting reads the store: off the event loop.
-    body = await asyncio.to_thread(exposition, registry)
-    return Response(content=body, media_type=CONTENT_TYPE)
+    body = await asyncio.to_thread(generate_latest, registry)
+    return Response(content=body, media_type=CONTENT_TYPE_LATEST)
