@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import socket
 import threading
 import time
 from pathlib import Path
@@ -78,6 +79,9 @@ class Acker:
         self.client.on_connect = lambda c, *_a: c.subscribe("keyop/v1/up/+/events", qos=1)
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_message = self._on_message
+        # As the hub does: without it, a small ack written right after another small write
+        # waits for the TCP ACK of the first (Nagle; FIELD-NOTES).
+        self.client.on_socket_open = _no_delay
         self.client.connect(host, port, 30)
         self.client.loop_start()
         if not self.subscribed.wait(10):
@@ -106,6 +110,10 @@ class Acker:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _no_delay(_c: Any, _u: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _rss_mb() -> float:

@@ -14,7 +14,7 @@ window), ahead of their turn. The hub orders by sequence and acks the contiguous
 early copies only cut the live latency; when the backlog lane reaches the live lane's first
 row, the two merge.
 
-Threads: paho's network thread (`sync.mqtt_link`), the outbox worker thread, and the loop.
+Threads: the loop (which also runs paho, see `sync.mqtt_link`) and the outbox worker thread.
 The reconnect loop is `Uplink.run`: one fresh paho client per connection, so no paho-side replay
 mixes with our own resend from acked + 1.
 """
@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -333,12 +334,13 @@ class Uplink:
         # session holds the ack subscription and the acks the hub sent while we were away
         # (or restarting), which saves resending what the hub already has. Stale acks of an
         # older epoch are filtered out by `_on_ack`.
+        # connect blocks (TCP, TLS handshake): a worker thread; then the loop serves the socket.
         await asyncio.to_thread(
             client.connect, cfg.host, cfg.port, int(cfg.keepalive_s),
             clean_start=False, properties=connect_props,
         )
-        client.loop_start()
         try:
+            link.attach()
             reason = await asyncio.wait_for(link.connack, cfg.connect_timeout_s)
             if reason.is_failure:
                 raise ConnectRefused(reason)
@@ -363,9 +365,8 @@ class Uplink:
                 pass
             if not confirmed:
                 log.warning("uplink: offline status not confirmed before disconnect")
-            link.client.disconnect()
-        # Joining paho's thread blocks: do it in a worker thread.
-        await asyncio.to_thread(link.client.loop_stop)
+            link.disconnect()
+        link.close()
         if self._link is link:
             self._link = None
 
@@ -389,7 +390,7 @@ class Uplink:
             fresh.popleft()
         if not fresh or fresh[0].seq != first:
             return []
-        return [fresh[i] for i in range(min(count, len(fresh)))]
+        return list(islice(fresh, count))  # indexing a deque walks it: O(n) per item
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class Uplink:
         cfg = self.config
         loop = asyncio.get_running_loop()
         assert self._worker is not None
-        link.client.subscribe(self._ack_topic, qos=1)
+        link.subscribe(self._ack_topic)
         link.publish(
             self._status_topic, self._status(True, link.session),
             publish_props(STATUS_CONTENT_TYPE), retain=True,
@@ -425,7 +426,7 @@ class Uplink:
                     progressed = True
             if not progressed:
                 progressed = await self._publish_live(link)
-                if room > 0 and self.sent_upto < self.outbox.last_seq:
+                if room > 0 and self.sent_upto < self._backlog_top():
                     progressed = await self._publish_backlog(link, room) or progressed
             if progressed:
                 continue
@@ -436,6 +437,20 @@ class Uplink:
             timer = loop.call_later(timeout, self._wake.set)
             await self._wake.wait()
             timer.cancel()
+
+    def _backlog_top(self) -> int:
+        """The last row the backlog lane should read from the outbox.
+
+        Rows the worker has committed but not yet handed to `_on_commit` are on their way to
+        the fresh lane (and wake us): reading them back would race their delivery, cost a
+        round trip to the worker and delay them by it. Rows beyond what the worker committed
+        (appended by someone else) are read.
+        """
+        top = self.outbox.last_seq
+        worker = self._worker
+        if worker is not None and worker.delivered_upto < top <= worker.committed_upto:
+            return worker.delivered_upto
+        return top
 
     def _window(self) -> int:
         cfg = self.config
@@ -507,7 +522,7 @@ class Uplink:
             fresh.popleft()
         if not fresh or fresh[0].seq != first:
             return []
-        return [fresh[i] for i in range(min(count, len(fresh)))]
+        return list(islice(fresh, count))
 
     def _resend_after_timeout(self) -> None:
         if not self._stall_logged:
