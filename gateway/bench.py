@@ -156,8 +156,8 @@ async def run_bench_e2e(packets: int, rate: float | None = None,
             now = time.perf_counter()
             if index >= first_packet_index:
                 emitted_at[index - first_packet_index + 1] = now
-            await pipeline.samples.put(Sample(signal, value, Quality.GOOD, time.time(),
-                                              loop.time()))
+            await pipeline.samples.put((Sample(signal, value, Quality.GOOD, time.time(),
+                                               loop.time()),))
         done = await uplink.wait_acked(packets, ACK_WAIT_S)
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0

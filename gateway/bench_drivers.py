@@ -166,12 +166,12 @@ async def _bare_polling(host: str, ports: list[int], reads: list[tuple[int, int]
 
 
 async def bench_modbus_poll(*, devices: int, registers: int, interval_s: float,
-                            duration_s: float, consumer: str = "sample") -> dict[str, Any]:
+                            duration_s: float, consumer: str = "batch") -> dict[str, Any]:
     """N devices x R uint16 holding registers, each polled every interval.
 
     First the same requests from bare pymodbus clients (no decoding, no samples), for a
-    baseline on this machine, then the drivers, their samples queued one by one
-    (`consumer="sample"`, as the gateway does) or a request's worth at a time ("batch").
+    baseline on this machine, then the drivers, their samples queued a request's worth at a
+    time (`consumer="batch"`, as the gateway does) or one by one ("sample").
     """
     from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, compile_plan
     from drivers.modbus_plan import MAX_REGISTERS_PER_READ
@@ -440,8 +440,8 @@ def add_driver_benches(bench_sub: Any) -> None:
     poll.add_argument("--registers", type=int, default=500)
     poll.add_argument("--interval", default="1s")
     poll.add_argument("--duration", type=float, default=30.0)
-    poll.add_argument("--consumer", choices=("sample", "batch"), default="sample",
-                      help="queue samples one by one (as the gateway does) or per request")
+    poll.add_argument("--consumer", choices=("sample", "batch"), default="batch",
+                      help="queue samples per request (as the gateway does) or one by one")
     sub = bench_sub.add_parser("opcua-subscribe", help="OPC UA subscription: CPU, lag")
     sub.add_argument("--items", type=int, default=1000)
     sub.add_argument("--sampling", default="100ms")

@@ -11,11 +11,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from drivers.base import Driver, Quality, Sample
+from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
 from gateway.api import start_local_api, stop_local_api
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 TICK = ""  # the signal name of a tick: no real signal has an empty name
 TICK_INTERVAL_S = 0.1
-SAMPLE_QUEUE = 10_000
+# Batches of samples (one per device request, e.g. up to 125 registers or 2,000 coils) waiting
+# for the engine; when full, drivers wait: the bound is what slows them down.
+SAMPLE_BATCHES = 200
 DRAFT_QUEUE = 10_000
 COMMIT_BATCH = 1_000
 RESTART_BACKOFF_MIN_S = 0.5
@@ -101,8 +103,9 @@ def open_outbox(config: GatewayConfig, compiled: CompiledMapping | None = None, 
 class Pipeline:
     """Mapping engine → outbox, shared by the daemon, replay-style benchmarks and tests.
 
-    `feed` takes samples in order; `drafts` are committed in emission order, so the outbox
-    sequence follows the engine's output exactly.
+    `samples` takes batches of samples in order (a driver's request at a time: one queue
+    hand-off per request instead of per signal); drafts are committed in emission order, so
+    the outbox sequence follows the engine's output exactly.
     """
 
     def __init__(self, engine: Engine, writer: GroupWriter, source: str) -> None:
@@ -110,7 +113,7 @@ class Pipeline:
         self.writer = writer
         self.source = source
         self.stats = GatewayStats()
-        self.samples: asyncio.Queue[Sample | None] = asyncio.Queue(SAMPLE_QUEUE)
+        self.samples: asyncio.Queue[Sequence[Sample] | None] = asyncio.Queue(SAMPLE_BATCHES)
         self._drafts: asyncio.Queue[Draft | None] = asyncio.Queue(DRAFT_QUEUE)
         self.on_commit: list[Callable[[list[int]], None]] = []
 
@@ -124,16 +127,18 @@ class Pipeline:
         A sample whose signal is `TICK` only lets time pass (hold times, stalled alarms, timed
         progress); `self.engine` may be swapped by a mapping reload between two samples.
         """
-        while (sample := await self.samples.get()) is not None:
-            if sample.signal == TICK:
-                drafts = self.engine.tick(sample.monotonic, sample.time)
-            else:
-                self.stats.samples += 1
-                if not sample.good:
-                    self.stats.bad_samples += 1
-                drafts = self.engine.step(sample)
-            for draft in drafts:
-                await self._drafts.put(draft)
+        stats = self.stats
+        while (batch := await self.samples.get()) is not None:
+            for sample in batch:
+                if sample.signal == TICK:
+                    drafts = self.engine.tick(sample.monotonic, sample.time)
+                else:
+                    stats.samples += 1
+                    if not sample.good:
+                        stats.bad_samples += 1
+                    drafts = self.engine.step(sample)
+                for draft in drafts:
+                    await self._drafts.put(draft)
         await self._drafts.put(None)
 
     async def tick_forever(self, interval: float = TICK_INTERVAL_S) -> None:
@@ -141,7 +146,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            await self.samples.put(Sample(TICK, None, Quality.GOOD, time.time(), loop.time()))
+            await self.samples.put((Sample(TICK, None, Quality.GOOD, time.time(), loop.time()),))
 
     async def commit_drafts(self) -> None:
         """Committer task: takes every draft waiting and commits them in one group."""
@@ -287,8 +292,8 @@ class Gateway:
         backoff = RESTART_BACKOFF_MIN_S
         while True:
             try:
-                async for sample in driver.samples():
-                    await pipeline.samples.put(sample)
+                async for batch in sample_batches(driver):
+                    await pipeline.samples.put(batch)
                     backoff = RESTART_BACKOFF_MIN_S
                 return
             except asyncio.CancelledError:
