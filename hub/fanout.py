@@ -3,8 +3,9 @@
 Each supplier has a cursor (`supplier_cursors.last_pk`). One task reads packets after the lowest
 cursor, routes each, publishes the redacted copy to the supplier's events topic and the retained
 state to its state topic, and advances a supplier's cursor only past packets whose messages the
-broker has PUBACKed. A crash before the cursor moves means a resend with the same `id`, which
-suppliers dedupe on.
+broker has PUBACKed. Cursor moves are saved at most once a second (`CURSOR_SAVE_S`) and when the
+fan-out stops. A crash before a move is saved means a resend with the same `id`, which suppliers
+dedupe on.
 
 Publishing is pipelined: up to `window` batches are in flight at once, so the next batch is
 read, routed and handed to paho while the broker still acknowledges the previous ones; batches
@@ -50,6 +51,11 @@ LEASE = "fanout"
 # A batch message stays under the packet size cap (PACKET.md: 64 KB per event and per batch).
 _BATCH_BYTES = MAX_EVENT_BYTES - 1024
 LEASE_TTL_S = 15.0
+# Cursor moves are saved at most this often (and when the fan-out stops). Each save is a
+# durable commit that ingest's commits would queue behind (one per fan-out step, at 200
+# packets/s that was one per packet); a crash loses at most this much cursor progress, i.e.
+# resends that suppliers recognise by the event id.
+CURSOR_SAVE_S = 1.0
 # Events this worker just stored, kept parsed for the fan-out that follows right behind
 # (it would otherwise parse each body again). Bounded: a fan-out far behind reads bodies.
 _RECENT_EVENTS = 5_000
@@ -100,6 +106,9 @@ class FanOut:
         self._wake = asyncio.Event()
         self._lease_until = 0.0
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        # Cursor moves not yet saved, and when the last save was (monotonic).
+        self._unsaved: dict[str, int] = {}
+        self._saved_at = 0.0
 
     def remember(self, stored: list[tuple[int, dict[str, Any]]]) -> None:
         """Events just committed by this worker, `(pk, event)`: the next step takes them
@@ -124,12 +133,18 @@ class FanOut:
                 waiters = [asyncio.ensure_future(stop.wait())]
                 if ok:
                     waiters.append(asyncio.ensure_future(self._wake.wait()))
+                timeout = self.idle_s
+                if self._unsaved:
+                    timeout = min(timeout, max(0.0, self._saved_at + CURSOR_SAVE_S
+                                               - time.monotonic()))
                 _, pending = await asyncio.wait(
-                    waiters, timeout=self.idle_s, return_when=asyncio.FIRST_COMPLETED
+                    waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in pending:
                     task.cancel()
+                await self._save_cursors()
         finally:
+            await self._save_cursors(force=True)
             if self._lease_until:
                 await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
 
@@ -150,6 +165,8 @@ class FanOut:
         if not suppliers:
             return True
         cursors = await asyncio.to_thread(self.store.get_cursors, suppliers)
+        for supplier, pk in self._unsaved.items():  # ours, newer than the database's
+            cursors[supplier] = max(cursors.get(supplier, pk), pk)
         read_pk = min(cursors.values())
         inflight: deque[_Step] = deque()
         blocked: set[str] = set()
@@ -186,7 +203,22 @@ class FanOut:
         self.mqtt.forget(step.futures())
         if advanced:
             cursors.update(advanced)
-            await asyncio.to_thread(self.store.set_cursors, advanced)
+            self._unsaved.update(advanced)
+            await self._save_cursors()
+
+    async def _save_cursors(self, *, force: bool = False) -> None:
+        """Persist the cursor moves not yet saved, when `CURSOR_SAVE_S` has passed (or now)."""
+        if not self._unsaved or (not force
+                                 and time.monotonic() - self._saved_at < CURSOR_SAVE_S):
+            return
+        moves, self._unsaved = self._unsaved, {}
+        try:
+            await asyncio.to_thread(self.store.set_cursors, moves)
+        except BaseException:
+            # Kept for the next try (a database error, or cancelled while stopping).
+            self._unsaved = {**moves, **self._unsaved}
+            raise
+        self._saved_at = time.monotonic()
 
     async def _send(self, rows: list[StoredPacket], cursors: dict[str, int]) -> _Step:
         """Route and publish one batch (without waiting for PUBACKs)."""

@@ -10,12 +10,11 @@ whichever arrives last.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from hub.schema import op_state
 from sync.packet import Packet, parse_time
@@ -159,11 +158,6 @@ def reduce_states(rows: Iterable[StateRow]) -> list[StateRow]:
 _NEWEST_FIELDS = ("state", "type", "good", "scrap", "rework", "planned", "uom", "station",
                   "customer_orders", "last_time", "last_source", "last_epoch", "last_seq",
                   "last_pk", "last_id")
-
-
-def upsert_states(conn: Connection, insert: Callable[..., Any], rows: list[StateRow]) -> None:
-    """Apply reduced rows: the newest event's fields win, start/completion times merge."""
-    conn.execute(upsert_statement(insert(op_state)), [row._asdict() for row in rows])
 
 
 def upsert_statement(stmt: Any) -> Any:

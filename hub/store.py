@@ -7,6 +7,7 @@ ON CONFLICT DO NOTHING), repeats are counted, gaps are reported, never papered o
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from hub.schema import (
     source_progress,
     supplier_cursors,
 )
-from hub.state import StateRow, state_rows, upsert_statement, upsert_states
+from hub.state import StateRow, state_rows, upsert_statement
 from sync.packet import Packet, parse_time
 
 # How many stored seqs one step of the contiguous walk reads.
@@ -138,6 +139,14 @@ class Store:
         # Create or upgrade the schema (Alembic; hub/migrations).
         migrate.upgrade(self.engine)
         self._insert = (sqlite.insert if self.is_sqlite else postgresql.insert)
+        # The ingest path's statements, built once: building an upsert with its CASE guards
+        # costs about a millisecond, paid per batch, i.e. per packet at low rates.
+        self._packets_insert = (
+            self._insert(packets).on_conflict_do_nothing()
+            .returning(packets.c.source, packets.c.epoch, packets.c.seq, packets.c.pk))
+        self._states_upsert = upsert_statement(self._insert(op_state))
+        self._progress_lock = _progress_lock(self._insert)
+        self._progress_save = _progress_save(self._insert)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -200,13 +209,9 @@ class Store:
     def _insert_packets(self, conn: Connection, rows: list[dict[str, Any]]
                         ) -> dict[tuple[str, str, int], int]:
         """Insert rows, skipping stored ones; the pk of each row inserted, by identity."""
-        if self.is_sqlite:
-            stmt = (
-                self._insert(packets)
-                .on_conflict_do_nothing()
-                .returning(packets.c.source, packets.c.epoch, packets.c.seq, packets.c.pk)
-            )
-            return {(r.source, r.epoch, r.seq): r.pk for r in conn.execute(stmt, rows)}
+        if self.is_sqlite or len(rows) < _COPY_FROM_ROWS:
+            return {(r.source, r.epoch, r.seq): r.pk
+                    for r in conn.execute(self._packets_insert, rows)}
         # PostgreSQL: COPY the batch into a session-local staging table, then move it with one
         # INSERT ... SELECT (in key order, so concurrent workers lock rows in one order).
         # Measured on 500-row batches: a third of the client CPU of pipelined one-row INSERTs
@@ -221,8 +226,8 @@ class Store:
             cursor.close()
 
     def _upsert_states(self, conn: Connection, states: list[StateRow]) -> None:
-        if self.is_sqlite:
-            upsert_states(conn, self._insert, states)
+        if self.is_sqlite or len(states) < _COPY_FROM_ROWS:
+            conn.execute(self._states_upsert, [row._asdict() for row in states])
             return
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -234,17 +239,10 @@ class Store:
     def _lock_progress(self, conn: Connection, keys: list[tuple[str, str]], now: float
                        ) -> dict[tuple[str, str], int]:
         """Lock the progress rows of `keys` (sorted), creating missing ones; their values."""
-        stmt = self._insert(source_progress).values([
+        rows = conn.execute(self._progress_lock, [
             {"source": source, "epoch": epoch, "contiguous_seq": 0, "updated_at": now}
             for source, epoch in keys])
-        # A no-op update: it exists to take the row lock (PostgreSQL) or the write lock
-        # (SQLite) whether or not the row was there.
-        locking = stmt.on_conflict_do_update(
-            index_elements=[source_progress.c.source, source_progress.c.epoch],
-            set_={"contiguous_seq": source_progress.c.contiguous_seq},
-        ).returning(source_progress.c.source, source_progress.c.epoch,
-                    source_progress.c.contiguous_seq)
-        return {(r.source, r.epoch): r.contiguous_seq for r in conn.execute(locking)}
+        return {(r.source, r.epoch): r.contiguous_seq for r in rows}
 
     def _advance_all(self, conn: Connection, result: StoreResult,
                      current: dict[tuple[str, str], int],
@@ -284,32 +282,16 @@ class Store:
         """The keys that have a stored seq above the given one (one statement for all)."""
         if not after:
             return set()
-        probes = [
-            sa.select(sa.literal(index).label("key")).where(sa.exists().where(
-                packets.c.source == source, packets.c.epoch == epoch, packets.c.seq > seq))
-            for index, ((source, epoch), seq) in enumerate(sorted(after.items()))
-        ]
         keys = sorted(after)
-        return {keys[row.key] for row in conn.execute(sa.union_all(*probes))}
+        params: dict[str, Any] = {}
+        for index, (source, epoch) in enumerate(keys):
+            params |= {f"s{index}": source, f"e{index}": epoch, f"q{index}": after[(source, epoch)]}
+        return {keys[row.key] for row in conn.execute(_stored_after(len(keys)), params)}
 
     def _save_progress(self, conn: Connection, progress: list[Progress], now: float) -> None:
-        stmt = self._insert(source_progress).values([
+        conn.execute(self._progress_save, [
             {"source": p.source, "epoch": p.epoch, "contiguous_seq": p.contiguous,
              "updated_at": now} for p in progress])
-        excluded = stmt.excluded
-        # Never move backwards, even if a concurrent hub worker got further.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[source_progress.c.source, source_progress.c.epoch],
-            set_={
-                "contiguous_seq": sa.case(
-                    (excluded.contiguous_seq > source_progress.c.contiguous_seq,
-                     excluded.contiguous_seq),
-                    else_=source_progress.c.contiguous_seq,
-                ),
-                "updated_at": excluded.updated_at,
-            },
-        )
-        conn.execute(stmt)
 
     def _advance(self, conn: Connection, prog: Progress, now: float) -> Gap | None:
         """Walk stored seqs after the contiguous value; persist the new value; return a gap."""
@@ -623,6 +605,9 @@ class _NoLock:
 _PACKET_COLUMNS = ("source", "epoch", "seq", "id", "type", "subject", "work_order", "operation",
                    "event_time", "received_at", "good", "body")
 
+# Below this many rows a plain multi-row INSERT (one round trip) beats COPY + INSERT ... SELECT
+# (three or four): the low-rate case, where each packet is its own batch.
+_COPY_FROM_ROWS = 32
 # Session-local staging tables for PostgreSQL ingest (see `_insert_packets`), emptied at every
 # commit. Created when a pooled connection is opened; never part of the migrated schema.
 _PACKETS_STAGING = "keyop_packets_in"
@@ -664,6 +649,47 @@ def _copy_rows(cursor: Any, table: str, columns: Sequence[str],
     with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _progress_lock(insert: Any) -> Any:
+    stmt = insert(source_progress)
+    # A no-op update: it exists to take the row lock (PostgreSQL) or the write lock (SQLite)
+    # whether or not the row was there, and RETURNING reads the value under that lock.
+    return stmt.on_conflict_do_update(
+        index_elements=[source_progress.c.source, source_progress.c.epoch],
+        set_={"contiguous_seq": source_progress.c.contiguous_seq},
+    ).returning(source_progress.c.source, source_progress.c.epoch,
+                source_progress.c.contiguous_seq)
+
+
+def _progress_save(insert: Any) -> Any:
+    stmt = insert(source_progress)
+    excluded = stmt.excluded
+    # Never move backwards, even if a concurrent hub worker got further.
+    return stmt.on_conflict_do_update(
+        index_elements=[source_progress.c.source, source_progress.c.epoch],
+        set_={
+            "contiguous_seq": sa.case(
+                (excluded.contiguous_seq > source_progress.c.contiguous_seq,
+                 excluded.contiguous_seq),
+                else_=source_progress.c.contiguous_seq,
+            ),
+            "updated_at": excluded.updated_at,
+        },
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_after(count: int) -> Any:
+    """`count` probes `EXISTS (a stored seq of (s{i}, e{i}) above q{i})`, labelled `key` = i."""
+    probes = [
+        sa.select(sa.literal(index).label("key")).where(sa.exists().where(
+            packets.c.source == sa.bindparam(f"s{index}"),
+            packets.c.epoch == sa.bindparam(f"e{index}"),
+            packets.c.seq > sa.bindparam(f"q{index}")))
+        for index in range(count)
+    ]
+    return probes[0] if count == 1 else sa.union_all(*probes)
 
 
 def _row(item: Incoming, received_at: float) -> dict[str, Any]:
