@@ -26,7 +26,7 @@ from drivers.base import Quality, Sample
 from edge_store.outbox import Outbox
 from edge_store.writer import GroupWriter
 from gateway.broker import PrivateBroker
-from gateway.runtime import Pipeline
+from gateway.runtime import Pipeline, settle_heap
 from gateway.stack import wait_hub_online
 from mapping import yamlsrc
 from mapping.engine import Engine
@@ -122,6 +122,7 @@ async def run_bench_e2e(packets: int, rate: float | None = None,
                                  source=SOURCE, ack_timeout_s=10.0), outbox)
     pipeline = Pipeline(_bench_engine(packets), writer, SOURCE)
     pipeline.on_commit.append(lambda _seqs: uplink.wake())
+    settle_heap()  # as `keyop run` does once started
 
     emitted_at = np.zeros(packets + 1)
     latencies = np.full(packets + 1, np.nan)

@@ -8,6 +8,7 @@ instead of filling memory.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
@@ -51,6 +52,21 @@ class GatewayStats:
     packets_emitted: int = 0
     driver_restarts: int = 0
     commit_failures: int = 0
+
+
+def settle_heap() -> None:
+    """Tune the cyclic garbage collector for the steady state, once everything long-lived
+    (modules, config, compiled mapping, outbox, drivers) exists.
+
+    Frozen, those objects are no longer rescanned by every full collection; a young
+    generation of 50,000 lets the many short-lived objects of each packet (samples, drafts,
+    rows, JSON) die before they are promoted. Measured with `keyop bench e2e --packets 100000
+    --hub acker`: 0.044 -> 0.031 CPU-s per 1,000 packets, 20,000 -> 27,000 packets/s. (The
+    hub does the same for itself; the folders may not share code.) Cyclic garbage made of
+    frozen objects (e.g. a mapping replaced by a reload) is not collected: a few kB a reload.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def uplink_config(config: GatewayConfig) -> UplinkConfig:
@@ -257,6 +273,7 @@ class Gateway:
         pipeline.on_commit.append(lambda _seqs: uplink.wake())
         self.pipeline, self.uplink = pipeline, uplink
         stats = outbox.stats()
+        settle_heap()
         log.info("gateway started", extra={
             "source": self.config.source, "epoch": stats.epoch, "last_seq": stats.last_seq,
             "pending": stats.pending, "drivers": len(self.drivers)})
