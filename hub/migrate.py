@@ -50,17 +50,20 @@ def head() -> str:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the newest)."""
-    if revision == "head" and current_revision(engine) == head():
-        return
-    with _PROCESS_LOCK, _sqlite_file_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        # Read under the lock: another process may have migrated while we waited.
-        config = alembic_config(conn)
-        versioned = MigrationContext.configure(conn).get_current_revision() is not None
-        if not versioned and sa.inspect(conn).has_table("packets"):
-            command.stamp(config, "0001")
-        command.upgrade(config, revision)
+    # The file lock covers the first connection too: it switches a new SQLite file to WAL,
+    # which needs an exclusive lock that SQLite does not wait for (busy_timeout or not).
+    with _sqlite_file_lock(engine):
+        if revision == "head" and current_revision(engine) == head():
+            return
+        with _PROCESS_LOCK, engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            # Read under the lock: another process may have migrated while we waited.
+            config = alembic_config(conn)
+            versioned = MigrationContext.configure(conn).get_current_revision() is not None
+            if not versioned and sa.inspect(conn).has_table("packets"):
+                command.stamp(config, "0001")
+            command.upgrade(config, revision)
 
 
 @contextlib.contextmanager

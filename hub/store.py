@@ -714,8 +714,10 @@ def _row(item: Incoming, received_at: float) -> dict[str, Any]:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # First: switching a new file to WAL takes a lock that another hub process starting at
+    # the same moment may hold; without the timeout set, that is "database is locked" at once.
+    cursor.execute("PRAGMA busy_timeout=10000")
     # WAL lets fan-out read while ingest writes; FULL makes a commit durable before the ack.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
