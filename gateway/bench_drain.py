@@ -8,7 +8,7 @@ per second), the live packets' latency from commit to receipt at the other end (
 `rss_mb_peak` of this process (the backlog stays on disk: memory must not grow with N).
 
 `--hub acker` (default) receives with a minimal subscriber that acks each message's sequence
-range at once: the edge's own drain limit. `--hub real` runs `keyop hub` (its ingest, ~3,000
+range at once: the edge's own drain limit. `--hub real` runs `keyop hub` (its ingest, ~5,000
 packets/s on this machine today, is then the limit).
 """
 
