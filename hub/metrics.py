@@ -37,56 +37,49 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         service = self.service
-        labels = ["hub"]
         hub_id = service.config.hub.id
-        for name, text, attribute in _INGEST_COUNTERS:
-            family = CounterMetricFamily(name, text, labels=labels)
-            family.add_metric([hub_id], getattr(service, attribute))
-            yield family
-        mqtt = service.mqtt
-        connected = GaugeMetricFamily("keyop_hub_broker_connected",
-                                      "1 while the hub's MQTT session is up", labels=labels)
-        connected.add_metric([hub_id], 1 if mqtt is not None and mqtt.client.is_connected()
-                             else 0)
-        yield connected
-        waiting = GaugeMetricFamily("keyop_hub_ingest_waiting",
-                                    "messages received and not yet taken by ingest",
-                                    labels=labels)
-        waiting.add_metric([hub_id], mqtt.inbox.qsize() if mqtt is not None else 0)
-        yield waiting
-        yield from self._fanout(hub_id)
-        alerts = service.alerts
-        if alerts is not None:
-            raised = CounterMetricFamily("keyop_hub_alerts_raised",
-                                         "delay and stall alerts raised", labels=labels)
-            raised.add_metric([hub_id], alerts.raised)
-            yield raised
 
-    def _fanout(self, hub_id: str) -> Iterator[Metric]:
+        def one(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
+                text: str, value: float) -> Metric:
+            family = kind(name, text, labels=["hub"])
+            family.add_metric([hub_id], value)
+            return family
+
+        for name, text, attribute in _INGEST_COUNTERS:
+            yield one(CounterMetricFamily, name, text, getattr(service, attribute))
+        mqtt, fanout = service.mqtt, service.fanout
+        yield one(GaugeMetricFamily, "keyop_hub_broker_connected",
+                  "1 while the hub's MQTT session is up",
+                  1 if mqtt is not None and mqtt.client.is_connected() else 0)
+        yield one(GaugeMetricFamily, "keyop_hub_ingest_waiting",
+                  "messages received and not yet taken by ingest",
+                  mqtt.inbox.qsize() if mqtt is not None else 0)
+        yield one(CounterMetricFamily, "keyop_hub_fanout_messages",
+                  "supplier messages acknowledged by the broker",
+                  fanout.published if fanout else 0)
+        yield one(CounterMetricFamily, "keyop_hub_fanout_failures",
+                  "supplier messages refused or not acknowledged in time (resent later)",
+                  fanout.failed if fanout else 0)
+        if service.alerts is not None:
+            yield one(CounterMetricFamily, "keyop_hub_alerts_raised",
+                      "delay and stall alerts raised", service.alerts.raised)
+        if service.store is not None:
+            yield self._fanout_lag()
+
+    def _fanout_lag(self) -> Metric:
         service = self.service
-        fanout, store = service.fanout, service.store
-        published = CounterMetricFamily("keyop_hub_fanout_messages",
-                                        "supplier messages acknowledged by the broker",
-                                        labels=["hub"])
-        failed = CounterMetricFamily("keyop_hub_fanout_failures",
-                                     "supplier messages refused or not acknowledged in time "
-                                     "(resent later)", labels=["hub"])
-        published.add_metric([hub_id], fanout.published if fanout else 0)
-        failed.add_metric([hub_id], fanout.failed if fanout else 0)
-        yield published
-        yield failed
-        if store is None:
-            return
+        assert service.store is not None
         suppliers = list(service.config.suppliers)
-        head = store.max_pk()
-        cursors = store.get_cursors(suppliers) if suppliers else {}
+        head = service.store.max_pk()
+        cursors = service.store.get_cursors(suppliers) if suppliers else {}
         lag = GaugeMetricFamily(
             "keyop_hub_fanout_lag",
-            "positions of the stored packet log not yet sent to a supplier (an upper bound "
-            "of its waiting packets; 0 when caught up)", labels=["supplier"])
+            "positions of the stored packet log after a supplier's saved cursor (cursors are "
+            "saved at most a second late; an upper bound of its waiting packets)",
+            labels=["supplier"])
         for supplier in suppliers:
             lag.add_metric([supplier], max(0, head - cursors.get(supplier, head)))
-        yield lag
+        return lag
 
 
 def registry_for(service: HubService) -> CollectorRegistry:

@@ -286,7 +286,7 @@ class Store:
         params: dict[str, Any] = {}
         for index, (source, epoch) in enumerate(keys):
             params |= {f"s{index}": source, f"e{index}": epoch, f"q{index}": after[(source, epoch)]}
-        return {keys[row.key] for row in conn.execute(_stored_after(len(keys)), params)}
+        return {keys[row.key] for row in conn.execute(_stored_after_probe(len(keys)), params)}
 
     def _save_progress(self, conn: Connection, progress: list[Progress], now: float) -> None:
         conn.execute(self._progress_save, [
@@ -294,13 +294,9 @@ class Store:
              "updated_at": now} for p in progress])
 
     def _advance(self, conn: Connection, prog: Progress, now: float) -> Gap | None:
-        """Walk stored seqs after the contiguous value; persist the new value; return a gap."""
-        current = conn.execute(
-            sa.select(source_progress.c.contiguous_seq).where(
-                source_progress.c.source == prog.source, source_progress.c.epoch == prog.epoch
-            )
-        ).scalar_one_or_none()
-        prog.previous = contiguous = current or 0
+        """Walk stored seqs after `prog.previous` (the value read under the progress lock);
+        persist the new value; return a gap."""
+        contiguous = prog.previous
         gap: Gap | None = None
         declared: list[tuple[int, int]] | None = None  # ranges the edge named in gap records
         while True:
@@ -332,7 +328,7 @@ class Store:
             if gap is not None or len(seqs) < _WALK_CHUNK:
                 break
         prog.contiguous = contiguous
-        if current is None or contiguous > current:
+        if contiguous > prog.previous:
             self._save_progress(conn, [prog], now)
         return gap
 
@@ -680,7 +676,7 @@ def _progress_save(insert: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _stored_after(count: int) -> Any:
+def _stored_after_probe(count: int) -> Any:
     """`count` probes `EXISTS (a stored seq of (s{i}, e{i}) above q{i})`, labelled `key` = i."""
     probes = [
         sa.select(sa.literal(index).label("key")).where(sa.exists().where(
@@ -714,8 +710,8 @@ def _row(item: Incoming, received_at: float) -> dict[str, Any]:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # First: switching a new file to WAL takes a lock that another hub process starting at
-    # the same moment may hold; without the timeout set, that is "database is locked" at once.
+    # First, so the pragmas below wait for another process's lock too. (The switch of a new
+    # file to WAL does not wait even so: hub/migrate.py holds a file lock around it.)
     cursor.execute("PRAGMA busy_timeout=10000")
     # WAL lets fan-out read while ingest writes; FULL makes a commit durable before the ack.
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -138,6 +138,30 @@ def _secret(out: Path, kind: str, name: str) -> str:
     return (out / "secrets" / f"{kind}-{name}.secret").read_text().strip()
 
 
+def _assert_publish_rights(hub: Session, acme: Session, bolt: Session, edge7: Session,
+                           edge8: Session) -> None:
+    """Who may publish where (MQTT 5: a refused publish gets a failing PUBACK), and that each
+    party receives only its own: the same in both export formats."""
+    # Suppliers cannot publish at all, not even into their own subtree.
+    assert acme.publish(topics.sup_events("acme", "WO-1")).is_failure
+    # The hub writes supplier topics and acks; each party gets only its own.
+    assert not hub.publish(topics.sup_events("acme", "WO-1"), b"for-acme").is_failure
+    assert not hub.publish(topics.sup_events("bolt", "WO-2"), b"for-bolt").is_failure
+    assert not hub.publish(topics.down_ack("edge-07"), b"ack-7").is_failure
+    assert not hub.publish(topics.down_ack("edge-08"), b"ack-8").is_failure
+    # An edge cannot publish as another edge, nor write acks or supplier topics.
+    assert edge7.publish(topics.up_events("edge-08"), b"forged").is_failure
+    assert edge7.publish(topics.down_ack("edge-07"), b"self-ack").is_failure
+    assert edge7.publish(topics.sup_events("bolt", "WO-2"), b"spam").is_failure
+    assert not edge7.publish(topics.up_events("edge-07"), b"real").is_failure
+    wait_until(lambda: len(hub.messages) == 1, "the hub got edge-07's packet")
+    wait_until(lambda: bool(acme.messages) and bool(bolt.messages) and bool(edge8.messages),
+               "deliveries")
+    assert hub.topics() == [topics.up_events("edge-07")]
+    assert hub.messages[0].payload == b"real"
+    assert acme.topics() == [topics.sup_events("acme", "WO-1")]
+
+
 def _assert_a_forged_will_is_dropped(broker: PrivateBroker, hub: Session, secret: str) -> None:
     """A will is a publish too: Mosquitto 2.0.11 accepts a CONNECT whose will is a forged status
     (edge-07 as edge-08) but drops that will, and delivers an edge's own. `hub` must be
@@ -209,9 +233,6 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
     out = tmp_path / "acl"
     write(config, out)
 
-    def secret(kind: str, name: str) -> str:
-        return (out / "secrets" / f"{kind}-{name}.secret").read_text().strip()
-
     # Started as root, Mosquitto drops to the `mosquitto` user, which may not read these 0600
     # files (in production: chown them to it); `user root` keeps it as it is (ignored unless
     # started as root).
@@ -219,16 +240,16 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
     with PrivateBroker(workdir=tmp_path / "broker", extra_config=extra) as broker:
         # No anonymous access, no wrong password, no made-up wildcard username.
         for user, password in ((None, None), ("acme", "wrong-password-123"),
-                               ("ac+me", secret("supplier", "acme")), ("#", "x" * 20)):
+                               ("ac+me", _secret(out, "supplier", "acme")), ("#", "x" * 20)):
             session = Session(broker, user, password)
             assert not session.accepted, user
             session.close()
 
-        hub = Session(broker, "keyop-hub", secret("hub", "keyop-hub"))
-        acme = Session(broker, "acme", secret("supplier", "acme"))
-        bolt = Session(broker, "bolt", secret("supplier", "bolt"))
-        edge7 = Session(broker, "edge-07", secret("gateway", "edge-07"))
-        edge8 = Session(broker, "edge-08", secret("gateway", "edge-08"))
+        hub = Session(broker, "keyop-hub", _secret(out, "hub", "keyop-hub"))
+        acme = Session(broker, "acme", _secret(out, "supplier", "acme"))
+        bolt = Session(broker, "bolt", _secret(out, "supplier", "bolt"))
+        edge7 = Session(broker, "edge-07", _secret(out, "gateway", "edge-07"))
+        edge8 = Session(broker, "edge-08", _secret(out, "gateway", "edge-08"))
         sessions = [hub, acme, bolt, edge7, edge8]
         try:
             assert all(s.accepted for s in sessions)
@@ -244,28 +265,12 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
             edge8.subscribe(topics.down_ack("edge-07"))
             assert edge8.subscribe(topics.down_ack("edge-08"))
             assert hub.subscribe(topics.hub_ingest_subscription("keyop-hub"))
-            # Suppliers cannot publish at all, not even into their own subtree.
-            assert acme.publish(topics.sup_events("acme", "WO-1")).is_failure
-            # The hub writes supplier topics and acks; each party gets only its own.
-            assert not hub.publish(topics.sup_events("acme", "WO-1"), b"for-acme").is_failure
-            assert not hub.publish(topics.sup_events("bolt", "WO-2"), b"for-bolt").is_failure
-            assert not hub.publish(topics.down_ack("edge-07"), b"ack-7").is_failure
-            assert not hub.publish(topics.down_ack("edge-08"), b"ack-8").is_failure
-            # An edge cannot publish as another edge, nor write acks or supplier topics.
-            assert edge7.publish(topics.up_events("edge-08"), b"forged").is_failure
-            assert edge7.publish(topics.down_ack("edge-07"), b"self-ack").is_failure
-            assert edge7.publish(topics.sup_events("bolt", "WO-2"), b"spam").is_failure
-            assert not edge7.publish(topics.up_events("edge-07"), b"real").is_failure
-            wait_until(lambda: len(hub.messages) == 1, "the hub got edge-07's packet")
-            wait_until(lambda: bool(acme.messages) and bool(bolt.messages)
-                       and bool(edge8.messages), "deliveries")
-            assert hub.topics() == [topics.up_events("edge-07")]
-            assert acme.topics() == [topics.sup_events("acme", "WO-1")]
+            _assert_publish_rights(hub, acme, bolt, edge7, edge8)
             # (Overlapping granted filters may each deliver a copy of bolt's own message.)
             assert set(bolt.topics()) == {topics.sup_events("bolt", "WO-2")}
             assert set(edge8.topics()) == {topics.down_ack("edge-08")}
             assert hub.subscribe(topics.hub_status_subscription())
-            _assert_a_forged_will_is_dropped(broker, hub, secret("gateway", "edge-07"))
+            _assert_a_forged_will_is_dropped(broker, hub, _secret(out, "gateway", "edge-07"))
         finally:
             for s in sessions:
                 s.close()
@@ -399,25 +404,7 @@ def test_a_real_mosquitto_with_dynsec_refuses_in_the_suback(
             assert hub.subscribe(topics.hub_status_subscription())
             assert not hub.subscribe("#")
             assert not hub.subscribe(topics.hub_ingest_subscription("other-group"))
-            # Suppliers cannot publish at all, not even into their own subtree.
-            assert acme.publish(topics.sup_events("acme", "WO-1")).is_failure
-            # The hub writes supplier topics and acks; each party gets only its own.
-            assert not hub.publish(topics.sup_events("acme", "WO-1"), b"for-acme").is_failure
-            assert not hub.publish(topics.sup_events("bolt", "WO-2"), b"for-bolt").is_failure
-            assert not hub.publish(topics.down_ack("edge-07"), b"ack-7").is_failure
-            assert not hub.publish(topics.down_ack("edge-08"), b"ack-8").is_failure
-            # An edge cannot publish as another edge (MQTT 5: the PUBACK carries the refusal),
-            # nor write acks or supplier topics.
-            assert edge7.publish(topics.up_events("edge-08"), b"forged").is_failure
-            assert edge7.publish(topics.down_ack("edge-07"), b"self-ack").is_failure
-            assert edge7.publish(topics.sup_events("bolt", "WO-2"), b"spam").is_failure
-            assert not edge7.publish(topics.up_events("edge-07"), b"real").is_failure
-            wait_until(lambda: len(hub.messages) == 1, "the hub got edge-07's packet")
-            wait_until(lambda: bool(acme.messages) and bool(bolt.messages)
-                       and bool(edge8.messages), "deliveries")
-            assert hub.topics() == [topics.up_events("edge-07")]
-            assert hub.messages[0].payload == b"real"
-            assert acme.topics() == [topics.sup_events("acme", "WO-1")]
+            _assert_publish_rights(hub, acme, bolt, edge7, edge8)
             assert bolt.topics() == [topics.sup_events("bolt", "WO-2")]
             assert edge8.topics() == [topics.down_ack("edge-08")]
             _assert_a_forged_will_is_dropped(broker, hub, _secret(out, "gateway", "edge-07"))
