@@ -50,7 +50,7 @@ class MqttSection(_Strict):
     # Messages wait in the broker session while the hub is away (the edge outbox is the real
     # buffer; this only saves resends).
     session_expiry_s: int = Field(default=86_400, ge=0)
-    # Bound of the ingest hand-off from paho's thread; when full, paho's thread waits (TCP
+    # Bound of the ingest queue; when full, the hub stops reading the socket (TCP
     # backpressure to the broker) instead of dropping.
     ingest_queue: int = Field(default=5_000, ge=10)
 

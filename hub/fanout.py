@@ -37,7 +37,8 @@ import pydantic_core
 
 from hub import routing
 from hub.config import HubConfig
-from hub.mqtt import HubMqtt, packed_properties
+from hub.mqtt import HubMqtt
+from hub.mqtt_properties import packed_properties
 from hub.state import CLOSED_STATES, state_document
 from hub.store import Store, StoredPacket
 from sync import topics

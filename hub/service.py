@@ -25,7 +25,8 @@ from hub.api.auth import Keys
 from hub.config import ConfigError, HubConfig, load_config
 from hub.fanout import FanOut
 from hub.metrics import registry_for
-from hub.mqtt import HubMqtt, Inbound, publish_properties
+from hub.mqtt import HubMqtt, Inbound
+from hub.mqtt_properties import publish_properties
 from hub.server import ApiServer
 from hub.store import Incoming, Store, StoreResult
 from hub.validate import decode_events, validate_event

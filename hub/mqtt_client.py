@@ -1,0 +1,107 @@
+"""paho's `Client` with the hub's three hot spots made cheap (paho-mqtt 2.2.0 internals).
+
+Measured in `keyop bench hub` (GIL samples, PostgreSQL, 50 suppliers, ~1 fan-out message per
+packet):
+
+- PUBACKs: paho decodes each into a new `ReasonCode` (which copies its table of ~45 names) and a
+  new `Properties`: 12.5 % of the hub's time. A PUBACK without properties (Mosquitto's answer:
+  Success, or "No matching subscribers" when no supplier is listening) now settles with shared,
+  never-mutated objects, one per reason code; any other goes through paho's own decoder.
+- Reads: paho asks the socket for one field at a time (3 `recv` calls for a 4-byte PUBACK).
+  The socket is now read in 64 KiB chunks that paho's small reads are served from. Bytes left
+  in that buffer are invisible to a selector: whoever serves the socket reads again while
+  `buffered()` is non-zero.
+- Connecting: `socket.create_connection` blocks, so it runs in a worker thread and the
+  connected socket is handed in with `use_socket`; paho's `reconnect()` then runs on the owner's
+  thread, which never races a publish against the CONNECT.
+
+These override private methods of paho 2.2.0, pinned in pyproject.toml;
+tests/test_hub_mqtt_client.py checks them against paho's own paths, so an upgrade that changes
+them fails there first.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+_CHUNK = 65_536
+NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+_REASONS: dict[int, ReasonCode] = {}  # shared PUBACK reason codes, by value
+
+
+class FastClient(mqtt.Client):
+    """A paho client served by its owner's event loop (never `loop_start`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_buffer = b""
+        self._read_pos = 0
+        self._next_socket: socket.socket | None = None
+
+    def use_socket(self, sock: socket.socket) -> None:
+        """The TCP connection the next `reconnect()` speaks MQTT on (connected by the caller)."""
+        self._next_socket = sock
+
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not consumed yet."""
+        return len(self._read_buffer) - self._read_pos
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self._next_socket = self._next_socket, None
+        if sock is None:
+            raise ConnectionError("no connected socket was handed in (use_socket)")
+        return sock
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buffer, pos = self._read_buffer, self._read_pos
+        if pos >= len(buffer):
+            buffer = super()._sock_recv(_CHUNK)  # BlockingIOError when empty, b"" at EOF
+            if not buffer:
+                return buffer
+            self._read_buffer, pos = buffer, 0
+        chunk = buffer[pos:pos + bufsize]
+        self._read_pos = pos + len(chunk)
+        return chunk
+
+    def _sock_close(self) -> None:
+        # Whatever was read belongs to the connection that ends here.
+        self._read_buffer, self._read_pos = b"", 0
+        super()._sock_close()
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        reason = plain_puback_reason(packet) if cmd == "PUBACK" else None
+        if reason is None:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def plain_puback_reason(packet: bytes | bytearray) -> ReasonCode | None:
+    """The shared reason code of a PUBACK body (after the fixed header) that carries no
+    properties; None for anything else (properties, a malformed body, an unknown code)."""
+    size = len(packet)
+    if size == 2:
+        code = 0  # MQTT 5: the reason code may be left out when it is Success
+    elif size == 3 or (size == 4 and packet[3] == 0):
+        code = packet[2]
+    else:
+        return None
+    reason = _REASONS.get(code)
+    if reason is None:
+        try:
+            reason = ReasonCode(PacketTypes.PUBACK, identifier=code)
+        except (KeyError, ValueError):
+            return None
+        _REASONS[code] = reason
+    return reason

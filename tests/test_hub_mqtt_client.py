@@ -1,0 +1,134 @@
+"""The hub's paho client: its overrides of paho internals agree with paho's own paths, and the
+hub's connection pushes back on the broker when ingest falls behind, then catches up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt import _packet
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.broker import PrivateBroker
+from hub.config import MqttSection
+from hub.mqtt import HubMqtt
+from hub.mqtt_client import FastClient, plain_puback_reason
+from sync import topics
+
+PUBACK_CODES = [0, 16, 128, 131, 135, 144, 145, 151, 153]
+
+
+def test_paho_still_has_the_internals_the_fast_client_overrides() -> None:
+    for name in ("_sock_recv", "_sock_close", "_create_socket_connection",
+                 "_handle_pubackcomp", "_do_on_publish", "_in_packet", "_out_messages"):
+        assert hasattr(mqtt.Client(CallbackAPIVersion.VERSION2), name), name
+
+
+@pytest.mark.parametrize("code", PUBACK_CODES)
+@pytest.mark.parametrize("tail", [b"", b"\x00"])
+def test_plain_pubacks_decode_as_paho_decodes_them(code: int, tail: bytes) -> None:
+    body = b"\x12\x34" + bytes([code]) + tail
+    ours = plain_puback_reason(body)
+    paho = _packet.decode_puback(0x40, bytearray(body), MQTTProtocolVersion.MQTTv5).reason
+    assert ours is not None
+    assert (ours.value, ours.getName(), ours.is_failure) == (
+        paho.value, paho.getName(), paho.is_failure)
+
+
+def test_a_puback_with_only_its_message_id_is_success() -> None:
+    reason = plain_puback_reason(b"\x00\x07")
+    assert reason is not None and reason == ReasonCode(PacketTypes.PUBACK, identifier=0)
+    assert not reason.is_failure
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00",  # too short: paho reports it malformed
+    b"\x00\x01\x10\x03\x1f\x00\x00",  # a reason string property
+    b"\x00\x01\x05",  # not a PUBACK reason code
+])
+def test_other_pubacks_are_left_to_paho(body: bytes) -> None:
+    assert plain_puback_reason(body) is None
+
+
+def test_reads_are_served_from_one_buffer_and_cleared_with_the_socket() -> None:
+    client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    theirs.sendall(b"\x40\x02\x00\x01" + b"\x40\x02\x00\x02")
+    assert client._sock_recv(1) == b"\x40"
+    assert client.buffered() == 7
+    assert client._sock_recv(1) == b"\x02"
+    assert client._sock_recv(10) == b"\x00\x01\x40\x02\x00\x02"  # no more than what is there
+    assert client.buffered() == 0
+    with pytest.raises(BlockingIOError):
+        client._sock_recv(1)
+    theirs.sendall(b"\x40\x02")
+    assert client._sock_recv(1) == b"\x40"
+    client._sock_close()
+    assert client.buffered() == 0 and client.socket() is None
+    theirs.close()
+
+
+def test_ingest_backpressure_pauses_reading_then_everything_arrives(broker: PrivateBroker
+                                                                    ) -> None:
+    """With ingest stalled, the hub stops reading at its queue bound (the broker keeps the
+    rest); once ingest takes messages, reading resumes and all of them arrive, once."""
+    total, bound = 300, 20
+    config = MqttSection(host="127.0.0.1", port=broker.port, client_id="hub-backpressure",
+                         ingest_queue=bound)
+
+    async def scenario() -> tuple[int, list[bytes]]:
+        hub = HubMqtt(config, "hub-bp", asyncio.get_running_loop())
+        hub.start()
+        try:
+            await _until(hub.subscribed.is_set, "the ingest subscription")
+            await asyncio.to_thread(_publish_edge_messages, broker.port, total)
+            # Nothing is taken: the queue fills up to about its bound and stays there.
+            await _until(lambda: hub.inbox.qsize() >= bound, "the queue to fill")
+            await asyncio.sleep(0.3)
+            peak = hub.inbox.qsize()
+            received = []
+            while len(received) < total:
+                item = await asyncio.wait_for(hub.inbox.get(), 10)
+                hub.taken()
+                received.append(item.payload)
+                hub.ack([item])
+            return peak, received
+        finally:
+            await hub.close(grace_s=1.0)
+
+    peak, received = asyncio.run(scenario())
+    # Reading stops at the bound (the broker alone would let 100 through unacknowledged:
+    # max_inflight_messages of the private broker).
+    assert bound <= peak <= bound + 5
+    assert sorted(received) == sorted(f"m{i}".encode() for i in range(total))
+
+
+def _publish_edge_messages(port: int, count: int) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-bp",
+                         protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topics.up_events("gw-bp"), f"m{i}".encode(), qos=1)
+                 for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
