@@ -1,8 +1,9 @@
 """The hub's MQTT 5 connection: paho-mqtt 2.x served from the hub's event loop.
 
 paho has no network thread here (the uplink's way, sync/mqtt_link.py): the socket is registered
-with `add_reader`, `publish` writes straight to it, a writer is registered only while the
-kernel's buffer is full, and a 1 s timer runs paho's keepalive. With a network thread, the hub
+with `add_reader`, what paho writes in one turn of the loop goes out in one `send`
+(hub/mqtt_client.py), a writer is registered only while the kernel's buffer is full, and a 1 s
+timer runs paho's keepalive. With a network thread, the hub
 was bound by the GIL at about one core: paho's thread and the loop handed every burst of
 messages and PUBACKs across with `call_soon_threadsafe`, each side waiting for the other.
 
@@ -86,6 +87,7 @@ class HubMqtt:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._fd: int | None = None  # the socket registered with the loop
         self._writing = False  # a writer is registered (the socket's buffer was full)
+        self._flush_soon = False  # a flush is scheduled for the end of this turn of the loop
         self._paused = False  # `inbox` is full: the socket is not read
         self._misc: asyncio.TimerHandle | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -148,8 +150,7 @@ class HubMqtt:
                 log.warning("hub offline status not acknowledged", extra={"grace_s": grace_s})
             # A clean DISCONNECT discards the will (we already said offline); paho closes the
             # socket once it is written.
-            self.client.disconnect()
-            self._sync_writer()
+            self.client.disconnect()  # written and sent at once
         # Ends the connection task's wait. A DISCONNECT still unsent when the socket is closed
         # below is no loss: the broker then publishes the will, which also says offline.
         self._lost.set()
@@ -210,7 +211,7 @@ class HubMqtt:
         if not self._paused:
             self.loop.add_reader(self._fd, self._readable)
         self._misc = self.loop.call_later(_MISC_INTERVAL_S, self._tick)
-        self._sync_writer()  # CONNECT may not have gone out whole
+        self._flush()  # CONNECT
 
     def _detach(self) -> None:
         if self._misc is not None:
@@ -237,19 +238,24 @@ class HubMqtt:
             # Bytes already read into paho's buffer are invisible to the selector.
             if self._paused or self._fd is None or not client.buffered():
                 break
-        self._sync_writer()  # PUBACKs and publishes paho queued from its callbacks
+        self._flush()  # PUBACKs, and publishes that PUBACKs released from paho's window
 
-    def _writable(self) -> None:
-        self.client.loop_write()
-        self._sync_writer()
+    def _schedule_flush(self) -> None:
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
 
-    def _sync_writer(self) -> None:
-        """Watch for writability exactly while paho holds unsent bytes (`publish` writes
-        directly; only a full socket buffer, or a callback, leaves some behind)."""
+    def _flush(self) -> None:
+        """Send what paho has written; watch for writability exactly while some is left
+        (the kernel's buffer was full)."""
+        self._flush_soon = False
+        if self._fd is None:
+            return
+        self.client.flush()  # a lost connection ends in `_on_socket_close`
         wanted = self._fd is not None and self.client.want_write()
         if wanted and not self._writing:
             assert self._fd is not None
-            self.loop.add_writer(self._fd, self._writable)
+            self.loop.add_writer(self._fd, self._flush)
             self._writing = True
         elif not wanted and self._writing:
             if self._fd is not None:
@@ -261,7 +267,7 @@ class HubMqtt:
         if self._fd is None:
             return
         self.client.loop_misc()  # may close the socket (no PINGRESP): `_on_socket_close`
-        self._sync_writer()
+        self._flush()
         if self._fd is not None:
             self._misc = self.loop.call_later(_MISC_INTERVAL_S, self._tick)
 
@@ -367,7 +373,7 @@ class HubMqtt:
         for message in messages:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
-        self._sync_writer()
+        self._schedule_flush()
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False,
@@ -397,8 +403,7 @@ class HubMqtt:
             return
         if future is not None:
             self._pending[info.mid] = future
-        if not self._writing:
-            self._sync_writer()
+        self._schedule_flush()
 
     def forget(self, futures: list[asyncio.Future[None]]) -> None:
         """Stop tracking futures that a caller gave up on (their ids may be reused later)."""

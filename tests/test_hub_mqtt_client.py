@@ -132,3 +132,26 @@ async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def test_writes_go_out_together_on_flush_and_before_the_socket_closes() -> None:
+    client = FastClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(5)
+    client._sock = ours
+    assert client._sock_send(b"\x40\x02\x00\x01") == 4
+    assert client._sock_send(b"\x40\x02\x00\x02") == 4
+    assert client.want_write()
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(64)  # nothing on the wire before the flush
+    client.flush()
+    assert not client.want_write()
+    theirs.settimeout(5)
+    assert theirs.recv(64) == b"\x40\x02\x00\x01\x40\x02\x00\x02"
+    client._sock_send(b"\xe0\x00")  # DISCONNECT: paho closes the socket right after it
+    client._sock_close()
+    assert theirs.recv(64) == b"\xe0\x00"
+    assert theirs.recv(64) == b""  # closed
+    theirs.close()
