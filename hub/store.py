@@ -7,11 +7,11 @@ ON CONFLICT DO NOTHING), repeats are counted, gaps are reported, never papered o
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from hub import migrate
+from hub.ingest_sql import PacketRow, PgIngest, SqliteIngest
 from hub.schema import (
     alerts,
     assignments,
@@ -32,7 +33,7 @@ from hub.schema import (
     source_progress,
     supplier_cursors,
 )
-from hub.state import StateRow, state_rows, upsert_statement
+from hub.state import StateRow, state_rows
 from sync.packet import Packet, parse_time
 
 # How many stored seqs one step of the contiguous walk reads.
@@ -131,22 +132,33 @@ class Store:
         self.engine: Engine = sa.create_engine(self.url)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            sa.event.listen(self.engine, "connect", _pg_staging_tables)
         # SQLite has one writer per file; serialising writers here avoids busy errors between
         # our own threads (other processes still wait on busy_timeout).
         self._write_lock = threading.Lock() if self.is_sqlite else None
         # Create or upgrade the schema (Alembic; hub/migrations).
         migrate.upgrade(self.engine)
         self._insert = (sqlite.insert if self.is_sqlite else postgresql.insert)
-        # The ingest path's statements, built once: building an upsert with its CASE guards
-        # costs about a millisecond, paid per batch, i.e. per packet at low rates.
-        self._packets_insert = (
-            self._insert(packets).on_conflict_do_nothing()
-            .returning(packets.c.source, packets.c.epoch, packets.c.seq, packets.c.pk))
-        self._states_upsert = upsert_statement(self._insert(op_state))
-        self._progress_lock = _progress_lock(self._insert)
+        # The ingest path's statements, built once (hub/ingest_sql.py): building an upsert
+        # with its CASE guards costs about a millisecond, paid per batch.
+        self._ingest: PgIngest | SqliteIngest = SqliteIngest() if self.is_sqlite else PgIngest()
         self._progress_save = _progress_save(self._insert)
+        # Fan-out's reads, built once too. On PostgreSQL they run in autocommit: a lone SELECT
+        # needs no BEGIN and ROLLBACK around it (three round trips become one); a read of
+        # several statements sees one snapshot per statement either way (READ COMMITTED).
+        self._reader = (self.engine if self.is_sqlite
+                        else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
+        self._packets_after = _driver_sql(
+            f"SELECT {', '.join(f.name for f in fields(StoredPacket))} FROM packets "
+            "WHERE pk > %s ORDER BY pk LIMIT %s", self.is_sqlite)
+        self._states_of = sa.select(op_state).where(
+            op_state.c.work_order.in_(sa.bindparam("orders", expanding=True)))
+        self._cursors_of = sa.select(supplier_cursors.c.supplier, supplier_cursors.c.last_pk
+                                     ).where(supplier_cursors.c.supplier.in_(
+                                         sa.bindparam("names", expanding=True)))
+        cursor_upsert = self._insert(supplier_cursors)
+        self._cursors_upsert = cursor_upsert.on_conflict_do_update(
+            index_elements=[supplier_cursors.c.supplier],
+            set_={"last_pk": cursor_upsert.excluded.last_pk})
 
     def close(self) -> None:
         self.engine.dispose()
@@ -165,7 +177,7 @@ class Store:
         if not batch:
             return result
         now = time.time() if received_at is None else received_at
-        rows: list[dict[str, Any]] = []
+        rows: list[PacketRow] = []
         seen: set[tuple[str, str, int]] = set()
         by_ident: dict[tuple[str, str, int], Incoming] = {}
         for item in batch:
@@ -180,19 +192,19 @@ class Store:
                 continue
             seen.add(ident)
             by_ident[ident] = item
-            rows.append(_row(item, now))
+            rows.append(_packet_row(item, now))
         # One order of keys for every writer: two hub workers inserting the same keys cannot
-        # deadlock on PostgreSQL.
-        rows.sort(key=lambda r: (r["source"], r["epoch"], r["seq"]))
+        # deadlock on PostgreSQL. (Tuples: (source, epoch, seq) first, and unique.)
+        rows.sort()
         with self._writing(), self.engine.begin() as conn:
+            dbapi = conn.connection.dbapi_connection
             # Lock each (source, epoch) progress row first, in one order: two hub workers that
             # store parts of one source's stream take turns, so the later one sees the earlier
             # one's rows and its contiguous walk misses nothing (no ack left behind).
-            current = self._lock_progress(conn, sorted(result.progress), now)
-            inserted = self._insert_packets(conn, rows) if rows else {}
+            with _driver_errors(conn, "store_batch: lock and insert"):
+                current, inserted = self._ingest.lock_and_insert(
+                    dbapi, sorted(result.progress), rows, now)
             states = state_rows(((by_ident[i].packet, pk) for i, pk in inserted.items()), now)
-            if states:
-                self._upsert_states(conn, states)
             result.state_keys = {(s.work_order, s.operation) for s in states}
             result.inserted = [(pk, by_ident[i].raw) for i, pk in inserted.items()]
             batch_seqs: dict[tuple[str, str], list[int]] = {}
@@ -203,56 +215,20 @@ class Store:
                     prog.new += 1
                 else:
                     prog.duplicates += 1
-            self._advance_all(conn, result, current, batch_seqs, now)
+            self._advance_all(conn, result, current, batch_seqs, states, now)
         return result
-
-    def _insert_packets(self, conn: Connection, rows: list[dict[str, Any]]
-                        ) -> dict[tuple[str, str, int], int]:
-        """Insert rows, skipping stored ones; the pk of each row inserted, by identity."""
-        if self.is_sqlite or len(rows) < _COPY_FROM_ROWS:
-            return {(r.source, r.epoch, r.seq): r.pk
-                    for r in conn.execute(self._packets_insert, rows)}
-        # PostgreSQL: COPY the batch into a session-local staging table, then move it with one
-        # INSERT ... SELECT (in key order, so concurrent workers lock rows in one order).
-        # Measured on 500-row batches: a third of the client CPU of pipelined one-row INSERTs
-        # (5 vs 15 us a row) and less server time too.
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            _copy_rows(cursor, _PACKETS_STAGING, _PACKET_COLUMNS,
-                       [tuple(r[n] for n in _PACKET_COLUMNS) for r in rows])
-            cursor.execute(_PG_MOVE_PACKETS)
-            return {(source, epoch, seq): pk for pk, source, epoch, seq in cursor.fetchall()}
-        finally:
-            cursor.close()
-
-    def _upsert_states(self, conn: Connection, states: list[StateRow]) -> None:
-        if self.is_sqlite or len(states) < _COPY_FROM_ROWS:
-            conn.execute(self._states_upsert, [row._asdict() for row in states])
-            return
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            _copy_rows(cursor, _STATES_STAGING, StateRow._fields, states)
-        finally:
-            cursor.close()
-        conn.execute(_PG_MOVE_STATES)
-
-    def _lock_progress(self, conn: Connection, keys: list[tuple[str, str]], now: float
-                       ) -> dict[tuple[str, str], int]:
-        """Lock the progress rows of `keys` (sorted), creating missing ones; their values."""
-        rows = conn.execute(self._progress_lock, [
-            {"source": source, "epoch": epoch, "contiguous_seq": 0, "updated_at": now}
-            for source, epoch in keys])
-        return {(r.source, r.epoch): r.contiguous_seq for r in rows}
 
     def _advance_all(self, conn: Connection, result: StoreResult,
                      current: dict[tuple[str, str], int],
-                     batch_seqs: dict[tuple[str, str], list[int]], now: float) -> None:
-        """New contiguous seqs for every `(source, epoch)` of a batch, in a few statements.
+                     batch_seqs: dict[tuple[str, str], list[int]], states: list[StateRow],
+                     now: float) -> None:
+        """Upsert `states`, and new contiguous seqs for every `(source, epoch)` of a batch.
 
         The usual case, a stream arriving in order: the batch's new seqs run on from the
         stored contiguous value, and nothing is stored past the run (one probe for all
-        sources says so). Anything else (a hole, rows stored past the run by an earlier
-        out-of-order arrival or another worker) takes the full walk of `_advance`.
+        sources says so, in the statement that saves the new values and upserts the states).
+        Anything else (a hole, rows stored past the run by an earlier out-of-order arrival or
+        another worker) takes the full walk of `_advance`.
         Fewer round trips matter: each one's reply waits for the GIL behind the busy ingest
         loop (measured: ~24 statements per batch took about half of its wall time).
         """
@@ -262,31 +238,18 @@ class Store:
             run = [seq for seq in batch_seqs.get(key, ()) if seq > prog.previous]
             if run == list(range(prog.previous + 1, prog.previous + 1 + len(run))):
                 tentative[key] = prog.previous + len(run)
-        beyond = self._stored_after(conn, tentative)
-        moved: list[Progress] = []
+        beyond: set[tuple[str, str]] = set()
+        if states or tentative:
+            with _driver_errors(conn, "store_batch: states and progress"):
+                beyond = self._ingest.finish(conn.connection.dbapi_connection, states,
+                                             tentative, now)
         for key, prog in sorted(result.progress.items()):
             if key in tentative and key not in beyond:
-                prog.contiguous = tentative[key]
-                if prog.contiguous > prog.previous:
-                    moved.append(prog)
+                prog.contiguous = tentative[key]  # saved by `finish`
                 continue
             gap = self._advance(conn, prog, now)
             if gap is not None:
                 result.gaps.append(gap)
-        if moved:
-            self._save_progress(conn, moved, now)
-
-    @staticmethod
-    def _stored_after(conn: Connection, after: dict[tuple[str, str], int]
-                      ) -> set[tuple[str, str]]:
-        """The keys that have a stored seq above the given one (one statement for all)."""
-        if not after:
-            return set()
-        keys = sorted(after)
-        params: dict[str, Any] = {}
-        for index, (source, epoch) in enumerate(keys):
-            params |= {f"s{index}": source, f"e{index}": epoch, f"q{index}": after[(source, epoch)]}
-        return {keys[row.key] for row in conn.execute(_stored_after_probe(len(keys)), params)}
 
     def _save_progress(self, conn: Connection, progress: list[Progress], now: float) -> None:
         conn.execute(self._progress_save, [
@@ -384,11 +347,13 @@ class Store:
 
     def packets_after(self, pk: int, limit: int) -> list[StoredPacket]:
         """Up to `limit` stored packets with a pk above `pk`, in pk order."""
-        cols = [packets.c[f.name] for f in fields(StoredPacket)]
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*cols).where(packets.c.pk > pk).order_by(packets.c.pk).limit(limit)
-            ).all()
+        with self._reader.connect() as conn, _driver_errors(conn, self._packets_after):
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(self._packets_after, (pk, limit))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
         return [StoredPacket(*row) for row in rows]
 
     def latest_state_pk(self, work_order: str, operation: str) -> int | None:
@@ -407,11 +372,9 @@ class Store:
             return {}
         orders = sorted({w for w, _ in wanted})
         found: dict[tuple[str, str], Any] = {}
-        with self.engine.connect() as conn:
+        with self._reader.connect() as conn:
             for i in range(0, len(orders), 500):
-                rows = conn.execute(
-                    sa.select(op_state).where(op_state.c.work_order.in_(orders[i:i + 500]))
-                ).all()
+                rows = conn.execute(self._states_of, {"orders": orders[i:i + 500]}).all()
                 for row in rows:
                     if (row.work_order, row.operation) in wanted:
                         found[(row.work_order, row.operation)] = row
@@ -552,12 +515,8 @@ class Store:
     def get_cursors(self, suppliers: Iterable[str]) -> dict[str, int]:
         """Each supplier's cursor (the last pk it has been sent; 0 for a new supplier)."""
         names = list(suppliers)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(supplier_cursors.c.supplier, supplier_cursors.c.last_pk).where(
-                    supplier_cursors.c.supplier.in_(names)
-                )
-            ).all()
+        with self._reader.connect() as conn:
+            rows = conn.execute(self._cursors_of, {"names": names}).all()
         found = {r.supplier: int(r.last_pk) for r in rows}
         return {name: found.get(name, 0) for name in names}
 
@@ -578,13 +537,9 @@ class Store:
         """Persist supplier cursors (upsert)."""
         if not cursors:
             return
-        stmt = self._insert(supplier_cursors)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[supplier_cursors.c.supplier],
-            set_={"last_pk": stmt.excluded.last_pk},
-        )
         with self._writing(), self.engine.begin() as conn:
-            conn.execute(stmt, [{"supplier": s, "last_pk": pk} for s, pk in cursors.items()])
+            conn.execute(self._cursors_upsert,
+                         [{"supplier": s, "last_pk": pk} for s, pk in cursors.items()])
 
     def _writing(self) -> threading.Lock | _NoLock:
         return self._write_lock or _NoLock()
@@ -596,66 +551,6 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-_PACKET_COLUMNS = ("source", "epoch", "seq", "id", "type", "subject", "work_order", "operation",
-                   "event_time", "received_at", "good", "body")
-
-# Below this many rows a plain multi-row INSERT (one round trip) beats COPY + INSERT ... SELECT
-# (three or four): the low-rate case, where each packet is its own batch.
-_COPY_FROM_ROWS = 32
-# Session-local staging tables for PostgreSQL ingest (see `_insert_packets`), emptied at every
-# commit. Created when a pooled connection is opened; never part of the migrated schema.
-_PACKETS_STAGING = "keyop_packets_in"
-_STATES_STAGING = "keyop_op_state_in"
-_PG_MOVE_PACKETS = (
-    f"INSERT INTO packets ({', '.join(_PACKET_COLUMNS)}) "
-    f"SELECT {', '.join(_PACKET_COLUMNS)} FROM {_PACKETS_STAGING} ORDER BY source, epoch, seq "
-    "ON CONFLICT DO NOTHING RETURNING pk, source, epoch, seq"
-)
-_PG_MOVE_STATES = upsert_statement(
-    postgresql.insert(op_state).from_select(
-        list(StateRow._fields),
-        sa.select(*(sa.column(name) for name in StateRow._fields))
-        .select_from(sa.table(_STATES_STAGING))
-        .order_by(sa.column("work_order"), sa.column("operation")),
-    )
-)
-
-
-def _staging_ddl(name: str, table: sa.Table, columns: Sequence[str]) -> str:
-    dialect = postgresql.dialect()
-    spec = ", ".join(f"{c} {table.c[c].type.compile(dialect=dialect)}" for c in columns)
-    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({spec}) ON COMMIT DELETE ROWS"
-
-
-_STAGING_DDL = (_staging_ddl(_PACKETS_STAGING, packets, _PACKET_COLUMNS),
-                _staging_ddl(_STATES_STAGING, op_state, StateRow._fields))
-
-
-def _pg_staging_tables(dbapi_connection: Any, _record: Any) -> None:
-    with dbapi_connection.cursor() as cursor:
-        for ddl in _STAGING_DDL:
-            cursor.execute(ddl)
-    dbapi_connection.commit()
-
-
-def _copy_rows(cursor: Any, table: str, columns: Sequence[str],
-               rows: Iterable[Sequence[Any]]) -> None:
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _progress_lock(insert: Any) -> Any:
-    stmt = insert(source_progress)
-    # A no-op update: it exists to take the row lock (PostgreSQL) or the write lock (SQLite)
-    # whether or not the row was there, and RETURNING reads the value under that lock.
-    return stmt.on_conflict_do_update(
-        index_elements=[source_progress.c.source, source_progress.c.epoch],
-        set_={"contiguous_seq": source_progress.c.contiguous_seq},
-    ).returning(source_progress.c.source, source_progress.c.epoch,
-                source_progress.c.contiguous_seq)
 
 
 def _progress_save(insert: Any) -> Any:
@@ -675,37 +570,47 @@ def _progress_save(insert: Any) -> Any:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _stored_after_probe(count: int) -> Any:
-    """`count` probes `EXISTS (a stored seq of (s{i}, e{i}) above q{i})`, labelled `key` = i."""
-    probes = [
-        sa.select(sa.literal(index).label("key")).where(sa.exists().where(
-            packets.c.source == sa.bindparam(f"s{index}"),
-            packets.c.epoch == sa.bindparam(f"e{index}"),
-            packets.c.seq > sa.bindparam(f"q{index}")))
-        for index in range(count)
-    ]
-    return probes[0] if count == 1 else sa.union_all(*probes)
+@contextlib.contextmanager
+def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
+    """The driver's errors from work on the DBAPI cursor, raised as SQLAlchemy raises them
+    from `Connection.execute` (hub/service.py retries on SQLAlchemyError), the connection
+    invalidated when the database went away (the pool then replaces it)."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as error:
+        gone = conn.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)
+        if gone:
+            conn.invalidate(error)
+        raise sa.exc.DBAPIError.instance(statement, None, error, dbapi.Error,
+                                         connection_invalidated=gone,
+                                         dialect=conn.dialect) from error
 
 
-def _row(item: Incoming, received_at: float) -> dict[str, Any]:
+def _driver_sql(sql: str, is_sqlite: bool) -> str:
+    """SQL written for psycopg (`%s` binds) in the DBAPI's bind style."""
+    return sql.replace("%s", "?") if is_sqlite else sql
+
+
+def _packet_row(item: Incoming, received_at: float) -> PacketRow:
+    """The values of hub/ingest_sql.py's PACKET_COLUMNS for one packet."""
     p = item.packet
     data = p.data
-    return {
-        "source": p.source,
-        "epoch": p.sourceepoch,
-        "seq": p.seq,
-        "id": p.id,
-        "type": p.type,
-        "subject": p.subject,
-        "work_order": data.workOrder.id if data.workOrder else None,
-        "operation": data.operation.id if data.operation else None,
-        "event_time": parse_time(p.time),
-        "received_at": received_at,
-        "good": data.quantities.good if data.quantities is not None else None,
-        "body": item.body if item.body is not None else json.dumps(
+    return (
+        p.source,
+        p.sourceepoch,
+        p.seq,
+        p.id,
+        p.type,
+        p.subject,
+        data.workOrder.id if data.workOrder else None,
+        data.operation.id if data.operation else None,
+        parse_time(p.time),
+        received_at,
+        data.quantities.good if data.quantities is not None else None,
+        item.body if item.body is not None else json.dumps(
             item.raw, separators=(",", ":"), ensure_ascii=False),
-    }
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
