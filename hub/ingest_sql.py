@@ -15,7 +15,9 @@ PostgreSQL a batch of any size is four round trips:
 
 PostgreSQL reads rows from one JSON array parameter (built by the json module in C; floats are
 written shortest-round-trip and read back exactly by float8in) and the bodies, the bulk of the
-bytes, from one binary `text[]` parameter, which needs no escaping. The statements never change
+bytes, from one binary `text[]` parameter, which needs no escaping. The array is cast to jsonb,
+parsed once: with json, every `->>` parses its element again (measured: ~10 us more of server
+CPU per packet row, about as much as the COPY this replaced). The statements never change
 with the batch size, so psycopg prepares them once per connection.
 """
 
@@ -49,7 +51,7 @@ class PgIngest:
     LOCK = (
         "INSERT INTO source_progress AS p (source, epoch, contiguous_seq, updated_at) "
         "SELECT k.e->>0, k.e->>1, 0, %s "
-        "FROM json_array_elements(%s::json) WITH ORDINALITY AS k(e, n) ORDER BY k.n "
+        "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS k(e, n) ORDER BY k.n "
         # A no-op update: it takes the row lock whether or not the row was there, and
         # RETURNING reads the value under that lock.
         "ON CONFLICT (source, epoch) DO UPDATE SET contiguous_seq = p.contiguous_seq "
@@ -60,7 +62,7 @@ class PgIngest:
         f"INSERT INTO packets ({', '.join(PACKET_COLUMNS)}) "
         "SELECT r.e->>0, r.e->>1, (r.e->>2)::int8, r.e->>3, r.e->>4, r.e->>5, r.e->>6, "
         "r.e->>7, (r.e->>8)::float8, (r.e->>9)::float8, (r.e->>10)::int8, r.body "
-        "FROM ROWS FROM (json_array_elements(%s::json), unnest(%b::text[])) AS r(e, body) "
+        "FROM ROWS FROM (jsonb_array_elements(%s::jsonb), unnest(%b::text[])) AS r(e, body) "
         "ORDER BY r.e->>0, r.e->>1, (r.e->>2)::int8 "
         "ON CONFLICT DO NOTHING RETURNING pk, source, epoch, seq"
     )
@@ -82,10 +84,10 @@ class PgIngest:
         # past it; `beyond` are those with a seq stored past it (they take the full walk); the
         # others are saved, never moving backwards. One snapshot: a key is saved or returned.
         self.finish_sql = (
-            f"WITH st AS (SELECT {fields} FROM json_array_elements(%s::json) AS s(e)), "
+            f"WITH st AS (SELECT {fields} FROM jsonb_array_elements(%s::jsonb) AS s(e)), "
             f"up AS ({upsert}), "
             "want AS (SELECT w.e->>0 AS source, w.e->>1 AS epoch, (w.e->>2)::int8 AS seq "
-            "FROM json_array_elements(%s::json) AS w(e)), "
+            "FROM jsonb_array_elements(%s::jsonb) AS w(e)), "
             "beyond AS (SELECT w.source, w.epoch FROM want w WHERE EXISTS ("
             "SELECT FROM packets k WHERE k.source = w.source AND k.epoch = w.epoch "
             "AND k.seq > w.seq)), "
