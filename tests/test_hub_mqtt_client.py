@@ -155,3 +155,43 @@ def test_writes_go_out_together_on_flush_and_before_the_socket_closes() -> None:
     assert theirs.recv(64) == b"\xe0\x00"
     assert theirs.recv(64) == b""  # closed
     theirs.close()
+
+
+def test_publishes_behind_a_small_window_all_go_out_in_order_and_survive_a_broker_restart(
+        broker: PrivateBroker) -> None:
+    """paho's in-flight window with the FIFO of queued messages: with a window of 3, 200
+    publishes all reach a subscriber, in order; publishes made while the broker is down go
+    out after the hub reconnects."""
+    config = MqttSection(host="127.0.0.1", port=broker.port, client_id="hub-window")
+    seen: list[bytes] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher",
+                          protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda _c, _u, msg: seen.append(msg.payload)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("window/#", qos=1)
+    watcher.loop_start()
+
+    async def scenario() -> None:
+        hub = HubMqtt(config, "hub-window", asyncio.get_running_loop())
+        hub.client.max_inflight_messages_set(3)
+        hub.start()
+        try:
+            await _until(hub.subscribed.is_set, "the hub's subscription")
+            futures = [hub.publish(f"window/{i % 7}", f"{i}".encode()) for i in range(200)]
+            await asyncio.wait_for(asyncio.gather(*futures), 20)
+            assert not hub.client._queued
+            await _until(lambda: len(seen) >= 200, "the watcher to get them all")
+            await asyncio.to_thread(broker.stop)
+            await _until(lambda: not hub.client.is_connected(), "the hub to see the loss")
+            later = [hub.publish("window/later", f"later-{i}".encode()) for i in range(20)]
+            await asyncio.to_thread(broker.start)
+            await asyncio.wait_for(asyncio.gather(*later), 20)
+        finally:
+            await hub.close(grace_s=1.0)
+
+    try:
+        asyncio.run(scenario())
+        assert seen[:200] == [f"{i}".encode() for i in range(200)]
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
