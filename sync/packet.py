@@ -65,6 +65,16 @@ _REQUIRED_BY_PREFIX: dict[str, tuple[str, ...]] = {
     "keyop.station.context": ("scan",),
     "keyop.outbox.gap": ("gap",),
 }
+# The same, resolved once per type (Packet's validator runs on every packet ingested).
+_REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
+    type_: tuple(
+        name
+        for prefix, names in _REQUIRED_BY_PREFIX.items()
+        if type_.startswith(prefix)
+        for name in names
+    )
+    for type_ in EVENT_TYPES
+}
 
 
 class PacketError(ValueError):
@@ -215,17 +225,15 @@ class Packet(_Model):
 
     @model_validator(mode="after")
     def _type_and_required_data(self) -> Packet:
-        if self.type not in EVENT_TYPES:
+        required = _REQUIRED_BY_TYPE.get(self.type)
+        if required is None:
             raise ValueError(f"type: unknown event type {self.type!r}")
-        missing = [
-            f"data.{name}"
-            for prefix, names in _REQUIRED_BY_PREFIX.items()
-            if self.type.startswith(prefix)
-            for name in names
-            if getattr(self.data, name) is None
-        ]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} required for type {self.type}")
+        # Plain dict lookups and a loop: this runs for every packet the hub ingests.
+        fields = self.data.__dict__
+        for name in required:
+            if fields[name] is None:
+                missing = ", ".join(f"data.{n}" for n in required if fields[n] is None)
+                raise ValueError(f"{missing} required for type {self.type}")
         return self
 
     @property
