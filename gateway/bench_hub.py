@@ -129,11 +129,12 @@ def _edge_main(port: int, gateways: list[str], per_gateway: int, suppliers: int,
 
 
 def _config(broker: Any, url: str, suppliers: int, supplier_batch: bool = False,
-            client_id: str = "keyop-hub-bench") -> Any:
+            client_id: str = "keyop-hub-bench", roles: str = "ingest, fanout") -> Any:
     from hub.config import parse_config
 
     names = [f"s{i:03d}" for i in range(suppliers)]
-    lines = [f'hub: {{id: bench, database: "{url}"}}',
+    flags = ", ".join(f"{role}: {str(role in roles).lower()}" for role in ("ingest", "fanout"))
+    lines = [f'hub: {{id: bench, database: "{url}", {flags}}}',
              f"mqtt: {{host: 127.0.0.1, port: {broker.port}, client_id: {client_id}, "
              "share_group: bench, ingest_queue: 2000}",
              "api: {enabled: false}", "alerts: {enabled: false}", "suppliers:"]
@@ -153,12 +154,12 @@ class _Port:
 
 
 def _worker_main(port: int, url: str, suppliers: int, supplier_batch: bool, index: int,
-                 ready: Any, stop_flag: Any) -> None:
+                 roles: str, ready: Any, stop_flag: Any) -> None:
     """An extra hub worker process on the same shared subscription and database."""
     from hub.service import HubService
 
     service = HubService(_config(_Port(port), url, suppliers, supplier_batch,
-                                 client_id=f"keyop-hub-bench-{index}"))
+                                 client_id=f"keyop-hub-bench-{index}", roles=roles))
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -201,7 +202,7 @@ def _database(kind: str, work: Path) -> tuple[str, Any]:
 
 def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
                   batch: int = 50, window: int = 500, supplier_batch: bool = False,
-                  workers: int = 1) -> dict[str, Any]:
+                  workers: int = 1, split_roles: bool = False) -> dict[str, Any]:
     import numpy as np
 
     from gateway.broker import PrivateBroker
@@ -212,7 +213,11 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     per_gateway = -(-packets // gateways)
     names = [f"bench-{i:02d}" for i in range(gateways)]
     with PrivateBroker(workdir=work / "broker") as broker:
-        config = _config(broker, url, suppliers, supplier_batch)
+        # Split roles: this process only fans out, the extra workers only ingest.
+        if split_roles and workers < 2:
+            raise ValueError("--split-roles needs --workers 2 or more")
+        config = _config(broker, url, suppliers, supplier_batch,
+                         roles="fanout" if split_roles else "ingest, fanout")
         service = HubService(config)
         loop_box: dict[str, Any] = {}
         ready_hub = threading.Event()
@@ -237,14 +242,15 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
 
         ctx = mp.get_context("spawn")
         # Extra hub workers (processes: the GIL limits one) share the ingest; the fan-out lease
-        # stays with this process's hub, which took it first.
+        # stays with this process's hub, which took it first (the extra ones do not fan out at
+        # all with split roles).
         stop_workers = ctx.Event()
         extra = []
         for index in range(1, workers):
             up = ctx.Event()
-            worker = ctx.Process(target=_worker_main, args=(broker.port, url, suppliers,
-                                                            supplier_batch, index, up,
-                                                            stop_workers))
+            worker = ctx.Process(target=_worker_main, args=(
+                broker.port, url, suppliers, supplier_batch, index,
+                "ingest" if split_roles else "ingest, fanout", up, stop_workers))
             worker.start()
             if not up.wait(120):
                 raise RuntimeError("an extra hub worker did not subscribe")
@@ -285,7 +291,8 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     return {
         "packets": total, "suppliers": suppliers, "db": db, "gateways": gateways,
         "batch": batch, "window": window, "supplier_batch": supplier_batch,
-        "workers": workers, "stored": stored, "duplicates": service.duplicates,
+        "workers": workers, "split_roles": split_roles, "stored": stored,
+        "duplicates": service.duplicates,
         "fanout_messages": fanout.published,
         "ingest_s": round(ingest_s, 3), "fanout_s": round(fanout_s, 3),
         "hub_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
@@ -312,6 +319,9 @@ def add_hub_bench(bench_sub: Any) -> None:
                      help="packets per gateway published but not yet acknowledged by the hub")
     hub.add_argument("--workers", type=int, default=1,
                      help="hub worker processes sharing the ingest (use with --db postgres)")
+    hub.add_argument("--split-roles", action="store_true",
+                     help="this process only fans out, the extra workers only ingest "
+                     "(hub.yaml hub.ingest / hub.fanout)")
     hub.add_argument("--supplier-batch", action="store_true",
                      help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
 
@@ -320,4 +330,5 @@ def run_hub_bench(args: Any) -> dict[str, Any]:
     """`keyop bench hub` from parsed arguments."""
     return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
                          batch=args.batch, window=args.window,
-                         supplier_batch=args.supplier_batch, workers=args.workers)
+                         supplier_batch=args.supplier_batch, workers=args.workers,
+                         split_roles=args.split_roles)

@@ -34,6 +34,11 @@ class HubSection(_Strict):
         default="sqlite:///var/hub.db",
         description="SQLAlchemy URL; a relative SQLite path is relative to the working directory",
     )
+    # Roles of this process. Several hub processes on one database and share group split the
+    # work: all that ingest share the uplink; one at a time fans out (a lease). Giving the
+    # fan-out to a process that does not ingest balances two processes best (README).
+    ingest: bool = Field(default=True, description="take packets from the uplink")
+    fanout: bool = Field(default=True, description="fan out to suppliers (one process at a time)")
 
 
 class MqttSection(_Strict):

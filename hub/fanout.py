@@ -14,7 +14,9 @@ in flight settles (the failing supplier's cursor stays before its first unacknow
 and the next pass resends from the cursors.
 
 Only one hub worker fans out at a time: the worker holding the `fanout` lease (a row in the
-shared database, renewed while it works, taken over when it expires). Other workers ingest.
+shared database, renewed while it works, taken over when it expires). Other workers ingest; a
+worker may also be configured not to fan out (`hub.fanout: false`) or not to ingest
+(`hub.ingest: false`).
 
 A new supplier (no cursor yet) starts at the head of the log: it gets what arrives from now
 on, plus the retained state of every operation that moves; history before it joined is there to
@@ -76,7 +78,8 @@ class _Step:
 
 
 class FanOut:
-    """The fan-out task. `wake()` after every store commit; a slow timer covers the rest."""
+    """The fan-out task. `wake()` after every store commit of this process; a timer covers
+    what other processes store (`poll_s`) and the retry after a failure (`idle_s`)."""
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class FanOut:
         batch: int = 500,
         window: int = 4,
         puback_timeout_s: float = 30.0,
+        poll_s: float = 0.25,
         idle_s: float = 2.0,
         holder: str | None = None,
     ) -> None:
@@ -99,6 +103,7 @@ class FanOut:
         self.batch = batch
         self.window = window
         self.puback_timeout_s = puback_timeout_s
+        self.poll_s = poll_s
         self.idle_s = idle_s
         self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
         self.published = 0
@@ -134,7 +139,9 @@ class FanOut:
                 waiters = [asyncio.ensure_future(stop.wait())]
                 if ok:
                     waiters.append(asyncio.ensure_future(self._wake.wait()))
-                timeout = self.idle_s
+                # Healthy, the log is read again soon: packets that other hub processes stored
+                # do not wake this one. After a failure, the resend waits longer.
+                timeout = self.poll_s if ok else self.idle_s
                 if self._unsaved:
                     timeout = min(timeout, max(0.0, self._saved_at + CURSOR_SAVE_S
                                                - time.monotonic()))

@@ -73,13 +73,15 @@ class Inbound:
 class HubMqtt:
     """One paho client for ingest, acks and fan-out. Create, `start` and use it on the loop."""
 
-    def __init__(self, config: MqttSection, hub_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: MqttSection, hub_id: str, loop: asyncio.AbstractEventLoop, *,
+                 ingest: bool = True) -> None:
         self.config = config
         self.hub_id = hub_id
         self.loop = loop
+        self.ingest = ingest  # subscribe to the uplink (a fan-out-only process does not)
         self.inbox: asyncio.Queue[Inbound] = asyncio.Queue()
-        # Set once the broker has confirmed the ingest subscription (read by tests and
-        # benchmarks from other threads).
+        # Set once the broker has confirmed the ingest subscription, or at the first CONNACK
+        # when not ingesting (read by tests and benchmarks from other threads).
         self.subscribed = threading.Event()
         self._closing = asyncio.Event()
         self._lost = asyncio.Event()
@@ -299,10 +301,17 @@ class HubMqtt:
                    "session_present": flags.session_present},
         )
         # Subscribing again is harmless with a resumed session and required without one.
-        client.subscribe(
-            [(topics.hub_ingest_subscription(self.config.share_group), 1),
-             (topics.hub_status_subscription(), 1)],
-        )
+        if self.ingest:
+            client.subscribe(
+                [(topics.hub_ingest_subscription(self.config.share_group), 1),
+                 (topics.hub_status_subscription(), 1)],
+            )
+        else:
+            # A resumed session may still hold the subscriptions of an ingesting past (same
+            # client id): drop them, or the broker would keep handing this process packets.
+            client.unsubscribe([topics.hub_ingest_subscription(self.config.share_group),
+                                topics.hub_status_subscription()])
+            self.subscribed.set()
         self.publish_nowait(
             topics.hub_status(), self._status_payload(online=True), retain=True,
             properties=publish_properties("application/json"),
@@ -333,6 +342,10 @@ class HubMqtt:
         if msg.topic.endswith("/status"):
             self._log_status(msg)
             self.client.ack(msg.mid, msg.qos)
+            return
+        if not self.ingest:
+            # Sent before the unsubscribe took effect: never acknowledged, so the edge sends
+            # it again (to a process that ingests).
             return
         inbox = self.inbox
         inbox.put_nowait(Inbound(msg.topic, bytes(msg.payload), time.time(), msg.mid, msg.qos))

@@ -92,17 +92,20 @@ class HubService:
         await asyncio.to_thread(store.start_cursors, self.config.suppliers)
         self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
         context.metrics = registry_for(self)
-        self.mqtt = mqtt = HubMqtt(self.config.mqtt, self.config.hub.id, loop)
-        self.fanout = fanout = FanOut(self.config, store, mqtt, router=context.router)
+        roles = self.config.hub
+        self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
+        fanout = FanOut(self.config, store, mqtt, router=context.router)
+        self.fanout = fanout if roles.fanout else None
         mqtt.start()
         _settle_heap()
         log.info("hub started", extra={"hub": self.config.hub.id,
-                                       "database": store.url.render_as_string()})
-        tasks = [
-            asyncio.create_task(self._ingest(stop), name="hub-ingest"),
-            asyncio.create_task(fanout.run(stop), name="hub-fanout"),
-            asyncio.create_task(self._reload(stop), name="hub-reload"),
-        ]
+                                       "database": store.url.render_as_string(),
+                                       "ingest": roles.ingest, "fanout": roles.fanout})
+        tasks = [asyncio.create_task(self._reload(stop), name="hub-reload")]
+        if roles.ingest:
+            tasks.append(asyncio.create_task(self._ingest(stop), name="hub-ingest"))
+        if roles.fanout:
+            tasks.append(asyncio.create_task(fanout.run(stop), name="hub-fanout"))
         if self.config.alerts.enabled:
             self.alerts = Alerts(self.config, store, context)
             alert_props = publish_properties(CONTENT_TYPE)

@@ -488,3 +488,37 @@ def test_a_supplier_can_take_cloudevents_batches(
         assert all(set(e["data"]["params"]) == {"pressForce"} for e in got)
     finally:
         hub.close()
+
+
+def with_roles(config: HubConfig, *, ingest: bool = True, fanout: bool = True) -> HubConfig:
+    return config.model_copy(update={"hub": config.hub.model_copy(
+        update={"ingest": ingest, "fanout": fanout})})
+
+
+@pytest.mark.timeout(90)
+def test_split_roles_one_process_fans_out_another_ingests(
+    broker: PrivateBroker, hub_db_url: str, clients: dict[str, Client]
+) -> None:
+    """hub.ingest / hub.fanout: the ingesting process stores and acks every packet once, the
+    fan-out-only one (which once ingested under the same client id: its broker session still
+    held the shared subscription) takes none of them and serves the supplier each once."""
+    RunningHub(hub_config(broker, hub_db_url, "keyop-hub-fan"), broker).close()
+    fan = RunningHub(with_roles(hub_config(broker, hub_db_url, "keyop-hub-fan"), ingest=False),
+                     broker)
+    ingest = RunningHub(with_roles(hub_config(broker, hub_db_url, "keyop-hub-in"),
+                                   fanout=False), broker)
+    edge, acme = clients["edge"], clients["acme"]
+    events = [make_event(seq) for seq in range(1, 41)]
+    try:
+        for start in range(0, 40, 4):
+            edge.publish(topics.up_events(GATEWAY), batch(*events[start:start + 4]))
+        wait_until(lambda: max(acked(edge), default=0) == 40, "ack of seq 40", 30)
+        wait_until(lambda: len(events_by_id(acme)) == 40, "acme's 40 events", 30)
+        assert events_by_id(acme) == {json.loads(e)["id"]: 1 for e in events}
+        assert (fan.service.messages, fan.service.stored) == (0, 0)
+        assert ingest.service.stored == 40
+        assert ingest.service.fanout is None
+        assert fan.service.fanout is not None and fan.service.fanout.packets == 40
+    finally:
+        ingest.close()
+        fan.close()
