@@ -26,6 +26,7 @@ read through the API's cursor feed (`GET /v1/events?after=0`), not pushed at it 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -261,7 +262,7 @@ class FanOut:
                             CONTENT_TYPE,
                             [("id", row.id), ("type", row.type), ("sequence", sequence)])
                     sent.append((row.pk, self.mqtt.publish(
-                        topics.sup_events(supplier, row.work_order or ""),
+                        _events_topic(supplier, row.work_order or ""),
                         routing.redact(event, rules), properties=props)))
                 if latest:
                     sent.append((row.pk, self._publish_state(supplier, state)))
@@ -276,7 +277,7 @@ class FanOut:
     def _publish_batches(self, sent: list[tuple[int, asyncio.Future[None]]], supplier: str,
                          work_order: str, items: list[tuple[int, str, bytes]]) -> None:
         """One CloudEvents batch message per run of events under the size cap."""
-        topic = topics.sup_events(supplier, work_order)
+        topic = _events_topic(supplier, work_order)
         start = 0
         while start < len(items):
             size, end = 2, start
@@ -307,6 +308,9 @@ class FanOut:
 
 
 _STATE_PROPERTIES = packed_properties(STATE_CONTENT_TYPE, expiry_s=STATE_EXPIRY_S)
+# A supplier's events topic for a work order, checked and built once while the order runs
+# (per message it was 2 % of a fan-out-only process's time).
+_events_topic = functools.lru_cache(maxsize=4096)(topics.sup_events)
 
 
 def settle_cursors(
