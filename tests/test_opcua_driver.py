@@ -7,17 +7,32 @@ its address space, so the tests are few and each covers several behaviours).
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from asyncua import ua
 from test_modbus_sim_driver import Collector, arun, good_values
 
-from drivers.base import ConfigError, Quality, Sample
+from drivers.base import ConfigError, DriverCounters, Quality, Sample, sample_batches
 from drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaSecurity, OpcUaSignal
 from drivers.opcua_nodes import parse_node, quality_of
+from gateway.broker import free_port
+from gateway.config import (
+    ApiSettings,
+    GatewayConfig,
+    GatewaySettings,
+    Identity,
+    MqttSettings,
+    OutboxSettings,
+)
+from gateway.devices import build_drivers
+from gateway.runtime import Gateway
+from mapping.load import load_mapping
 from simulators.opcua_plc import OpcUaPlc, generate_certificate
 from simulators.scenario import Scenario, WorkOrder, run
 from simulators.tcp_relay import TcpRelay
@@ -263,3 +278,252 @@ def test_a_silent_server_is_caught_by_the_keep_alive_and_data_flows_after() -> N
             await plc.close()
 
     arun(body, timeout=45)
+
+
+def _grew(before: DriverCounters, after: DriverCounters) -> bool:
+    """Every figure of `after` is at least that of `before` (counters only grow)."""
+    pairs = [(before.requests, after.requests), (before.overruns, after.overruns),
+             (before.reconnects, after.reconnects), (before.good_samples, after.good_samples),
+             (before.bad_samples, after.bad_samples)]
+    pairs += [(count, after.errors.get(k, 0)) for k, count in before.errors.items()]
+    pairs += [(count, after.extra[k]) for k, count in before.extra.items()]
+    return all(a <= b for a, b in pairs)
+
+
+def test_counters_follow_notifications_a_cut_connection_and_the_reconnect() -> None:
+    async def body() -> None:
+        plc = OpcUaPlc()
+        await plc.start()
+        relay = await TcpRelay(plc.port).start()
+        endpoint = plc.endpoint.replace(f":{plc.port}/", f":{relay.port}/")
+        signals = (OpcUaSignal("w.good", plc.node_id("W1", "PartCount"), 0.05, queue_size=50),
+                   OpcUaSignal("w.busy", plc.node_id("W1", "Busy"), 0.05),
+                   OpcUaSignal("w.ghost", "ns=2;s=Line3.W1.Ghost", 0.05))
+        driver = OpcUaDriver(OpcUaDeviceConfig("plc-1", endpoint, signals, **FAST))  # type: ignore[arg-type]
+        col = Collector(driver)  # type: ignore[arg-type]
+        station = plc.stations["W1"]
+
+        def quality_counts() -> tuple[int, int]:
+            good = sum(1 for s in col.samples if s.good)
+            return good, len(col.samples) - good
+
+        try:
+            await col.wait_for(lambda s: good_values(s) == {"w.good": 0, "w.busy": False})
+            await asyncio.sleep(0.3)  # nothing changes on its own: the stream is quiet
+            first = driver.counters()
+            assert first.device == "plc-1" and first.protocol == "opcua"
+            assert first.requests > 0, "session setup, resolution, subscription, publishes"
+            assert first.errors == {"node_missing": 1}
+            assert (first.good_samples, first.bad_samples) == quality_counts() == (2, 1)
+            assert first.reconnects == 0 and first.overruns == 0
+            assert first.extra == {
+                "connects": 1, "connect_failures": 0, "sessions_lost": 0, "notifications": 2,
+                "status_changes": 0, "dropped": 0, "queue_overflows": 0, "polls": 0,
+                "uncertain_samples": 0, "lost_samples": 0}
+
+            # Three data changes: three notifications, three good samples.
+            for _ in range(3):
+                station.count_good()
+            await col.wait_for(lambda s: good_values(s).get("w.good") == 3)
+            counted = driver.counters()
+            assert counted.extra["notifications"] == 5
+            assert (counted.good_samples, counted.bad_samples) == quality_counts() == (5, 1)
+            assert _grew(first, counted) and counted.requests > first.requests
+
+            # Cut (half-open): the keep-alive ends the session; one lost sample per live
+            # signal (the ghost is reported already); connects time out while it lasts.
+            relay.cut = True
+            await col.wait_for(lambda s: any(x.reason and x.reason.startswith("comm_lost")
+                                             for x in s), timeout=10)
+            deadline = asyncio.get_running_loop().time() + 15
+            while driver.counters().extra["connect_failures"] < 1:
+                assert asyncio.get_running_loop().time() < deadline, "no failed connect"
+                await asyncio.sleep(0.05)
+            cut = driver.counters()
+            assert cut.extra["sessions_lost"] == 1 and cut.extra["lost_samples"] == 2
+            assert cut.errors.get("comm_lost", 0) >= 1
+            assert _grew(counted, cut)
+
+            # Back: a reconnect, the ghost looked up (and missed) again, data flows.
+            station.count_good()
+            relay.cut = False
+            await col.wait_for(lambda s: good_values(s).get("w.good") == 4, timeout=15)
+            await asyncio.sleep(0.3)
+            back = driver.counters()
+            assert back.reconnects == 1 and back.extra["connects"] == 2
+            assert back.errors["node_missing"] == 2
+            failures = back.extra["connect_failures"] + back.extra["sessions_lost"]
+            assert back.error_total - back.errors["node_missing"] == failures
+            assert set(back.errors) <= {"node_missing", "comm_lost", "comm_timeout"}
+            assert back.extra["lost_samples"] == 2, "reported once, however long the cut"
+            good, not_good = quality_counts()
+            assert (back.good_samples, back.bad_samples) == (good, not_good) == (good, 3)
+            assert back.extra["notifications"] == good, "every notification a good sample"
+            assert _grew(cut, back)
+        finally:
+            await col.close()
+            await relay.close()
+            await plc.close()
+
+    arun(body, timeout=60)
+
+
+def test_poll_mode_counts_polls_and_bad_values() -> None:
+    async def body() -> tuple[DriverCounters, list[Sample]]:
+        plc = OpcUaPlc()
+        await plc.start()
+        driver = driver_for(plc, OpcUaSignal("a.order", plc.node_id("A1", "Order"), 0.05),
+                            OpcUaSignal("a.busy", plc.node_id("A1", "Busy"), 0.05), mode="poll")
+        col = Collector(driver)  # type: ignore[arg-type]
+        try:
+            await col.wait_for(lambda s: len(s) >= 6)
+            plc.bad_status = ua.StatusCodes.BadDeviceFailure
+            plc.stations["A1"].set_busy(True)
+            await col.wait_for(lambda s: bool(bad(s, "a.busy")))
+        finally:
+            await col.close()
+            plc.bad_status = None
+            await plc.close()
+        return driver.counters(), col.samples
+
+    counters, samples = arun(body, timeout=30)
+    bad_ones = sum(1 for s in samples if not s.good)
+    assert bad_ones >= 1 and counters.bad_samples >= bad_ones
+    # Two samples a Read; a closing driver may have made a batch nobody took.
+    assert len(samples) // 2 <= counters.extra["polls"] <= len(samples) // 2 + 1
+    assert counters.good_samples + counters.bad_samples >= len(samples)
+    assert counters.extra["notifications"] == 0 and counters.extra["connects"] == 1
+
+
+def test_batches_are_the_samples_of_a_burst_in_the_order_of_samples() -> None:
+    async def body() -> tuple[list[Sequence[Sample]], list[Sample]]:
+        plc = OpcUaPlc(seed=3)
+        await plc.start()
+        signals = (OpcUaSignal("w.good", plc.node_id("W1", "PartCount"), 0.1, queue_size=50),
+                   OpcUaSignal("w.scrap", plc.node_id("W1", "RejectCount"), 0.1, queue_size=50),
+                   OpcUaSignal("w.busy", plc.node_id("W1", "Busy"), 0.1, queue_size=50),
+                   OpcUaSignal("w.ghost", "ns=2;s=Line3.W1.Ghost", 0.1))
+        by_batch, by_sample = driver_for(plc, *signals), driver_for(plc, *signals)
+        batches: list[Sequence[Sample]] = []
+        col = Collector(by_sample)  # type: ignore[arg-type]
+
+        async def take() -> None:
+            async for batch in sample_batches(by_batch):  # the runtime's way in
+                batches.append(batch)
+
+        taker = asyncio.create_task(take())
+        station = plc.stations["W1"]
+
+        def flat() -> list[Sample]:
+            return [s for b in batches for s in b]
+
+        try:
+            for done in (lambda: flat(), lambda: col.samples):
+                deadline = time.monotonic() + 10
+                while good_values(done()).get("w.busy") is not False:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+            # Changes land in the same publishing interval: several samples a burst.
+            for _ in range(3):
+                station.set_busy(True)
+                station.count_good()
+                station.count_scrap()
+                station.set_busy(False)
+                await asyncio.sleep(0.25)
+            want = {"w.good": 3, "w.scrap": 3, "w.busy": False}
+            await col.wait_for(lambda s: want.items() <= good_values(s).items())
+            deadline = time.monotonic() + 10
+            while not want.items() <= good_values(flat()).items():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        finally:
+            await col.close()
+            await by_batch.close()
+            await asyncio.wait_for(taker, 3)
+            await plc.close()
+        return batches, col.samples
+
+    batches, samples = arun(body, timeout=40)
+
+    def seen(items: Sequence[Sample]) -> list[tuple[object, ...]]:
+        # Two sessions: all is the same but the receive clock (and the time of the samples
+        # the driver makes itself, which is that clock's).
+        return [(s.signal, s.value, s.quality, s.time if s.good else None, s.reason)
+                for s in items]
+
+    flat = [s for b in batches for s in b]
+    assert seen(flat) == seen(samples)
+    assert all(isinstance(b, list) and b for b in batches)
+    assert max(len(b) for b in batches) > 1, "a burst is handed over at once"
+    for batch in batches:  # one burst, one receive time
+        assert len({s.monotonic for s in batch}) == 1
+
+
+def test_a_running_gateway_exports_the_opcua_counters(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+
+    async def body() -> str:
+        plc = OpcUaPlc(seed=2)
+        await plc.start()
+        text = (root / "config" / "mapping-opcua.yaml").read_text()
+        mapping = tmp_path / "mapping.yaml"
+        mapping.write_text(text.replace("opc.tcp://127.0.0.1:4840/keyop/plc", plc.endpoint))
+        doc, compiled = load_mapping(mapping)
+        drivers = build_drivers(doc, compiled)
+        (driver,) = drivers
+        assert isinstance(driver, OpcUaDriver)
+        settings = GatewaySettings(
+            gateway=Identity(site="plant1", id="gw-opcua"), mapping=str(mapping),
+            outbox=OutboxSettings(path=str(tmp_path / "outbox.db")),
+            mqtt=MqttSettings(port=free_port()),  # no broker: packets wait in the outbox
+            api=ApiSettings(port=0))
+        gateway = Gateway(GatewayConfig(tmp_path / "gateway.yaml", settings), compiled,
+                          drivers)
+        stop = asyncio.Event()
+        running = asyncio.create_task(gateway.run(stop))
+        try:
+            deadline = time.monotonic() + 15
+            while gateway.api_port is None or driver.notifications < 5:
+                assert time.monotonic() < deadline and not running.done()
+                await asyncio.sleep(0.05)
+            url = f"http://127.0.0.1:{gateway.api_port}/metrics"
+            while True:
+                try:
+                    return await asyncio.to_thread(_get, url)
+                except OSError:  # the server task may not listen yet
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 15)
+            await plc.close()
+
+    threshold = gc.get_threshold()
+    try:
+        metrics = arun(body, timeout=40)
+    finally:  # the gateway tunes the collector for its process; this one goes on testing
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    labels = '{device="plc-1",protocol="opcua"}'
+
+    def value(name: str, suffix: str = labels) -> float:
+        for line in metrics.splitlines():
+            if line.startswith(f"{name}{suffix} "):
+                return float(line.split()[-1])
+        raise AssertionError(f"{name}{suffix} not in the gateway's metrics:\n{metrics}")
+
+    assert value("keyop_driver_requests_total") > 0
+    assert value("keyop_driver_connects_total") == 1
+    assert value("keyop_driver_reconnects_total") == 0
+    assert value("keyop_driver_notifications_total") >= 5
+    good = value("keyop_driver_samples_total", labels[:-1] + ',quality="good"}')
+    assert good == value("keyop_driver_notifications_total"), "every value was good"
+    assert value("keyop_driver_samples_total", labels[:-1] + ',quality="bad"}') == 0
+    for name in ("sessions_lost", "connect_failures", "lost_samples", "dropped", "polls",
+                 "queue_overflows", "status_changes", "uncertain_samples"):
+        assert value(f"keyop_driver_{name}_total") == 0, name
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
