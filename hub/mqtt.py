@@ -3,9 +3,9 @@
 paho has no network thread here (the uplink's way, sync/mqtt_link.py): the socket is registered
 with `add_reader`, what paho writes in one turn of the loop goes out in one `send`
 (hub/mqtt_client.py), a writer is registered only while the kernel's buffer is full, and a 1 s
-timer runs paho's keepalive. With a network thread, the hub
-was bound by the GIL at about one core: paho's thread and the loop handed every burst of
-messages and PUBACKs across with `call_soon_threadsafe`, each side waiting for the other.
+timer runs paho's keepalive. With a network thread, paho's thread and the loop handed every
+burst of messages and PUBACKs across with `call_soon_threadsafe`, each side waiting for the
+other's turn with the GIL (a hub process is bound by it at about one core).
 
 - Incoming messages go on `inbox`. When it holds `ingest_queue` messages the socket is no longer
   read until the consumer has taken half of them (`taken`): the broker holds the rest, pushed
