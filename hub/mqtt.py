@@ -45,9 +45,12 @@ from sync import topics
 
 log = logging.getLogger(__name__)
 
-# paho rescans its in-flight set on every PUBACK (`_update_inflight`, ~1/3 of its PUBACK
-# cost at 50); FIELD-NOTES: 20 is the fastest window.
+# QoS 1 publishes in flight at once. Until the CONNACK: Mosquitto's default Receive Maximum
+# (its max_inflight_messages); then what the broker's CONNACK allows, up to _INFLIGHT_MAX.
+# paho itself ignores the broker's Receive Maximum, and a broker disconnects a client that
+# exceeds it.
 _INFLIGHT_WINDOW = 20
+_INFLIGHT_MAX = 100
 # paho's timers (keepalive PINGREQ, the PINGRESP deadline) run from `loop_misc`.
 _MISC_INTERVAL_S = 1.0
 _CONNECT_TIMEOUT_S = 10.0
@@ -103,6 +106,7 @@ class HubMqtt:
         if config.username is not None:
             password = read_secret(config.password_file) if config.password_file else None
             client.username_pw_set(config.username, password)
+        self.inflight_max = _INFLIGHT_MAX
         client.max_inflight_messages_set(_INFLIGHT_WINDOW)
         client.will_set(
             topics.hub_status(),
@@ -295,6 +299,10 @@ class HubMqtt:
             log.error("broker refused the hub", extra={"reason": str(reason_code)})
             return
         self._established = True
+        # paho's setter refuses a connected client; paho resends what is in flight after this
+        # callback returns, under the new window.
+        allowed = getattr(_properties, "ReceiveMaximum", 65_535) if _properties else 65_535
+        client._max_inflight_messages = max(1, min(self.inflight_max, allowed))
         log.info(
             "hub connected to broker",
             extra={"host": self.config.host, "port": self.config.port,

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -173,6 +174,7 @@ def test_publishes_behind_a_small_window_all_go_out_in_order_and_survive_a_broke
 
     async def scenario() -> None:
         hub = HubMqtt(config, "hub-window", asyncio.get_running_loop())
+        hub.inflight_max = 3
         hub.client.max_inflight_messages_set(3)
         hub.start()
         try:
@@ -195,3 +197,28 @@ def test_publishes_behind_a_small_window_all_go_out_in_order_and_survive_a_broke
     finally:
         watcher.loop_stop()
         watcher.disconnect()
+
+
+@pytest.mark.parametrize("broker_limit", [7, 100])
+def test_the_in_flight_window_follows_the_brokers_receive_maximum(tmp_path: Path,
+                                                                  broker_limit: int) -> None:
+    """paho ignores the Receive Maximum of the CONNACK; a broker disconnects a client that
+    sends more unacknowledged publishes than that. The hub's window follows it (up to its
+    own maximum), and 300 publishes go through."""
+    with PrivateBroker(workdir=tmp_path / "broker",
+                       extra_config=f"max_inflight_messages {broker_limit}\n") as limited:
+        config = MqttSection(host="127.0.0.1", port=limited.port, client_id="hub-receive-max")
+
+        async def scenario() -> int:
+            hub = HubMqtt(config, "hub-rm", asyncio.get_running_loop())
+            hub.start()
+            try:
+                await _until(hub.subscribed.is_set, "the hub's subscription")
+                futures = [hub.publish("window/x", b"m") for _ in range(300)]
+                await asyncio.wait_for(asyncio.gather(*futures), 20)
+                assert hub.client.is_connected()
+                return int(hub.client._max_inflight_messages)
+            finally:
+                await hub.close(grace_s=1.0)
+
+        assert asyncio.run(scenario()) == min(broker_limit, 100)
