@@ -95,7 +95,7 @@ def test_ingest_backpressure_pauses_reading_then_everything_arrives(broker: Priv
             await _until(lambda: hub.inbox.qsize() >= bound, "the queue to fill")
             await asyncio.sleep(0.3)
             peak = hub.inbox.qsize()
-            received = []
+            received: list[bytes] = []
             while len(received) < total:
                 item = await asyncio.wait_for(hub.inbox.get(), 10)
                 hub.taken()
@@ -167,7 +167,7 @@ def test_publishes_behind_a_small_window_all_go_out_in_order_and_survive_a_broke
     seen: list[bytes] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher",
                           protocol=mqtt.MQTTv5)
-    watcher.on_message = lambda _c, _u, msg: seen.append(msg.payload)
+    watcher.on_message = lambda _c, _u, msg: seen.append(bytes(msg.payload))
     watcher.connect("127.0.0.1", broker.port)
     watcher.subscribe("window/#", qos=1)
     watcher.loop_start()
