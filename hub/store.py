@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from hub import migrate
 from hub.ingest_sql import PacketRow, PgIngest, SqliteIngest
+from hub.progress import Gap, Progress, advance, progress_save
 from hub.schema import (
     alerts,
     assignments,
@@ -36,9 +37,6 @@ from hub.schema import (
 from hub.state import StateRow, state_rows
 from sync.packet import Packet, parse_time
 
-# How many stored seqs one step of the contiguous walk reads.
-_WALK_CHUNK = 5_000
-
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
@@ -48,32 +46,6 @@ class Incoming:
     packet: Packet
     raw: dict[str, Any]
     body: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Missing seqs `first..last` for one `(source, epoch)`, with later seqs already stored."""
-
-    source: str
-    epoch: str
-    first: int
-    last: int
-
-
-@dataclass(slots=True)
-class Progress:
-    """The outcome of one batch for one `(source, epoch)`."""
-
-    source: str
-    epoch: str
-    contiguous: int
-    previous: int
-    new: int = 0
-    duplicates: int = 0
-
-    @property
-    def advanced(self) -> bool:
-        return self.contiguous > self.previous
 
 
 @dataclass(slots=True)
@@ -112,15 +84,6 @@ class StoredPacket:
     body: str
 
 
-def _covering(ranges: list[tuple[int, int]], seq: int) -> int | None:
-    """How far declared ranges (sorted by start) reach without a hole, starting at `seq`."""
-    reach = seq - 1
-    for low, high in ranges:
-        if low <= reach + 1 <= high:
-            reach = high
-    return reach if reach >= seq else None
-
-
 class Store:
     """The hub's database. Thread-safe: calls run in worker threads (`asyncio.to_thread`)."""
 
@@ -141,7 +104,7 @@ class Store:
         # The ingest path's statements, built once (hub/ingest_sql.py): building an upsert
         # with its CASE guards costs about a millisecond, paid per batch.
         self._ingest: PgIngest | SqliteIngest = SqliteIngest() if self.is_sqlite else PgIngest()
-        self._progress_save = _progress_save(self._insert)
+        self._progress_save = progress_save(self._insert)
         # Fan-out's reads, built once too. On PostgreSQL they run in autocommit: a lone SELECT
         # needs no BEGIN and ROLLBACK around it (three round trips become one); a read of
         # several statements sees one snapshot per statement either way (READ COMMITTED).
@@ -228,7 +191,7 @@ class Store:
         stored contiguous value, and nothing is stored past the run (one probe for all
         sources says so, in the statement that saves the new values and upserts the states).
         Anything else (a hole, rows stored past the run by an earlier out-of-order arrival or
-        another worker) takes the full walk of `_advance`.
+        another worker) takes the full walk of `hub.progress.advance`.
         Fewer round trips matter: each one's reply waits for the GIL behind the busy ingest
         loop (measured: ~24 statements per batch took about half of its wall time).
         """
@@ -247,72 +210,9 @@ class Store:
             if key in tentative and key not in beyond:
                 prog.contiguous = tentative[key]  # saved by `finish`
                 continue
-            gap = self._advance(conn, prog, now)
+            gap = advance(conn, prog, now, self._progress_save)
             if gap is not None:
                 result.gaps.append(gap)
-
-    def _save_progress(self, conn: Connection, progress: list[Progress], now: float) -> None:
-        conn.execute(self._progress_save, [
-            {"source": p.source, "epoch": p.epoch, "contiguous_seq": p.contiguous,
-             "updated_at": now} for p in progress])
-
-    def _advance(self, conn: Connection, prog: Progress, now: float) -> Gap | None:
-        """Walk stored seqs after `prog.previous` (the value read under the progress lock);
-        persist the new value; return a gap."""
-        contiguous = prog.previous
-        gap: Gap | None = None
-        declared: list[tuple[int, int]] | None = None  # ranges the edge named in gap records
-        while True:
-            seqs = conn.execute(
-                sa.select(packets.c.seq)
-                .where(
-                    packets.c.source == prog.source,
-                    packets.c.epoch == prog.epoch,
-                    packets.c.seq > contiguous,
-                )
-                .order_by(packets.c.seq)
-                .limit(_WALK_CHUNK)
-            ).scalars().all()
-            for seq in seqs:
-                if seq <= contiguous:
-                    continue  # inside a declared range we already stepped over
-                if seq != contiguous + 1:
-                    if declared is None:
-                        declared = self._declared_gaps(conn, prog.source, prog.epoch)
-                    covered = _covering(declared, contiguous + 1)
-                    if covered is not None and covered + 1 >= seq:
-                        contiguous = max(seq, covered)
-                        continue
-                    if covered is not None:
-                        contiguous = covered
-                    gap = Gap(prog.source, prog.epoch, contiguous + 1, seq - 1)
-                    break
-                contiguous = seq
-            if gap is not None or len(seqs) < _WALK_CHUNK:
-                break
-        prog.contiguous = contiguous
-        if contiguous > prog.previous:
-            self._save_progress(conn, [prog], now)
-        return gap
-
-    @staticmethod
-    def _declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, int]]:
-        """Sequence ranges the edge said it had to drop (`keyop.outbox.gap` records): they
-        count as accounted for, so the acknowledgement can pass them (ARCHITECTURE.md, 7)."""
-        bodies = conn.execute(
-            sa.select(packets.c.body).where(
-                packets.c.source == source, packets.c.epoch == epoch,
-                packets.c.type == "keyop.outbox.gap",
-            )
-        ).scalars().all()
-        ranges = []
-        for body in bodies:
-            try:
-                gap = json.loads(body)["data"]["gap"]
-                ranges.append((int(gap["fromSequence"]), int(gap["toSequence"])))
-            except (ValueError, KeyError, TypeError):
-                continue  # validated at ingest; a bad one simply covers nothing
-        return sorted(ranges)
 
     def contiguous(self, source: str, epoch: str) -> int:
         """The highest contiguous seq stored for `(source, epoch)` (0 when none)."""
@@ -551,23 +451,6 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _progress_save(insert: Any) -> Any:
-    stmt = insert(source_progress)
-    excluded = stmt.excluded
-    # Never move backwards, even if a concurrent hub worker got further.
-    return stmt.on_conflict_do_update(
-        index_elements=[source_progress.c.source, source_progress.c.epoch],
-        set_={
-            "contiguous_seq": sa.case(
-                (excluded.contiguous_seq > source_progress.c.contiguous_seq,
-                 excluded.contiguous_seq),
-                else_=source_progress.c.contiguous_seq,
-            ),
-            "updated_at": excluded.updated_at,
-        },
-    )
 
 
 @contextlib.contextmanager
