@@ -117,6 +117,11 @@ class FanOut:
         self._unsaved: dict[str, int] = {}
         self._saved_at = 0.0
 
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this process holds the fan-out lease now (metrics)."""
+        return time.monotonic() < self._lease_until
+
     def remember(self, stored: list[tuple[int, dict[str, Any]]]) -> None:
         """Events just committed by this worker, `(pk, event)`: the next step takes them
         from here instead of parsing their stored bodies."""

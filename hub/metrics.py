@@ -48,6 +48,14 @@ class HubCollector(Collector):
         for name, text, attribute in _INGEST_COUNTERS:
             yield one(CounterMetricFamily, name, text, getattr(service, attribute))
         mqtt, fanout = service.mqtt, service.fanout
+        roles = GaugeMetricFamily("keyop_hub_role", "1 for each role this process takes "
+                                  "(hub.ingest, hub.fanout)", labels=["hub", "role"])
+        roles.add_metric([hub_id, "ingest"], int(service.config.hub.ingest))
+        roles.add_metric([hub_id, "fanout"], int(service.config.hub.fanout))
+        yield roles
+        yield one(GaugeMetricFamily, "keyop_hub_fanout_lease_held",
+                  "1 while this process holds the fan-out lease (one process at a time)",
+                  int(fanout is not None and fanout.holds_lease))
         yield one(GaugeMetricFamily, "keyop_hub_broker_connected",
                   "1 while the hub's MQTT session is up",
                   1 if mqtt is not None and mqtt.client.is_connected() else 0)

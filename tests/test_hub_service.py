@@ -284,6 +284,9 @@ def test_metrics_follow_the_running_hub(
         assert _metric(text, "keyop_hub_dead_letters_total", hub="hub") == 1
         assert _metric(text, "keyop_hub_messages_total", hub="hub") == 3
         assert _metric(text, "keyop_hub_broker_connected", hub="hub") == 1
+        assert _metric(text, "keyop_hub_role", hub="hub", role="ingest") == 1
+        assert _metric(text, "keyop_hub_role", hub="hub", role="fanout") == 1
+        assert _metric(text, "keyop_hub_fanout_lease_held", hub="hub") == 1
         assert _metric(text, "keyop_hub_fanout_messages_total", hub="hub") >= 2
         # bolt has no packets of its own, but its cursor moves past acme's as well.
         wait_until(lambda: _metric(httpx.get(url, headers={
@@ -519,6 +522,7 @@ def test_split_roles_one_process_fans_out_another_ingests(
         assert ingest.service.stored == 40
         assert ingest.service.fanout is None
         assert fan.service.fanout is not None and fan.service.fanout.packets == 40
+        assert fan.service.fanout.holds_lease
     finally:
         ingest.close()
         fan.close()
