@@ -7,7 +7,8 @@ samples, `close`. Drivers know nothing about packets, topics or the store.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import repeat
@@ -180,6 +181,18 @@ class BatchDriver(Driver, Protocol):
     """
 
     def batches(self) -> AsyncIterator[Sequence[Sample]]: ...
+
+
+async def flatten(batches: AsyncGenerator[Sequence[Sample], None],
+                  stopped: Callable[[], bool]) -> AsyncIterator[Sample]:
+    """A batch driver's `samples()`: its `batches()` a sample at a time, ending as soon as
+    `stopped()` says the driver was closed (not one sample more)."""
+    async with aclosing(batches) as open_batches:
+        async for batch in open_batches:
+            for sample in batch:
+                if stopped():
+                    return
+                yield sample
 
 
 async def sample_batches(driver: Driver) -> AsyncIterator[Sequence[Sample]]:

@@ -29,13 +29,12 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import ConfigError, DriverCounters, Quality, Sample, make_samples
+from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten, make_samples
 from drivers.modbus_link import Backoff, LinkDown, ModbusLink, SerialBus, TcpLink
 from drivers.modbus_plan import (
     MAX_BITS_PER_READ,
@@ -226,14 +225,9 @@ class ModbusDriver:
             bad_samples=self.bad_samples, extra={"splits": self.splits},
         )
 
-    async def samples(self) -> AsyncIterator[Sample]:
+    def samples(self) -> AsyncIterator[Sample]:
         """Poll forever (until `close()`), yielding one sample per signal per poll."""
-        async with aclosing(self.batches()) as batches:
-            async for batch in batches:
-                for sample in batch:
-                    if self._stopped:
-                        return
-                    yield sample
+        return flatten(self.batches(), lambda: self._stopped)
 
     async def batches(self) -> AsyncGenerator[list[Sample], None]:
         """As `samples()`, one list per request: the samples of the signals it read.

@@ -44,7 +44,7 @@ from typing import Any
 
 from asyncua import Client, ua
 
-from drivers.base import ConfigError, DriverCounters, Quality, Sample
+from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten
 from drivers.opcua_counters import OpcUaCounters
 from drivers.opcua_nodes import (
     OpcUaSecurity,
@@ -155,14 +155,9 @@ class OpcUaDriver:
 
     # --- the sample stream -----------------------------------------------------------------
 
-    async def samples(self) -> AsyncIterator[Sample]:
+    def samples(self) -> AsyncIterator[Sample]:
         """Connect, stream samples, reconnect on loss, until `close()`."""
-        async with aclosing(self.batches()) as batches:
-            async for batch in batches:
-                for sample in batch:
-                    if self._stopped:
-                        return
-                    yield sample
+        return flatten(self.batches(), lambda: self._stopped)
 
     async def batches(self) -> AsyncGenerator[list[Sample], None]:
         """As `samples()`, a list at a time (see the module docstring), in the same order."""
