@@ -89,6 +89,7 @@ class HubMqtt:
         self._closing = asyncio.Event()
         self._lost = asyncio.Event()
         self._established = False  # this connection got a successful CONNACK
+        self._unreachable = False  # a connect failed since the last CONNACK (logged once)
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._fd: int | None = None  # the socket registered with the loop
         self._writing = False  # a writer is registered (the socket's buffer was full)
@@ -161,7 +162,12 @@ class HubMqtt:
         # below is no loss: the broker then publishes the will, which also says offline.
         self._lost.set()
         if self._runner is not None:
-            await self._runner
+            # Bounded: a connect to an unreachable broker may still be waiting in its thread.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._runner), grace_s)
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
         self._close_socket()
 
     async def _stay_connected(self) -> None:
@@ -185,9 +191,12 @@ class HubMqtt:
         try:
             sock = await asyncio.to_thread(socket.create_connection, address, _CONNECT_TIMEOUT_S)
         except OSError as error:
-            log.warning("hub cannot reach the broker; retrying",
-                        extra={"host": self.config.host, "port": self.config.port,
-                               "error": str(error)})
+            # Said once per outage; the retries after it stay quiet until the next CONNACK.
+            level = logging.DEBUG if self._unreachable else logging.WARNING
+            self._unreachable = True
+            log.log(level, "hub cannot reach the broker; retrying",
+                    extra={"host": self.config.host, "port": self.config.port,
+                           "error": str(error)})
             return False
         if self._closing.is_set():
             sock.close()
@@ -299,6 +308,7 @@ class HubMqtt:
             log.error("broker refused the hub", extra={"reason": str(reason_code)})
             return
         self._established = True
+        self._unreachable = False
         # paho's setter refuses a connected client; paho resends what is in flight after this
         # callback returns, under the new window.
         allowed = getattr(_properties, "ReceiveMaximum", 65_535) if _properties else 65_535

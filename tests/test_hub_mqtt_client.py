@@ -4,6 +4,7 @@ hub's connection pushes back on the broker when ingest falls behind, then catche
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -222,3 +223,27 @@ def test_the_in_flight_window_follows_the_brokers_receive_maximum(tmp_path: Path
                 await hub.close(grace_s=1.0)
 
         assert asyncio.run(scenario()) == min(broker_limit, 100)
+
+
+def test_an_unreachable_broker_is_reported_once_per_outage(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Retries go on (1 s, then doubling), but only the first failed connect is a warning."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once this is closed
+    config = MqttSection(host="127.0.0.1", port=port, client_id="hub-unreachable")
+
+    def attempts() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("hub cannot reach")]
+
+    async def scenario() -> None:
+        hub = HubMqtt(config, "hub-unreachable", asyncio.get_running_loop())
+        hub.start()
+        try:
+            await _until(lambda: len(attempts()) >= 2, "a retry", timeout=5)
+        finally:
+            await hub.close(grace_s=1.0)
+
+    with caplog.at_level(logging.DEBUG, logger="hub.mqtt"):
+        asyncio.run(scenario())
+    assert [r.levelno for r in attempts()][:2] == [logging.WARNING, logging.DEBUG]
