@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 from hub.config import ConfigError, HubConfig, hash_key, load_config, read_secret
+from hub.mqtt import INFLIGHT_MAX
 from sync import topics
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,14 @@ def acl_text(found: Sequence[Account]) -> str:
     return "\n".join(lines)
 
 
+# Both formats: Mosquitto sends max_inflight_messages as its Receive Maximum, which bounds the
+# hub's fan-out window (hub/mqtt.py); the default, 20, slows the fan-out.
+BROKER_TUNING = (
+    "# The hub keeps up to this many QoS 1 messages unacknowledged (Mosquitto's default: 20).",
+    f"max_inflight_messages {INFLIGHT_MAX}",
+)
+
+
 def mosquitto_snippet(out: Path) -> str:
     return "\n".join([
         "# Include in mosquitto.conf (Mosquitto 2): authenticated accounts only. The files are",
@@ -171,6 +180,7 @@ def mosquitto_snippet(out: Path) -> str:
         "allow_anonymous false",
         f"password_file {out.resolve() / 'passwd'}",
         f"acl_file {out.resolve() / 'acl'}",
+        *BROKER_TUNING,
         "",
     ])
 

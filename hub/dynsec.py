@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hub.acl import PBKDF2_ITERATIONS, Account, Rule, pbkdf2
+from hub.acl import BROKER_TUNING, PBKDF2_ITERATIONS, Account, Rule, pbkdf2
 
 
 def _installed_plugin() -> str:
@@ -116,5 +116,6 @@ def mosquitto_snippet(config_file: Path, plugin: str = PLUGIN) -> str:
         "allow_anonymous false",
         f"plugin {plugin}",
         f"plugin_opt_config_file {config_file.resolve()}",
+        *BROKER_TUNING,
         "",
     ])

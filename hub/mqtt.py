@@ -46,11 +46,11 @@ from sync import topics
 log = logging.getLogger(__name__)
 
 # QoS 1 publishes in flight at once. Until the CONNACK: Mosquitto's default Receive Maximum
-# (its max_inflight_messages); then what the broker's CONNACK allows, up to _INFLIGHT_MAX.
+# (its max_inflight_messages); then what the broker's CONNACK allows, up to INFLIGHT_MAX.
 # paho itself ignores the broker's Receive Maximum, and a broker disconnects a client that
 # exceeds it.
 _INFLIGHT_WINDOW = 20
-_INFLIGHT_MAX = 100
+INFLIGHT_MAX = 100
 # paho's timers (keepalive PINGREQ, the PINGRESP deadline) run from `loop_misc`.
 _MISC_INTERVAL_S = 1.0
 _CONNECT_TIMEOUT_S = 10.0
@@ -107,7 +107,7 @@ class HubMqtt:
         if config.username is not None:
             password = read_secret(config.password_file) if config.password_file else None
             client.username_pw_set(config.username, password)
-        self.inflight_max = _INFLIGHT_MAX
+        self.inflight_max = INFLIGHT_MAX
         client.max_inflight_messages_set(_INFLIGHT_WINDOW)
         client.will_set(
             topics.hub_status(),

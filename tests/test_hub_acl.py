@@ -330,6 +330,8 @@ def test_cli_dynsec_format_keeps_the_accounts_secrets(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out)]) == 0
     assert (out / "passwd").exists() and "acl_file" in (out / "mosquitto.conf").read_text()
+    # The broker lets the hub keep its whole fan-out window in flight (hub/mqtt.py).
+    assert "\nmax_inflight_messages 100\n" in (out / "mosquitto.conf").read_text()
     before = {p.name: p.read_text() for p in (out / "secrets").iterdir()}
     assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "dynsec"]) == 0
     assert {p.name: p.read_text() for p in (out / "secrets").iterdir()} == before
@@ -337,6 +339,7 @@ def test_cli_dynsec_format_keeps_the_accounts_secrets(tmp_path: Path) -> None:
     hashed = {c["username"] for c in doc["clients"]}
     assert hashed == {line.split(":")[0] for line in (out / "passwd").read_text().splitlines()}
     assert "plugin_opt_config_file" in (out / "mosquitto.conf").read_text()
+    assert "\nmax_inflight_messages 100\n" in (out / "mosquitto.conf").read_text()
     with pytest.raises(SystemExit):
         cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "xml"])
 
