@@ -208,14 +208,14 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     from gateway.broker import PrivateBroker
     from hub.service import HubService
 
+    if split_roles and workers < 2:
+        raise ValueError("--split-roles needs --workers 2 or more")
     work = Path(tempfile.mkdtemp(prefix="keyop-bench-hub-"))
     url, drop = _database(db, work)
     per_gateway = -(-packets // gateways)
     names = [f"bench-{i:02d}" for i in range(gateways)]
     with PrivateBroker(workdir=work / "broker") as broker:
         # Split roles: this process only fans out, the extra workers only ingest.
-        if split_roles and workers < 2:
-            raise ValueError("--split-roles needs --workers 2 or more")
         config = _config(broker, url, suppliers, supplier_batch,
                          roles="fanout" if split_roles else "ingest, fanout")
         service = HubService(config)
@@ -292,7 +292,8 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         "packets": total, "suppliers": suppliers, "db": db, "gateways": gateways,
         "batch": batch, "window": window, "supplier_batch": supplier_batch,
         "workers": workers, "split_roles": split_roles, "stored": stored,
-        "duplicates": service.duplicates,
+        # This process's count; with extra workers theirs live in their processes (None).
+        "duplicates": service.duplicates if workers == 1 else None,
         "fanout_messages": fanout.published,
         "ingest_s": round(ingest_s, 3), "fanout_s": round(fanout_s, 3),
         "hub_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
@@ -328,6 +329,8 @@ def add_hub_bench(bench_sub: Any) -> None:
 
 def run_hub_bench(args: Any) -> dict[str, Any]:
     """`keyop bench hub` from parsed arguments."""
+    if args.split_roles and args.workers < 2:
+        raise SystemExit("keyop bench hub: --split-roles needs --workers 2 or more")
     return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
                          batch=args.batch, window=args.window,
                          supplier_batch=args.supplier_batch, workers=args.workers,

@@ -94,8 +94,8 @@ class HubService:
         context.metrics = registry_for(self)
         roles = self.config.hub
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
-        fanout = FanOut(self.config, store, mqtt, router=context.router)
-        self.fanout = fanout if roles.fanout else None
+        self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router)
+                                if roles.fanout else None)
         mqtt.start()
         _settle_heap()
         log.info("hub started", extra={"hub": self.config.hub.id,
@@ -104,7 +104,7 @@ class HubService:
         tasks = [asyncio.create_task(self._reload(stop), name="hub-reload")]
         if roles.ingest:
             tasks.append(asyncio.create_task(self._ingest(stop), name="hub-ingest"))
-        if roles.fanout:
+        if fanout is not None:
             tasks.append(asyncio.create_task(fanout.run(stop), name="hub-fanout"))
         if self.config.alerts.enabled:
             self.alerts = Alerts(self.config, store, context)
