@@ -150,6 +150,8 @@ class Pipeline:
                     drafts = self.engine.tick(sample.monotonic, sample.time)
                 else:
                     stats.samples += 1
+                    # A count or planned value a packet cannot carry is a bad sample too.
+                    sample = self.engine.screen(sample)
                     if not sample.good:
                         stats.bad_samples += 1
                     drafts = self.engine.step(sample)

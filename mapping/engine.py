@@ -22,6 +22,7 @@ from mapping.station import (
     CompiledStation,
     StationRuntime,
     StationState,
+    ValueCheck,
     tz_offset,
 )
 from mapping.triggers import NEVER
@@ -67,6 +68,14 @@ class Engine:
         for point in mapping.materials:
             handlers.setdefault(point.spec.signal, []).append(MaterialRuntime(self, point))
         self._handlers = {name: tuple(found) for name, found in handlers.items()}
+        checks: dict[str, list[ValueCheck]] = {}
+        for runtime in self.stations:
+            for name, check in runtime.value_checks():
+                checks.setdefault(name, []).append(check)
+        self._checks = {name: tuple(found) for name, found in checks.items()}
+        # Why each signal's latest value was refused, while it is; and how many were.
+        self.refusals: dict[str, str] = {}
+        self.refused = 0
         self._deadline = NEVER
         for runtime in self.stations:
             self.wake_at(runtime.next_deadline())
@@ -99,12 +108,43 @@ class Engine:
         if deadline < self._deadline:
             self._deadline = deadline
 
+    def refuse(self, signal: str, problem: str) -> str:
+        """Record that a value of `signal` could not be used; the reason names the signal."""
+        reason = f"signal {signal!r}: {problem}"
+        self.refused += 1
+        self.refusals[signal] = reason
+        return reason
+
+    def _problem(self, name: str, value: Value) -> str | None:
+        for check in self._checks[name]:
+            problem = check(value)
+            if problem is not None:
+                return self.refuse(name, problem)
+        if self.refusals:
+            self.refusals.pop(name, None)
+        return None
+
+    def screen(self, sample: Sample) -> Sample:
+        """The sample, or a bad one with the reason when its value is one the stations cannot
+        use: a count or planned quantity a packet cannot carry (a uint64 register reading
+        2^64-1, a negative, NaN or fractional count), an order code that makes an order id
+        the hub refuses. `step` screens too; a caller that counts bad samples screens first."""
+        if sample.quality is not _GOOD or sample.signal not in self._checks:
+            return sample
+        reason = self._problem(sample.signal, sample.value)
+        if reason is None:
+            return sample
+        return Sample(sample.signal, sample.value, Quality.BAD, sample.time, sample.monotonic,
+                      reason)
+
     def step(self, sample: Sample) -> list[Draft]:
         """Apply one sample; return the packets it causes, in order."""
         if sample.quality is not _GOOD:
             return _EMPTY  # a bad reading changes nothing; the last good value stands
         name = sample.signal
         value = sample.value
+        if name in self._checks and self._problem(name, value) is not None:
+            return _EMPTY  # a value the stations cannot use is a bad reading too
         if self.filters:
             signal_filter = self.filters.get(name)
             if signal_filter is not None:

@@ -8,7 +8,9 @@ Pure like the engine that drives it: time comes from the samples.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from mapping.expr import Event
 from mapping.materials import scan_json
 from mapping.model import Counter, Station
 from mapping.triggers import FIRED, NEVER, RELEASED, CompiledTrigger, TriggerState
-from sync.packet import Draft
+from sync.packet import MAX_INT, NAME_MAX, ORDER_ID_MAX, Draft, param_problem
 
 if TYPE_CHECKING:
     from mapping.engine import Engine
@@ -135,6 +137,57 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+# Why a signal's value cannot be used; the engine names the signal (`Engine.screen`).
+ValueCheck = Callable[[Value], "str | None"]
+_COUNT_RANGE = "(0..2^63-1)"
+
+
+def shown(value: Value) -> str:
+    """A value as a reason quotes it: numbers as they are, anything else short."""
+    if type(value) is int and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = str(value) if type(value) in (int, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def count_problem(value: Value, what: str) -> str | None:
+    """Why `value` cannot be a count for `what`: a packet carries whole numbers 0..2^63-1."""
+    kind = type(value)
+    if kind is int:
+        if 0 <= value <= MAX_INT:  # type: ignore[operator]
+            return None
+    elif kind is float:
+        number = float(value)  # type: ignore[arg-type]
+        if number.is_integer() and 0 <= number <= MAX_INT:
+            return None
+        if not math.isfinite(number):
+            return f"value {shown(value)} is not a finite number, as {what} needs"
+        if not number.is_integer():
+            return f"value {shown(value)} is not a whole number, as {what} needs"
+    else:
+        return f"value {shown(value)} is not a number, as {what} needs"
+    return f"value {shown(value)} is out of range for {what} {_COUNT_RANGE}"
+
+
+def _good_count(value: Value) -> str | None:
+    return count_problem(value, "a good count")
+
+
+def _scrap_count(value: Value) -> str | None:
+    return count_problem(value, "a scrap count")
+
+
+def _planned_value(value: Value) -> str | None:
+    return None if value is None else count_problem(value, "planned")
+
+
+def _scanned_planned(text: str | None) -> int | None:
+    """The `planned` group of an order code: ASCII digits, else no planned quantity."""
+    if not text or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 19 else MAX_INT + 1  # past 19 digits: out of range
+
+
 class StationRuntime:
     """One station's compiled rules bound to its state."""
 
@@ -184,6 +237,7 @@ class StationRuntime:
                     self._on_trigger(key, result, out)
                 if trigger_state.deadline < NEVER:
                     self.engine.wake_at(trigger_state.deadline)
+        # Counter values passed `value_checks`: whole numbers in 0..2^63-1.
         if name == self.good_signal:
             good = self.state.good
             if good is not None:
@@ -249,19 +303,59 @@ class StationRuntime:
 
     # -- order context -------------------------------------------------------------------------
 
-    def _order_of(self, value: Value) -> str | None:
+    def _parse_order(self, value: Value) -> tuple[str | None, int | None, bool] | None:
+        """(order id, scanned planned quantity, whether the code gave one) for a value of the
+        order signal; None when a pattern does not match (not an order code)."""
         if value in (None, 0, "", False):
-            return None
+            return None, None, False
         pattern = self.compiled.order_pattern
+        scanned = False
+        planned = None
         if pattern is not None:
             match = pattern.search(str(value))
             if match is None:
-                return self.state.order  # not an order code: the context stays as it is
+                return None
             groups = match.groupdict()
             value = groups.get("order") or match.group(0)
-            planned = groups.get("planned")
-            self.state.scanned_planned = int(planned) if planned and planned.isdigit() else None
-        return self.spec.order.format.format(value=value)
+            planned, scanned = _scanned_planned(groups.get("planned")), True
+        return self.spec.order.format.format(value=value), planned, scanned
+
+    def _order_problem(self, value: Value) -> str | None:
+        """Why a value of the order signal would make packets the hub must refuse."""
+        parsed = self._parse_order(value)
+        if parsed is None:
+            return None
+        order, planned, _ = parsed
+        if order is not None and len(order) > ORDER_ID_MAX:
+            return (f"value {shown(value)} makes an order id of {len(order)} characters "
+                    f"(at most {ORDER_ID_MAX})")
+        if order is not None and "\x00" in order:
+            return f"value {shown(value)} makes an order id with a NUL character"
+        if planned is not None and planned > MAX_INT:
+            return f"value {shown(value)}: its planned quantity is out of range {_COUNT_RANGE}"
+        return None
+
+    def value_checks(self) -> list[tuple[str, ValueCheck]]:
+        """The checks a good sample's value must pass before this station may use it: counts
+        and planned quantities a packet can carry, order ids the hub accepts."""
+        checks: list[tuple[str, ValueCheck]] = [(self.order_signal, self._order_problem)]
+        if self.good_signal is not None:
+            checks.append((self.good_signal, _good_count))
+        if self.scrap_signal is not None:
+            checks.append((self.scrap_signal, _scrap_count))
+        planned = self.spec.order.planned
+        if isinstance(planned, str):
+            checks.append((planned, _planned_value))
+        return checks
+
+    def _order_of(self, value: Value) -> str | None:
+        parsed = self._parse_order(value)
+        if parsed is None:
+            return self.state.order  # not an order code: the context stays as it is
+        order, planned, scanned = parsed
+        if scanned:
+            self.state.scanned_planned = planned
+        return order
 
     def _order_changed(self, value: Value, out: list[Draft]) -> None:
         order = self._order_of(value)
@@ -303,7 +397,11 @@ class StationRuntime:
         if pause is None or pause.reason is None:
             return None
         code = self.engine.values.get(pause.reason)
-        return None if code is None else {"code": str(code)}
+        if code is None:
+            return None
+        text = str(code)
+        # A code the packet cannot carry is left out: the pause itself is still reported.
+        return {"code": text} if 0 < len(text) <= NAME_MAX and "\x00" not in text else None
 
     # -- run lifecycle -------------------------------------------------------------------------
 
@@ -339,6 +437,10 @@ class StationRuntime:
     def _count(self, good: int, scrap: int, out: list[Draft]) -> None:
         run = self.state.run
         if run is None or run.state not in _ACTIVE:
+            return
+        if run.good + run.scrap + good + scrap > MAX_INT:
+            self.engine.refuse(self._origin_signal, f"a count of {good + scrap} would take the "
+                               f"run's produced quantity beyond 2^63-1")
             return
         before = run.good
         run.good += good
@@ -447,8 +549,8 @@ class StationRuntime:
         values = self.engine.values
         for name, spec in self.spec.params.items():
             value = values.get(spec.signal)
-            if value is None:
-                continue
+            if value is None or param_problem(value) is not None:
+                continue  # a value the packet cannot carry (NaN, too long) is left out
             params[name] = _drop_none({"value": value, "uom": spec.uom, "class": spec.class_})
         return params
 

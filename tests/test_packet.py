@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from factories import progress_draft, render_event
@@ -91,3 +92,54 @@ def test_topics_refuse_wildcards_and_sanitise_orders() -> None:
         with pytest.raises(topics.TopicError):
             topics.sup_all(bad)
     assert topics.gateway_from_up_topic("keyop/v1/up/edge-07/events") == "edge-07"
+
+
+def test_decode_refuses_what_the_hub_refuses() -> None:
+    raw = _render(_draft()).decode()
+    for payload, message in [
+        (raw.replace('"value":212.5', '"value":NaN'),
+         "data.params.weldCurrent.value: expected a finite number, got NaN"),
+        (raw.replace('"good":209', '"good":' + "9" * 5000), "packet: not valid JSON"),
+        (raw.replace('"good":209', '"good":"209"'),
+         "data.quantities.good: expected a JSON integer, got string"),
+        (raw.replace('"sequence":"00000000000000018342"', '"sequence":"00000000000000000000"'),
+         "sequence: sequence must be 1..2^63-1"),
+        (raw.replace("T11:", "T25:", 1), "time: not a real date-time"),
+    ]:
+        with pytest.raises(pk.PacketError, match=re.escape(message)):
+            pk.decode(payload)
+
+
+def test_from_obj_ignores_unknown_fields_and_validate_drops_them() -> None:
+    event = json.loads(_render(_draft()))
+    event["extension"] = {"x": 1}
+    event["data"]["quantities"]["bonus"] = 1
+    packet = pk.from_obj(event)
+    assert packet == pk.decode(_render(_draft()))
+    _, canonical, body = pk.validate(event)
+    assert "extension" not in canonical and "bonus" not in canonical["data"]["quantities"]
+    assert json.loads(body) == json.loads(_render(_draft()))
+
+
+def test_a_param_without_a_value_round_trips() -> None:
+    event = json.loads(_render(progress_draft(params={"p": {"value": None, "class": "public"}})))
+    packet = pk.from_obj(event)
+    assert pk.decode(pk.encode(packet)) == packet
+
+
+def test_a_python_caller_gets_a_packet_error_for_what_json_cannot_hold() -> None:
+    event = json.loads(_render(_draft()))
+    event["data"]["epcis"] = {"when": object()}
+    with pytest.raises(pk.PacketError, match="packet: not JSON-serialisable"):
+        pk.validate(event)
+
+
+def test_schema_states_the_limits_and_lets_consumers_ignore_unknown_fields() -> None:
+    schema = pk.json_schema()
+    text = json.dumps(schema)
+    assert '"additionalProperties": false' not in text
+    defs = schema["$defs"]
+    assert defs["WorkOrder"]["properties"]["id"]["maxLength"] == 128
+    assert defs["Quantities"]["properties"]["good"]["maximum"] == 2**63 - 1
+    assert defs["Quantities"]["properties"]["uom"]["maxLength"] == 8
+    assert schema["properties"]["subject"]["maxLength"] == 512
