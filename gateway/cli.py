@@ -225,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
     hub.add_argument("--out", type=Path, default=Path("broker-acl"),
                      help="acl: folder for the broker files and generated secrets")
-    hub.add_argument("--format", choices=["acl-file", "dynsec"], default="acl-file",
-                     help="acl: passwd + acl_file (default), or a Dynamic Security plugin config "
-                          "(refuses a forbidden SUBSCRIBE in the SUBACK)")
+    hub.add_argument("--format", choices=["dynsec", "acl-file"], default="dynsec",
+                     help="acl: a Dynamic Security plugin config (default; binds client ids, "
+                          "refuses a forbidden SUBSCRIBE in the SUBACK), or passwd + acl_file")
     hub.set_defaults(func=cmd_hub)
 
     check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")

@@ -1,18 +1,28 @@
-"""`keyop hub acl -c hub.yaml --out DIR [--format acl-file|dynsec]`: broker accounts for Mosquitto.
+"""`keyop hub acl -c hub.yaml --out DIR [--format dynsec|acl-file]`: broker accounts for Mosquitto.
 
 One model, two renderings. `accounts()` lists every broker account hub.yaml implies with its
-rules; `--format acl-file` (the default) writes a Mosquitto password file and `acl_file`, and
-`--format dynsec` writes a config for Mosquitto's Dynamic Security plugin (`hub.dynsec`) with the
-same accounts, secrets and rules.
+client id and rules; `--format dynsec` (the default) writes a config for Mosquitto's Dynamic
+Security plugin (`hub.dynsec`), and `--format acl-file` a Mosquitto password file and
+`acl_file`, with the same accounts, secrets and rules.
 
-Prefer dynsec whenever the broker ships the plugin (Debian's does), and above all when suppliers
-connect from outside: Mosquitto 2.0's `acl_file` grants any SUBSCRIBE (`#`, `$SYS/#`, another
-supplier's subtree) and only filters what it delivers, while the plugin checks the SUBSCRIBE
-itself and answers "not authorized" in the SUBACK. The `acl_file` needs no plugin.
+What each format enforces (each checked against Mosquitto 2.0.11 by tests/test_hub_acl.py):
+- dynsec: each account's client id is bound to it (a CONNECT with another is refused), and a
+  SUBSCRIBE outside the account's grants is refused in the SUBACK: `#`, `$SYS/#`, another
+  supplier's subtree, and above all the hub's shared subscription, so no other account can
+  join the hub's share group and take a share of the gateways' packets.
+- acl-file: `use_username_as_clientid`: the broker replaces every client id with the username,
+  so no account can take over another's session. But Mosquitto 2.0's `acl_file` grants any
+  SUBSCRIBE and only filters deliveries: an account that joins the hub's share group is handed
+  its turn of the gateways' packets, which the broker then delivers to nobody: the hub misses
+  them until the edges resend. Only for brokers whose account holders are all trusted.
+Both set `message_size_limit` (MESSAGE_SIZE_LIMIT).
 
-Accounts (MQTT usernames): the hub (`mqtt.username`, default its id), each gateway of
-`gateways:` and each supplier of `suppliers:`. A name may belong to one account only: gateway
-and supplier ids are separate realms in PACKET.md but share one namespace on the broker.
+Accounts (MQTT usernames): the hub (`mqtt.username`, default its id), the other hub processes
+(`mqtt.worker_accounts`), each gateway of `gateways:` and each supplier of `suppliers:`. A name
+may belong to one account only: gateway and supplier ids are separate realms in PACKET.md but
+share one namespace on the broker. Client ids (`Account.client_id`, bound by dynsec): the hub's
+`mqtt.client_id`, a worker's `client_id` (default its username), `keyop-edge-{id}` for a
+gateway (what sync/uplink.py sends), the supplier's id for a supplier.
 
 Rules (default deny: an account has exactly its own rules, and no rule holds `%u`/`%c`
 patterns, so no username can widen anything):
@@ -24,8 +34,12 @@ patterns, so no username can widen anything):
 
 Secrets: an account's password is read from its `mqtt_password_file` (the hub's from
 `mqtt.password_file`); when that is not given, or the file does not exist yet, a random one is
-generated and written there (or to `DIR/secrets/`), mode 0600. No default passwords.
-Password hashes use Mosquitto 2's PBKDF2-SHA512, 101 iterations, 12-byte salt, in both formats.
+generated and written there (or to `DIR/secrets/`), mode 0600. A secret file read back must be
+a regular file (not a symbolic link) owned by the user running the command, with no access for
+group or others. Every file is created with O_EXCL | O_NOFOLLOW (outputs through a fresh
+temporary file renamed over the old one), so a planted symbolic link is never written through.
+No default passwords. Password hashes use Mosquitto 2's PBKDF2-SHA512, 101 iterations, 12-byte
+salt, in both formats.
 """
 
 from __future__ import annotations
@@ -35,23 +49,35 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.config import ConfigError, HubConfig, hash_key, load_config, read_secret
+from hub.config import ConfigError, HubConfig, hash_key, load_config
 from hub.mqtt import INFLIGHT_MAX
 from sync import topics
+from sync.packet import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd and mosquitto_ctrl 2.0 write
 SALT_BYTES = 12  # Mosquitto 2.0 keeps exactly 12 salt bytes
 # The files each `--format` writes into DIR, besides mosquitto.conf and secrets/.
-OUTPUTS = {"acl-file": ("passwd", "acl"), "dynsec": ("dynamic-security.json",)}
+OUTPUTS = {"dynsec": ("dynamic-security.json",), "acl-file": ("passwd", "acl")}
 FORMATS = tuple(OUTPUTS)
+DEFAULT_FORMAT = "dynsec"
+# The client id sync/uplink.py's UplinkConfig sends for a gateway (hub/ may not import it).
+EDGE_CLIENT_ID = "keyop-edge-{gateway}"
+# Every message keyop publishes carries at most MAX_EVENT_BYTES of payload: an event, and a
+# batch of events, from the edge (sync/uplink.py) and from the fan-out (hub/fanout.py); acks,
+# states and statuses are far smaller. The broker refuses larger payloads; the headroom lets a
+# slightly oversized event (a supplier copy whose `station_names` are longer than the paths
+# they replace; an edge event over the cap) still reach its reader, where the hub dead-letters
+# it with its reason instead of the broker dropping it unseen.
+MESSAGE_SIZE_LIMIT = 2 * MAX_EVENT_BYTES
 
 Access = Literal["read", "write", "readwrite"]
 
@@ -73,6 +99,9 @@ class Account:
     kind: str  # "hub", "gateway" or "supplier"
     secret_file: Path
     rules: tuple[Rule, ...]
+    # The one client id this account may connect with (bound by dynsec; with acl-file the
+    # broker uses the username instead).
+    client_id: str
 
 
 def pbkdf2(password: str, salt: bytes | None = None) -> tuple[bytes, bytes]:
@@ -90,17 +119,23 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 def accounts(config: HubConfig, out: Path) -> list[Account]:
     """Every broker account hub.yaml implies, with its rules. Raises ConfigError on a clash."""
-    hub_user = config.mqtt.username or config.hub.id
-    topics.check_id("hub username", hub_user)
+    mqtt = config.mqtt
+    hub_user = mqtt.username or config.hub.id
     prefix = topics.PREFIX
-    found = [Account(
-        hub_user, "hub",
-        Path(config.mqtt.password_file) if config.mqtt.password_file
-        else out / "secrets" / f"hub-{hub_user}.secret",
-        (Rule("read", f"{prefix}/up/#", shared_group=config.mqtt.share_group),
-         Rule("write", f"{prefix}/down/#"), Rule("write", f"{prefix}/sup/#"),
-         Rule("readwrite", topics.hub_status())),
-    )]
+    hub_rules = (Rule("read", f"{prefix}/up/#", shared_group=mqtt.share_group),
+                 Rule("write", f"{prefix}/down/#"), Rule("write", f"{prefix}/sup/#"),
+                 Rule("readwrite", topics.hub_status()))
+    hubs = [(hub_user, mqtt.password_file, mqtt.client_id)]
+    hubs += [(name, worker.password_file, worker.client_id or name)
+             for name, worker in mqtt.worker_accounts.items()]
+    found: list[Account] = []
+    for username, password_file, client_id in hubs:
+        topics.check_id("hub username", username)
+        found.append(Account(
+            username, "hub",
+            Path(password_file) if password_file else out / "secrets" / f"hub-{username}.secret",
+            hub_rules, client_id,
+        ))
     for gateway, settings in config.gateways.items():
         topics.check_id("gateway", gateway)
         found.append(Account(
@@ -108,6 +143,7 @@ def accounts(config: HubConfig, out: Path) -> list[Account]:
             Path(settings.mqtt_password_file) if settings.mqtt_password_file
             else out / "secrets" / f"gateway-{gateway}.secret",
             (Rule("write", f"{prefix}/up/{gateway}/#"), Rule("read", f"{prefix}/down/{gateway}/#")),
+            EDGE_CLIENT_ID.format(gateway=gateway),
         ))
     for supplier, rules in config.suppliers.items():
         topics.check_id("supplier", supplier)
@@ -115,28 +151,70 @@ def accounts(config: HubConfig, out: Path) -> list[Account]:
             supplier, "supplier",
             Path(rules.mqtt_password_file) if rules.mqtt_password_file
             else out / "secrets" / f"supplier-{supplier}.secret",
-            (Rule("read", topics.sup_all(supplier)),),
+            (Rule("read", topics.sup_all(supplier)),), supplier,
         ))
-    seen: dict[str, str] = {}
-    for account in found:
-        if account.username in seen:
-            raise ConfigError(
-                f"broker username {account.username!r} is both a {seen[account.username]} and "
-                f"a {account.kind}: every account needs a name of its own")
-        seen[account.username] = account.kind
+    _check_unique(found)
     return found
+
+
+def _check_unique(found: Sequence[Account]) -> None:
+    """One account per username and per client id: a shared client id would let two accounts
+    take each other's sessions."""
+    for key, what in ((lambda a: a.username, "broker username"),
+                      (lambda a: a.client_id, "client id")):
+        seen: dict[str, Account] = {}
+        for account in found:
+            other = seen.setdefault(key(account), account)
+            if other is account:
+                continue
+            owners = (f"both a {other.kind} and a {account.kind}" if other.kind != account.kind
+                      else f"used by two {account.kind} accounts")
+            raise ConfigError(f"{what} {key(account)!r} is {owners} ({other.username}, "
+                              f"{account.username}): every account needs one of its own")
 
 
 def _secret_for(path: Path) -> tuple[str, bool]:
     """The secret in a file, or a new random one generated into it (True if new)."""
-    if path.exists():
-        return read_secret(path), False
-    secret = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    return secret, True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        _private_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot create secret file: {error.strerror}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        return secret, True
+    except OSError as error:
+        # ELOOP: the last component is a symbolic link.
+        hint = " (a symbolic link: give the file itself)" if os.path.islink(path) else ""
+        raise ConfigError(f"{path}: cannot open secret file{hint}: {error.strerror}") from None
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        _check_private(path, os.fstat(handle.fileno()))
+        text = handle.read()
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(secret) < 16:
+        raise ConfigError(f"{path}: secret is shorter than 16 characters")
+    return secret, False
+
+
+def _check_private(path: Path, info: os.stat_result) -> None:
+    """Refuse a secret file that is not a regular file of ours, closed to group and others."""
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: secret file is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path}: secret file is owned by uid {info.st_uid}, not by the user "
+                          f"running this command (uid {os.geteuid()}): chown it")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"{path}: secret file has mode {stat.S_IMODE(info.st_mode):04o}: "
+                          "group or others may read or write it; chmod 600 it")
+
+
+def _private_dir(path: Path) -> None:
+    """Create a folder for secrets (0700) if it is missing."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def credentials(found: Sequence[Account]) -> tuple[list[tuple[Account, str]], list[Path]]:
@@ -169,6 +247,9 @@ def acl_text(found: Sequence[Account]) -> str:
 BROKER_TUNING = (
     "# The hub keeps up to this many QoS 1 messages unacknowledged (Mosquitto's default: 20).",
     f"max_inflight_messages {INFLIGHT_MAX}",
+    f"# keyop's messages carry at most {MAX_EVENT_BYTES} bytes (the packet cap); a larger payload",
+    "# is dropped, never delivered (MQTT 5: answered 0x95, packet too large).",
+    f"message_size_limit {MESSAGE_SIZE_LIMIT}",
 )
 
 
@@ -180,12 +261,15 @@ def mosquitto_snippet(out: Path) -> str:
         "allow_anonymous false",
         f"password_file {out.resolve() / 'passwd'}",
         f"acl_file {out.resolve() / 'acl'}",
+        "# Every session is keyed by its username, whatever client id the client sends: no",
+        "# account can take over another's session.",
+        "use_username_as_clientid true",
         *BROKER_TUNING,
         "",
     ])
 
 
-def write(config: HubConfig, out: Path, fmt: str = "acl-file") -> list[Path]:
+def write(config: HubConfig, out: Path, fmt: str = DEFAULT_FORMAT) -> list[Path]:
     """Write the broker files of `fmt` (OUTPUTS), DIR/mosquitto.conf to include, and any
     missing secret. Returns the secret files it generated."""
     # hub.dynsec builds on this module (its model and hashing): imported here, not at the top.
@@ -200,13 +284,13 @@ def write(config: HubConfig, out: Path, fmt: str = "acl-file") -> list[Path]:
     if fmt == "dynsec":
         config_file = out / OUTPUTS["dynsec"][0]
         _write_private(config_file, dynsec.config_text(paired))
-        (out / "mosquitto.conf").write_text(dynsec.mosquitto_snippet(config_file))
+        _write_private(out / "mosquitto.conf", dynsec.mosquitto_snippet(config_file), 0o644)
     else:
         passwd = "".join(f"{account.username}:{password_hash(secret)}\n"
                          for account, secret in paired)
         _write_private(out / "passwd", passwd)
         _write_private(out / "acl", acl_text(found))
-        (out / "mosquitto.conf").write_text(mosquitto_snippet(out))
+        _write_private(out / "mosquitto.conf", mosquitto_snippet(out), 0o644)
     return generated
 
 
@@ -225,19 +309,29 @@ def _api_keys(config: HubConfig, out: Path) -> list[Path]:
             generated.append(path)
         lines.append(f"  {supplier}: {{api_key_hash: \"{hash_key(key)}\"}}")
     if len(lines) > 3:
-        (out / "api-keys.yaml").write_text("\n".join(lines) + "\n")
+        _write_private(out / "api-keys.yaml", "\n".join(lines) + "\n")
     return generated
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` through a new temporary file (O_EXCL | O_NOFOLLOW: never a
+    file or link planted there); the rename replaces a link at `path` itself, never its
+    target."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except OSError as error:
+        raise ConfigError(f"{tmp}: cannot create: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def main(config_path: str | Path, out: str | Path, fmt: str = "acl-file") -> int:
+def main(config_path: str | Path, out: str | Path, fmt: str = DEFAULT_FORMAT) -> int:
     """Exit 0 when written, 2 on a bad config."""
     try:
         config = load_config(config_path)

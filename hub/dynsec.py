@@ -7,14 +7,15 @@ subscription that Mosquitto 2.0's `acl_file` would merely starve.
 
 The file follows Mosquitto 2.0.x (checked against 2.0.11 by tests/test_hub_acl.py):
 `defaultACLAccess` denies all four kinds of access; each account is one client with its own
-role; a client's `password`/`salt` are base64 of the PBKDF2-SHA512 digest (64 bytes) and salt
-(12 bytes) with `iterations`. A rule maps to ACL entries as follows: `read` is
-`subscribePattern` + `unsubscribePattern` + `publishClientReceive`, `write` is
-`publishClientSend`. Entries name each account's topics literally (no username substitution),
-so a username cannot widen them. The plugin compares a wildcard SUBSCRIBE with a
-`subscribePattern` level by level (`keyop/v1/sup/+/events/#` is not within
-`keyop/v1/sup/bolt/#`), and a `$share/{group}/...` filter with its prefix, hence the hub's extra
-grant for its share group.
+role, bound to the account's one client id (`clientid`: a CONNECT with another is refused, so
+no account can take over another's session); a client's `password`/`salt` are base64 of the
+PBKDF2-SHA512 digest (64 bytes) and salt (12 bytes) with `iterations`. A rule maps to ACL
+entries as follows: `read` is `subscribePattern` + `unsubscribePattern` +
+`publishClientReceive`, `write` is `publishClientSend`. Entries name each account's topics
+literally (no username substitution), so a username cannot widen them. The plugin compares a
+wildcard SUBSCRIBE with a `subscribePattern` level by level (`keyop/v1/sup/+/events/#` is not
+within `keyop/v1/sup/bolt/#`), and a `$share/{group}/...` filter with its prefix, hence the
+hub's extra grant for its share group.
 
 There is no admin client: nobody may publish to `$CONTROL/dynamic-security/#` (default deny),
 so the file stays the one source of truth. To change accounts, run `keyop hub acl --format
@@ -87,6 +88,8 @@ def config(credentials: Sequence[tuple[Account, str]]) -> dict[str, Any]:
         })
         clients.append({
             "username": account.username,
+            # The plugin refuses this account's CONNECT with any other client id.
+            "clientid": account.client_id,
             "textname": f"keyop {account.kind}",
             # Explicit, so an account never depends on the plugin's default for a new client.
             "disabled": False,

@@ -16,7 +16,11 @@ other's turn with the GIL (a hub process is bound by it at about one core).
   database commit (`ack`), so a hub that dies mid-batch gets it again from its broker session
   instead of waiting for the edge's resend timeout.
 - The TCP connect runs in a worker thread (it blocks); everything else on the loop. A lost
-  connection is retried after 1 s, then with doubling waits up to 30 s.
+  connection is retried after 1 s, then with doubling waits up to 30 s; after a connection that
+  lived under 10 s, or one taken over by another with the same client id (reason 0x8E), the
+  waits keep growing. A takeover (0x8E, or three such short connections in a row: Mosquitto
+  2.0.11 closes the older connection without saying why) is logged at ERROR naming the client
+  id: two holders of one id must not fight over it fast and unseen.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ _MISC_INTERVAL_S = 1.0
 _CONNECT_TIMEOUT_S = 10.0
 _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 30.0
+# MQTT 5 DISCONNECT reason: another connection with this client id took the session.
+SESSION_TAKEN_OVER = 0x8E
+# Mosquitto 2.0.11 closes the older connection of a client id without that DISCONNECT, so a
+# takeover also shows as connections lost this soon after their CONNACK, this many in a row.
+_FLAP_S = 10.0
+_FLAPS = 3
 
 
 class PublishError(RuntimeError):
@@ -90,6 +100,10 @@ class HubMqtt:
         self._lost = asyncio.Event()
         self._established = False  # this connection got a successful CONNACK
         self._unreachable = False  # a connect failed since the last CONNACK (logged once)
+        self.takeovers = 0  # takeovers of this client id's session seen (or suspected)
+        self._connected_at: float | None = None  # monotonic time of this connection's CONNACK
+        self._flaps = 0  # connections lost within _FLAP_S of their CONNACK, in a row
+        self._backoff = False  # the last connection ended short or taken over: no fast retry
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._fd: int | None = None  # the socket registered with the loop
         self._writing = False  # a writer is registered (the socket's buffer was full)
@@ -175,12 +189,16 @@ class HubMqtt:
         while not self._closing.is_set():
             self._lost.clear()
             self._established = False
+            self._connected_at = None
             if await self._connect():
                 await self._lost.wait()
                 self._detach()
             if self._closing.is_set():
                 return
-            retry_s = _RETRY_MIN_S if self._established else retry_s
+            # Not straight back after a short-lived connection or a takeover: that would take
+            # the session from another holder of the client id, which takes it back, and so
+            # on, each takeover costing the hub its in-flight work.
+            retry_s = _RETRY_MIN_S if self._established and not self._backoff else retry_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), retry_s)
             retry_s = min(2 * retry_s, _RETRY_MAX_S)
@@ -308,6 +326,7 @@ class HubMqtt:
             log.error("broker refused the hub", extra={"reason": str(reason_code)})
             return
         self._established = True
+        self._connected_at = time.monotonic()
         self._unreachable = False
         # paho's setter refuses a connected client; paho resends what is in flight after this
         # callback returns, under the new window.
@@ -347,9 +366,34 @@ class HubMqtt:
         self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
         reason_code: ReasonCode, _properties: Properties | None,
     ) -> None:
-        if not self._closing.is_set():
+        if self._closing.is_set():
+            self._lost.set()
+            return
+        lived = (time.monotonic() - self._connected_at if self._connected_at is not None
+                 else None)
+        self._connected_at = None
+        explicit = reason_code.value == SESSION_TAKEN_OVER
+        short = lived is not None and lived < _FLAP_S
+        self._flaps = self._flaps + 1 if short or explicit else 0
+        self._backoff = short or explicit
+        if explicit or self._flaps == _FLAPS:
+            self._report_takeover(explicit)
+        else:
             log.warning("hub lost the broker; reconnecting", extra={"reason": str(reason_code)})
         self._lost.set()
+
+    def _report_takeover(self, explicit: bool) -> None:
+        self.takeovers += 1
+        how = ("the broker says the session was taken over" if explicit else
+               f"the broker closed the connection {self._flaps} times within {_FLAP_S:.0f} s "
+               "of accepting it")
+        # ERROR once per process; a fight over one client id goes on repeating.
+        log.log(logging.ERROR if self.takeovers == 1 else logging.WARNING,
+                "hub session taken over: %s; another client %s client id %r (another hub "
+                "process with the same mqtt.client_id, or someone with the hub's "
+                "credentials); reconnecting with growing waits", how,
+                "is using" if explicit else "is probably using", self.config.client_id,
+                extra={"client_id": self.config.client_id, "takeovers": self.takeovers})
 
     def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
         # paho calls this before it closes the socket: unregister while the fd is still ours.

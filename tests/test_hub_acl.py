@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -13,14 +15,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from test_hub_service import wait_until
+from test_hub_store import make_event
 
 from gateway import cli
-from gateway.broker import PrivateBroker
+from gateway.broker import PrivateBroker, free_port
 from hub import dynsec
 from hub.acl import (
+    MESSAGE_SIZE_LIMIT,
+    OUTPUTS,
     PBKDF2_ITERATIONS,
     accounts,
     acl_text,
@@ -31,40 +37,48 @@ from hub.acl import (
     write,
 )
 from hub.config import ConfigError, HubConfig, hash_key, parse_config
+from hub.store import Store
 from sync import topics
+from sync.packet import MAX_EVENT_BYTES
 
 CONFIG = """
 hub: {id: hub}
 mqtt: {username: keyop-hub}
 gateways:
-  edge-07: {}
-  edge-08: {}
+  edge-07: {site: plant1}
+  edge-08: {site: plant1}
 suppliers:
   acme: {}
   bolt: {}
 routes: [{supplier: acme, work_orders: ["*"]}]
 """
+# The client id each account of CONFIG must connect with (README, "Broker accounts").
+CLIENT_IDS = {"keyop-hub": "keyop-hub-1", "edge-07": "keyop-edge-edge-07",
+              "edge-08": "keyop-edge-edge-08", "acme": "acme", "bolt": "bolt"}
 
 
 class Session:
     """A paho MQTT 5 client that records connect, subscribe and publish outcomes."""
 
     def __init__(self, broker: PrivateBroker, username: str | None, password: str | None,
-                 will: str | None = None):
+                 will: str | None = None, client_id: str | None = None):
         self.connected = threading.Event()
         self.connect_rc: ReasonCode | None = None
+        self.disconnects: list[ReasonCode] = []
         self.granted: dict[int, list[ReasonCode]] = {}
         self.unsubscribed: dict[int, list[ReasonCode]] = {}
         self.acks: dict[int, ReasonCode] = {}
         self.messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}",
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"acl-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)
         if username is not None:
             client.username_pw_set(username, password)
         if will is not None:
             client.will_set(will, b"offline", qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_publish = self._on_publish
@@ -77,6 +91,10 @@ class Session:
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.connect_rc = rc
         self.connected.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        with self._lock:
+            self.disconnects.append(rc)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         with self._lock:
@@ -138,6 +156,13 @@ def _secret(out: Path, kind: str, name: str) -> str:
     return (out / "secrets" / f"{kind}-{name}.secret").read_text().strip()
 
 
+def _login(broker: PrivateBroker, out: Path, kind: str, name: str, *,
+           will: str | None = None, client_id: str | None = None) -> Session:
+    """A session of account `name` with its own secret, by default with its own client id."""
+    return Session(broker, name, _secret(out, kind, name), will=will,
+                   client_id=client_id or CLIENT_IDS[name])
+
+
 def _assert_publish_rights(hub: Session, acme: Session, bolt: Session, edge7: Session,
                            edge8: Session) -> None:
     """Who may publish where (MQTT 5: a refused publish gets a failing PUBACK), and that each
@@ -162,12 +187,12 @@ def _assert_publish_rights(hub: Session, acme: Session, bolt: Session, edge7: Se
     assert acme.topics() == [topics.sup_events("acme", "WO-1")]
 
 
-def _assert_a_forged_will_is_dropped(broker: PrivateBroker, hub: Session, secret: str) -> None:
+def _assert_a_forged_will_is_dropped(broker: PrivateBroker, hub: Session, out: Path) -> None:
     """A will is a publish too: Mosquitto 2.0.11 accepts a CONNECT whose will is a forged status
     (edge-07 as edge-08) but drops that will, and delivers an edge's own. `hub` must be
     subscribed to the gateways' status."""
     for will in (topics.up_status("edge-08"), topics.up_status("edge-07")):
-        dying = Session(broker, "edge-07", secret, will=will)
+        dying = _login(broker, out, "gateway", "edge-07", will=will)
         assert dying.accepted
         dying.drop()
     # The forged one died first, so once the real one is in, the forged one would be too.
@@ -202,16 +227,17 @@ def test_acl_rules_and_refusals(config: HubConfig, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="suppliers"):
         parse_config("suppliers: {'ac#me': {}}")
     with pytest.raises(ConfigError, match="both a gateway and a supplier"):
-        accounts(parse_config("gateways: {acme: {}}\nsuppliers: {acme: {}}"), tmp_path)
+        accounts(parse_config("gateways: {acme: {site: p1}}\nsuppliers: {acme: {}}"), tmp_path)
 
 
 def test_cli_writes_files_and_keeps_given_secrets(tmp_path: Path) -> None:
     (tmp_path / "acme.secret").write_text("a-supplier-secret-of-enough-length\n")
+    (tmp_path / "acme.secret").chmod(0o600)
     path = tmp_path / "hub.yaml"
     path.write_text(CONFIG.replace("acme: {}", f"acme: {{mqtt_password_file: "
                                                 f"\"{tmp_path / 'acme.secret'}\"}}"))
     out = tmp_path / "out"
-    assert main(path, out) == 0
+    assert main(path, out, "acl-file") == 0
     generated = sorted(p.name for p in (out / "secrets").iterdir())
     assert generated == ["api-acme.key", "api-bolt.key", "gateway-edge-07.secret",
                          "gateway-edge-08.secret", "hub-keyop-hub.secret", "supplier-bolt.secret"]
@@ -220,18 +246,19 @@ def test_cli_writes_files_and_keeps_given_secrets(tmp_path: Path) -> None:
     assert hashes.suppliers["acme"].api_key_hash == hash_key(key)
     assert oct((out / "passwd").stat().st_mode & 0o777) == "0o600"
     assert (out / "secrets" / "supplier-bolt.secret").stat().st_mode & 0o077 == 0
+    assert (out / "secrets").stat().st_mode & 0o777 == 0o700
     first = (out / "secrets" / "supplier-bolt.secret").read_text()
-    assert main(path, out) == 0  # again: the same secrets, new salts
+    assert main(path, out, "acl-file") == 0  # again: the same secrets, new salts
     assert (out / "secrets" / "supplier-bolt.secret").read_text() == first
     bad = tmp_path / "bad.yaml"
-    bad.write_text("gateways: {acme: {}}\nsuppliers: {acme: {}}\n")
+    bad.write_text("gateways: {acme: {site: p1}}\nsuppliers: {acme: {}}\n")
     assert main(bad, tmp_path / "bad") == 2
 
 
 @pytest.mark.timeout(60)
 def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) -> None:
     out = tmp_path / "acl"
-    write(config, out)
+    write(config, out, "acl-file")
 
     # Started as root, Mosquitto drops to the `mosquitto` user, which may not read these 0600
     # files (in production: chown them to it); `user root` keeps it as it is (ignored unless
@@ -245,11 +272,11 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
             assert not session.accepted, user
             session.close()
 
-        hub = Session(broker, "keyop-hub", _secret(out, "hub", "keyop-hub"))
-        acme = Session(broker, "acme", _secret(out, "supplier", "acme"))
-        bolt = Session(broker, "bolt", _secret(out, "supplier", "bolt"))
-        edge7 = Session(broker, "edge-07", _secret(out, "gateway", "edge-07"))
-        edge8 = Session(broker, "edge-08", _secret(out, "gateway", "edge-08"))
+        hub = _login(broker, out, "hub", "keyop-hub")
+        acme = _login(broker, out, "supplier", "acme")
+        bolt = _login(broker, out, "supplier", "bolt")
+        edge7 = _login(broker, out, "gateway", "edge-07")
+        edge8 = _login(broker, out, "gateway", "edge-08")
         sessions = [hub, acme, bolt, edge7, edge8]
         try:
             assert all(s.accepted for s in sessions)
@@ -270,7 +297,10 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
             assert set(bolt.topics()) == {topics.sup_events("bolt", "WO-2")}
             assert set(edge8.topics()) == {topics.down_ack("edge-08")}
             assert hub.subscribe(topics.hub_status_subscription())
-            _assert_a_forged_will_is_dropped(broker, hub, _secret(out, "gateway", "edge-07"))
+            # The dying sessions below use edge-07's client id: edge7 leaves first, cleanly
+            # (no will), so that only theirs are in play.
+            edge7.close()
+            _assert_a_forged_will_is_dropped(broker, hub, out)
         finally:
             for s in sessions:
                 s.close()
@@ -324,22 +354,31 @@ def test_dynsec_config_denies_by_default_and_grants_each_role_its_own(
         write(config, out, "xml")
 
 
-def test_cli_dynsec_format_keeps_the_accounts_secrets(tmp_path: Path) -> None:
+def test_cli_formats_share_the_accounts_secrets(tmp_path: Path) -> None:
     path = tmp_path / "hub.yaml"
     path.write_text(CONFIG)
     out = tmp_path / "out"
+    # The default format is dynsec: the only one that keeps other accounts out of the hub's
+    # share group (test_only_the_hub_takes_shares_of_the_ingest).
     assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out)]) == 0
-    assert (out / "passwd").exists() and "acl_file" in (out / "mosquitto.conf").read_text()
+    assert (out / "dynamic-security.json").exists() and not (out / "passwd").exists()
+    conf = (out / "mosquitto.conf").read_text()
+    assert "plugin_opt_config_file" in conf and "\nacl_file" not in conf
     # The broker lets the hub keep its whole fan-out window in flight (hub/mqtt.py).
-    assert "\nmax_inflight_messages 100\n" in (out / "mosquitto.conf").read_text()
+    assert "\nmax_inflight_messages 100\n" in conf
+    assert f"\nmessage_size_limit {MESSAGE_SIZE_LIMIT}\n" in conf
     before = {p.name: p.read_text() for p in (out / "secrets").iterdir()}
-    assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "dynsec"]) == 0
+    assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format",
+                     "acl-file"]) == 0
     assert {p.name: p.read_text() for p in (out / "secrets").iterdir()} == before
     doc = json.loads((out / "dynamic-security.json").read_text())
     hashed = {c["username"] for c in doc["clients"]}
     assert hashed == {line.split(":")[0] for line in (out / "passwd").read_text().splitlines()}
-    assert "plugin_opt_config_file" in (out / "mosquitto.conf").read_text()
-    assert "\nmax_inflight_messages 100\n" in (out / "mosquitto.conf").read_text()
+    conf = (out / "mosquitto.conf").read_text()
+    assert (out / "passwd").exists() and "\nacl_file" in conf
+    assert "\nuse_username_as_clientid true\n" in conf
+    assert "\nmax_inflight_messages 100\n" in conf
+    assert f"\nmessage_size_limit {MESSAGE_SIZE_LIMIT}\n" in conf
     with pytest.raises(SystemExit):
         cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "xml"])
 
@@ -371,19 +410,17 @@ def test_a_real_mosquitto_with_dynsec_refuses_in_the_suback(
                                ("bolt", _secret(out, "supplier", "acme")),
                                ("ac+me", _secret(out, "supplier", "acme")),
                                ("#", "x" * 20), ("+", "x" * 20)):
-            session = Session(broker, user, password)
+            # With the client id the account would be bound to: only the password fails.
+            session = Session(broker, user, password, client_id=CLIENT_IDS.get(user or ""))
             assert not session.accepted, user
             session.close()
 
         # The hub and the edges connect with their wills, as the real ones do.
-        hub = Session(broker, "keyop-hub", _secret(out, "hub", "keyop-hub"),
-                      will=topics.hub_status())
-        acme = Session(broker, "acme", _secret(out, "supplier", "acme"))
-        bolt = Session(broker, "bolt", _secret(out, "supplier", "bolt"))
-        edge7 = Session(broker, "edge-07", _secret(out, "gateway", "edge-07"),
-                        will=topics.up_status("edge-07"))
-        edge8 = Session(broker, "edge-08", _secret(out, "gateway", "edge-08"),
-                        will=topics.up_status("edge-08"))
+        hub = _login(broker, out, "hub", "keyop-hub", will=topics.hub_status())
+        acme = _login(broker, out, "supplier", "acme")
+        bolt = _login(broker, out, "supplier", "bolt")
+        edge7 = _login(broker, out, "gateway", "edge-07", will=topics.up_status("edge-07"))
+        edge8 = _login(broker, out, "gateway", "edge-08", will=topics.up_status("edge-08"))
         sessions = [hub, acme, bolt, edge7, edge8]
         try:
             assert all(s.accepted for s in sessions)
@@ -410,10 +447,414 @@ def test_a_real_mosquitto_with_dynsec_refuses_in_the_suback(
             _assert_publish_rights(hub, acme, bolt, edge7, edge8)
             assert bolt.topics() == [topics.sup_events("bolt", "WO-2")]
             assert edge8.topics() == [topics.down_ack("edge-08")]
-            _assert_a_forged_will_is_dropped(broker, hub, _secret(out, "gateway", "edge-07"))
+            # The dying sessions below use edge-07's client id: edge7 leaves first, cleanly
+            # (no will), so that only theirs are in play.
+            edge7.close()
+            _assert_a_forged_will_is_dropped(broker, hub, out)
             # Unsubscribing from what it may subscribe to is allowed.
             assert bolt.unsubscribe(topics.sup_all("bolt"))
             assert edge8.unsubscribe(topics.down_ack("edge-08"))
         finally:
             for s in sessions:
                 s.close()
+
+
+# -- no account can hurt another ------------------------------------------------------------
+
+WORKERS = CONFIG.replace("mqtt: {username: keyop-hub}",
+                         "mqtt:\n  username: keyop-hub\n  worker_accounts: {keyop-hub-2: {}}")
+
+
+def _broker_for(config: HubConfig, out: Path, fmt: str, tmp_path: Path,
+                port: int | None = None) -> PrivateBroker:
+    """A Mosquitto configured only by what `keyop hub acl --format fmt` wrote."""
+    write(config, out, fmt)
+    # `user root` keeps a root-started Mosquitto able to read the 0600 files (see above).
+    extra = (out / "mosquitto.conf").read_text() + "user root\n"
+    return PrivateBroker(port, workdir=tmp_path / "broker", extra_config=extra)
+
+
+def test_each_account_has_its_client_id(tmp_path: Path) -> None:
+    from sync.uplink import UplinkConfig
+
+    found = accounts(parse_config(WORKERS), tmp_path)
+    assert {a.username: a.client_id for a in found} == {**CLIENT_IDS, "keyop-hub-2": "keyop-hub-2"}
+    worker = next(a for a in found if a.username == "keyop-hub-2")
+    assert worker.kind == "hub" and worker.rules == found[0].rules
+    assert worker.secret_file == tmp_path / "secrets" / "hub-keyop-hub-2.secret"
+    # What the edge's uplink really sends.
+    edge = UplinkConfig(host="h", port=1, gateway="edge-07", source="plant1/edge-07")
+    assert edge.client_id == CLIENT_IDS["edge-07"]
+    doc = dynsec.config(credentials(found)[0])
+    assert {c["username"]: c["clientid"] for c in doc["clients"]} == {
+        a.username: a.client_id for a in found}
+    # A client id of two accounts would let one take the other's session.
+    for text, message in (
+            (WORKERS.replace("keyop-hub-2: {}", "keyop-hub-2: {client_id: keyop-hub-1}"),
+             "client id 'keyop-hub-1' is used by two hub accounts"),
+            (WORKERS.replace("keyop-hub-2: {}", "keyop-hub-2: {client_id: acme}"),
+             "client id 'acme' is both a hub and a supplier"),
+            (WORKERS.replace("keyop-hub-2: {}", "bolt: {}"),
+             "broker username 'bolt' is both a hub and a supplier")):
+        with pytest.raises(ConfigError, match=message):
+            accounts(parse_config(text), tmp_path)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("fmt", ["dynsec", "acl-file"])
+def test_no_account_takes_over_another_session(fmt: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _broker_for(parse_config(WORKERS), out, fmt, tmp_path) as broker:
+        hub = _login(broker, out, "hub", "keyop-hub")
+        worker = Session(broker, "keyop-hub-2", _secret(out, "hub", "keyop-hub-2"),
+                         client_id="keyop-hub-2")
+        bolt = _login(broker, out, "supplier", "bolt")
+        edge7 = _login(broker, out, "gateway", "edge-07")
+        victims = [hub, worker, bolt, edge7]
+        attempts = []
+        try:
+            assert all(s.accepted for s in victims)
+            assert hub.subscribe(topics.hub_ingest_subscription("keyop-hub"))
+            assert worker.subscribe(topics.hub_ingest_subscription("keyop-hub"))
+            assert bolt.subscribe(topics.sup_all("bolt"))
+            assert edge7.subscribe(topics.down_ack("edge-07"))
+            # Each account with another's client id: the hub's, another hub worker's, another
+            # supplier's, another gateway's.
+            for kind, name, client_id in (
+                    ("supplier", "acme", "keyop-hub-1"), ("supplier", "acme", "bolt"),
+                    ("gateway", "edge-08", "keyop-hub-1"), ("gateway", "edge-08", "bolt"),
+                    ("gateway", "edge-08", "keyop-edge-edge-07")):
+                session = Session(broker, name, _secret(out, kind, name), client_id=client_id)
+                attempts.append(session)
+                # dynsec refuses the CONNECT; acl-file accepts it under the account's own
+                # username as client id, which is no one else's session.
+                assert session.accepted == (fmt == "acl-file"), (name, client_id)
+            # Every victim still holds its session: each still gets what it is subscribed to
+            # (a closed connection gets nothing) and none was disconnected.
+            for publisher, topic in ((edge7, topics.up_events("edge-07")),
+                                     (edge7, topics.up_events("edge-07")),
+                                     (hub, topics.sup_events("bolt", "WO-2")),
+                                     (hub, topics.down_ack("edge-07"))):
+                assert not publisher.publish(topic, b"still-there").is_failure
+            wait_until(lambda: len(hub.messages) + len(worker.messages) == 2,
+                       "the hub processes' share of the ingest")
+            wait_until(lambda: bool(bolt.messages) and bool(edge7.messages), "deliveries")
+            assert all(s.disconnects == [] for s in victims), [s.disconnects for s in victims]
+            # The account's own client id is accepted in both formats.
+            own = _login(broker, out, "supplier", "acme")
+            attempts.append(own)
+            assert own.accepted
+            # A hub worker with the main hub's client id: refused by dynsec; with acl-file it
+            # becomes the worker's own client id (its username), so only the worker's own
+            # session is replaced, never the main hub's.
+            twin = Session(broker, "keyop-hub-2", _secret(out, "hub", "keyop-hub-2"),
+                           client_id="keyop-hub-1")
+            attempts.append(twin)
+            assert twin.accepted == (fmt == "acl-file")
+            if fmt == "acl-file":
+                wait_until(lambda: bool(worker.disconnects), "the worker's session replaced")
+            assert not edge7.publish(topics.up_events("edge-07"), b"still-there").is_failure
+            wait_until(lambda: len(hub.messages) + len(twin.messages) + len(worker.messages) == 3,
+                       "the ingest share after the twin")
+            assert hub.disconnects == []
+        finally:
+            for s in victims + attempts:
+                s.close()
+
+
+# A supplier or gateway trying to join the hub's share group, by its exact filter or another.
+ROGUE_SHARES = ("$share/keyop-hub/keyop/v1/up/+/events", "$share/keyop-hub/keyop/v1/up/#",
+                "$share/keyop-hub/#", "$share/keyop-hub/keyop/#", "$share/keyop-hub/+/+/+/+/+",
+                "$share/keyop-hub/keyop/v1/up/edge-07/events")
+
+
+def _hub_yaml(out: Path, port: int, db: Path) -> HubConfig:
+    """CONFIG as the real hub runs it: on the broker's port, logging in with its secret."""
+    return parse_config(
+        CONFIG.replace("hub: {id: hub}",
+                       f'hub: {{id: hub, database: "sqlite:///{db}"}}\n'
+                       "api: {enabled: false}\nalerts: {enabled: false}")
+        .replace("mqtt: {username: keyop-hub}",
+                 f"mqtt: {{username: keyop-hub, host: 127.0.0.1, port: {port}, "
+                 f"password_file: \"{out / 'secrets' / 'hub-keyop-hub.secret'}\"}}"))
+
+
+def _maximal_batch(first_seq: int, source: str) -> tuple[bytes, int]:
+    """A CloudEvents batch as the uplink packs it, as close to the 64 KiB cap as events allow."""
+    bodies: list[bytes] = []
+    size = 2
+    while True:
+        body = make_event(first_seq + len(bodies), source=source)
+        if size + len(body) + 1 > MAX_EVENT_BYTES:
+            break
+        bodies.append(body)
+        size += len(body) + 1
+    payload = b"[" + b",".join(bodies) + b"]"
+    assert MAX_EVENT_BYTES - len(bodies[0]) <= len(payload) <= MAX_EVENT_BYTES
+    return payload, len(bodies)
+
+
+@pytest.mark.timeout(120)
+def test_only_the_hub_takes_shares_of_the_ingest(tmp_path: Path) -> None:
+    """dynsec (the default): nobody else joins the hub's share group; the hub stores every
+    packet the gateways sent, a maximal batch included."""
+    from test_hub_identity import HubThread
+
+    out, port = tmp_path / "out", free_port()
+    config = _hub_yaml(out, port, tmp_path / "hub.db")
+    with _broker_for(config, out, "dynsec", tmp_path, port) as broker:
+        acme = _login(broker, out, "supplier", "acme")
+        edge7 = _login(broker, out, "gateway", "edge-07")
+        edge8 = _login(broker, out, "gateway", "edge-08")
+        hub = HubThread(config)
+        try:
+            hub.wait_subscribed()
+            for rogue in (acme, edge8):
+                for share in ROGUE_SHARES:
+                    assert not rogue.subscribe(share), share
+            sent = 0
+            for seq in range(1, 31):
+                for edge, name in ((edge7, "edge-07"), (edge8, "edge-08")):
+                    body = make_event(seq, source=f"plant1/{name}")
+                    assert not edge.publish(topics.up_events(name), body).is_failure
+                    sent += 1
+            batch, count = _maximal_batch(31, "plant1/edge-07")
+            assert not edge7.publish(topics.up_events("edge-07"), batch).is_failure
+            sent += count
+            wait_until(lambda: hub.service.stored == sent, f"the hub storing all {sent}", 30)
+            assert hub.service.dead_letters == 0
+            assert [m for m in acme.messages + edge8.messages if "/up/" in m.topic] == []
+        finally:
+            hub.close()
+            for s in (acme, edge7, edge8):
+                s.close()
+    assert hub.error is None
+    store = Store(config.hub.database)
+    assert store.count_packets() == sent
+    store.close()
+
+
+@pytest.mark.timeout(60)
+def test_acl_file_cannot_keep_others_out_of_the_share_group(tmp_path: Path) -> None:
+    """What README says `acl-file` does not enforce, measured: Mosquitto 2.0.11 grants a
+    supplier the hub's share filter, hands it its turn of the gateways' packets and then does
+    not deliver them (the ACL), to it or to the hub."""
+    out = tmp_path / "out"
+    with _broker_for(parse_config(CONFIG), out, "acl-file", tmp_path) as broker:
+        hub = _login(broker, out, "hub", "keyop-hub")
+        acme = _login(broker, out, "supplier", "acme")
+        edge7 = _login(broker, out, "gateway", "edge-07")
+        try:
+            assert hub.subscribe(topics.hub_ingest_subscription("keyop-hub"))
+            assert hub.subscribe(topics.hub_status_subscription())
+            for share in ROGUE_SHARES:
+                assert acme.subscribe(share), share  # granted: acl_file does not check it
+            for seq in range(1, 31):
+                assert not edge7.publish(topics.up_events("edge-07"),
+                                         make_event(seq)).is_failure
+            # Not shared: it reaches the hub after every event the broker gave the hub.
+            assert not edge7.publish(topics.up_status("edge-07"), b"{}").is_failure
+            wait_until(lambda: topics.up_status("edge-07") in hub.topics(), "the status")
+            events = [t for t in hub.topics() if t == topics.up_events("edge-07")]
+            assert acme.messages == []
+            assert 0 < len(events) < 30, len(events)  # the rest went to acme's turn: lost
+        finally:
+            for s in (hub, acme, edge7):
+                s.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", ["dynsec", "acl-file"])
+def test_the_broker_refuses_payloads_over_the_size_limit(fmt: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert MAX_EVENT_BYTES <= MESSAGE_SIZE_LIMIT < 1024 * 1024
+    with _broker_for(parse_config(CONFIG), out, fmt, tmp_path) as broker:
+        hub = _login(broker, out, "hub", "keyop-hub")
+        acme = _login(broker, out, "supplier", "acme")
+        edge7 = _login(broker, out, "gateway", "edge-07")
+        try:
+            assert hub.subscribe(topics.hub_ingest_subscription("keyop-hub"))
+            assert hub.subscribe(topics.hub_status_subscription())
+            assert acme.subscribe(topics.sup_all("acme"))
+            # Up to the limit passes, both ways.
+            for size in (MAX_EVENT_BYTES, MESSAGE_SIZE_LIMIT):
+                assert not edge7.publish(topics.up_events("edge-07"), b"x" * size).is_failure
+                assert not hub.publish(topics.sup_events("acme", "WO-1"),
+                                       b"y" * size).is_failure
+            # A byte more is dropped. Mosquitto answers with reason 0x95 (packet too large),
+            # which paho 2.2 takes for a malformed PUBACK: it drops the connection.
+            for size in (MESSAGE_SIZE_LIMIT + 1, 1024 * 1024):
+                sender = _login(broker, out, "gateway", "edge-08")
+                info = sender.client.publish(topics.up_events("edge-08"), b"z" * size, qos=1)
+                wait_until(lambda s=sender: bool(s.disconnects), f"{size} bytes refused")
+                sender.client.loop_stop()
+                assert info.mid not in sender.acks
+            assert not edge7.publish(topics.up_status("edge-07"), b"{}").is_failure
+            assert not hub.publish(topics.sup_alerts("acme"), b"{}").is_failure
+            # After every message before them, to the same receiver.
+            wait_until(lambda: topics.up_status("edge-07") in hub.topics()
+                       and topics.sup_alerts("acme") in acme.topics(), "the markers")
+            assert [len(m.payload) for m in hub.messages if m.topic.endswith("/events")] == [
+                MAX_EVENT_BYTES, MESSAGE_SIZE_LIMIT]
+            assert [len(m.payload) for m in acme.messages if m.topic.endswith("/WO-1")] == [
+                MAX_EVENT_BYTES, MESSAGE_SIZE_LIMIT]
+        finally:
+            for s in (hub, acme, edge7):
+                s.close()
+
+
+# -- files and secrets ----------------------------------------------------------------------
+
+def _with_acme_secret(tmp_path: Path, secret: Path) -> Path:
+    path = tmp_path / "hub.yaml"
+    path.write_text(CONFIG.replace("acme: {}", f"acme: {{mqtt_password_file: \"{secret}\"}}"))
+    return path
+
+
+def test_a_reused_secret_file_must_be_private(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "acme.secret"
+    secret.write_text("a-supplier-secret-of-enough-length\n")
+    path = _with_acme_secret(tmp_path, secret)
+    out = tmp_path / "out"
+    for mode in (0o640, 0o604, 0o620, 0o602):  # group or others may read or write it
+        secret.chmod(mode)
+        assert main(path, out) == 2
+        assert f"{secret}: secret file has mode {mode:04o}" in capsys.readouterr().err
+    secret.chmod(0o600)
+    os.chown(secret, 65534, -1)  # someone else's (the tests run as root)
+    assert main(path, out) == 2
+    assert f"{secret}: secret file is owned by uid 65534" in capsys.readouterr().err
+    os.chown(secret, os.geteuid(), -1)
+    # A symbolic link, even to a private file of ours: refused, never followed.
+    link = tmp_path / "link.secret"
+    link.symlink_to(secret)
+    assert main(_with_acme_secret(tmp_path, link), out) == 2
+    assert f"{link}: cannot open secret file (a symbolic link" in capsys.readouterr().err
+    # Nothing was written while refusing; a private regular file is read back.
+    assert not (out / "dynamic-security.json").exists()
+    assert main(_with_acme_secret(tmp_path, secret), out) == 0
+    doc = json.loads((out / "dynamic-security.json").read_text())
+    acme = next(c for c in doc["clients"] if c["username"] == "acme")
+    salt = base64.b64decode(acme["salt"])
+    assert base64.b64decode(acme["password"]) == hashlib.pbkdf2_hmac(
+        "sha512", b"a-supplier-secret-of-enough-length", salt, PBKDF2_ITERATIONS)
+
+
+@pytest.mark.parametrize("fmt", ["dynsec", "acl-file"])
+def test_planted_links_are_never_written_through(fmt: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "secrets").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    # A link where a new secret is to be created, and in place of each output file.
+    (out / "secrets" / "supplier-bolt.secret").symlink_to(victim)
+    outputs = [*OUTPUTS[fmt], "mosquitto.conf", "api-keys.yaml"]
+    for name in outputs:
+        (out / name).symlink_to(victim)
+    config = parse_config(CONFIG)
+    with pytest.raises(ConfigError, match=r"supplier-bolt\.secret: cannot open secret file"):
+        write(config, out, fmt)
+    (out / "secrets" / "supplier-bolt.secret").unlink()
+    write(config, out, fmt)
+    assert victim.read_text() == "untouched\n"
+    for name in outputs:
+        written = out / name
+        assert not written.is_symlink() and written.is_file(), name
+        mode = written.stat().st_mode & 0o777
+        assert mode == (0o644 if name == "mosquitto.conf" else 0o600), (name, oct(mode))
+    # No temporary file is left behind.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_database_password_comes_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "db.password"
+    secret.write_text("s3cret-pw\n")
+    url = "postgresql+psycopg://keyop@db.example:5432/keyop"
+    hub = parse_config(f'hub: {{database: "{url}", database_password_file: "{secret}"}}').hub
+    applied = hub.database_url()
+    assert sa.make_url(applied).password == "s3cret-pw"
+    assert "s3cret-pw" not in sa.make_url(applied).render_as_string()
+    assert hub.database == url  # the config itself never holds it
+    for text, message in (
+            (f'hub: {{database_password_file: "{secret}"}}',
+             r"hub\.database_password_file: SQLite has no password"),
+            (f'hub: {{database: "postgresql://u:pw@h/d", database_password_file: "{secret}"}}',
+             r"hub\.database_password_file: hub\.database already holds a password")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(text)
+    with pytest.raises(ConfigError, match=r"db\.missing: cannot read secret"):
+        parse_config(f'hub: {{database: "{url}", database_password_file: '
+                     f'"{tmp_path / "db.missing"}"}}').hub.database_url()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hub_db_url", ["postgres"], indirect=True)  # SQLite has no password
+def test_the_hub_logs_its_database_without_the_password(
+        hub_db_url: str, broker: PrivateBroker, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from test_hub_identity import HubThread
+
+    secret = tmp_path / "db.password"
+    secret.write_text("never-in-a-log-1234\n")
+    # The test server trusts loopback, so any password connects: what matters is where it shows.
+    config = parse_config(
+        f'hub: {{id: hub, database: "{hub_db_url}", database_password_file: "{secret}"}}\n'
+        "api: {enabled: false}\nalerts: {enabled: false}\n"
+        f"mqtt: {{host: {broker.host}, port: {broker.port}, client_id: keyop-hub-pw}}\n")
+    with caplog.at_level(logging.DEBUG):
+        hub = HubThread(config)
+        try:
+            hub.wait_subscribed()
+            assert hub.service.store is not None
+            assert hub.service.store.url.password == "never-in-a-log-1234"
+        finally:
+            hub.close()
+    assert hub.error is None
+    started = next(r for r in caplog.records if r.getMessage() == "hub started")
+    assert "***" in started.database  # type: ignore[attr-defined]
+    assert not any("never-in-a-log" in str(r.__dict__) for r in caplog.records)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("fmt", ["dynsec", "acl-file"])
+def test_the_real_edge_and_hub_work_with_their_accounts(fmt: str, tmp_path: Path) -> None:
+    """The edge's uplink (client id `keyop-edge-{id}`) and the hub, each logging in with the
+    account `keyop hub acl` made for it: every packet stored and acknowledged."""
+    import asyncio
+
+    from factories import outbox_entry
+    from test_hub_identity import HubThread
+
+    from edge_store import Outbox
+    from sync.uplink import Uplink, UplinkConfig
+
+    out, port = tmp_path / "out", free_port()
+    config = _hub_yaml(out, port, tmp_path / "hub.db")
+    with _broker_for(config, out, fmt, tmp_path, port) as broker:
+        hub = HubThread(config)
+        outbox = Outbox(tmp_path / "outbox.db", "plant1/edge-07")
+        try:
+            hub.wait_subscribed()
+            n = 200
+            outbox.append([outbox_entry(source="plant1/edge-07", good=i) for i in range(n)])
+            uplink_config = UplinkConfig(
+                host=broker.host, port=broker.port, gateway="edge-07", source="plant1/edge-07",
+                username="edge-07", password=_secret(out, "gateway", "edge-07"))
+
+            async def drain() -> bool:
+                uplink = Uplink(uplink_config, outbox)
+                task = asyncio.create_task(uplink.run())
+                try:
+                    return await uplink.wait_acked(n, 30)
+                finally:
+                    await asyncio.wait_for(uplink.stop(), 10)
+                    await task
+
+            assert asyncio.run(drain()), "the hub's acks reached the edge"
+            assert outbox.stats().pending == 0
+            assert hub.service.stored == n
+        finally:
+            outbox.close()
+            hub.close()
+    assert hub.error is None
