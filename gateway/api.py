@@ -3,24 +3,34 @@ its reload.
 
 Bound to 127.0.0.1 unless configured otherwise. Served by uvicorn inside the gateway's own
 event loop; the socket is bound here first so a port in use is a logged error, not an exit.
+
+Every route, /metrics and /api/health included, refuses with 403 a request whose `Host` is
+not a loopback name or address, the bound address or one of `api.allowed_hosts` (DNS
+rebinding), or which carries an `Origin` naming any other host (a web page open in a browser
+on this machine can neither read the API nor POST a reload). With `api.token_file`, every
+request must also carry `Authorization: Bearer <token>` (401 otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 
+from gateway.config import CredentialsError, is_loopback, read_api_token
 from gateway.control import MappingControl
 from gateway.metrics import registry_for
 
@@ -29,8 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-def create_app(gateway: Gateway, control: MappingControl) -> FastAPI:
+
+def create_app(gateway: Gateway, control: MappingControl, token: str | None = None) -> FastAPI:
+    """The API of one gateway; `token`, when given, is required on every request."""
     app = FastAPI(title="keyop gateway", version="0.1.0")
 
     @app.get("/api/health")
@@ -74,7 +90,65 @@ def create_app(gateway: Gateway, control: MappingControl) -> FastAPI:
         result = await control.reload()
         return JSONResponse(result.as_json(), status_code=200 if result.ok else 422)
 
+    settings = gateway.config.settings.api
+    app.add_middleware(LocalGuard, hosts=allowed_hosts(settings.host, settings.allowed_hosts),
+                       token=token)
     return app
+
+
+def allowed_hosts(bound: str, configured: Iterable[str]) -> frozenset[str]:
+    """The names a request may give in `Host`/`Origin` besides loopback ones: the bound address
+    (unless it is a wildcard) and the configured names, lowercase."""
+    names = {name.lower().strip("[]") for name in configured}
+    if bound not in ("0.0.0.0", "::", ""):
+        names.add(bound.lower().strip("[]"))
+    return frozenset(names)
+
+
+def _host_of(value: str) -> str:
+    """`example:8471` -> `example`; `[::1]:8471` -> `::1`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+class LocalGuard:
+    """Refuses requests by `Host`, `Origin` and bearer token before any route runs."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str], token: str | None) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.token = token.encode() if token is not None else None
+
+    def _allowed(self, host: str) -> bool:
+        return bool(host) and (host in self.hosts or is_loopback(host))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal: tuple[int, str] | None = None
+        origin = headers.get("origin")
+        if not self._allowed(_host_of(headers.get("host", ""))):
+            refusal = (403, "Host: not a name of this gateway's API (api.allowed_hosts)")
+        elif origin is not None and not self._allowed(urlsplit(origin).hostname or ""):
+            refusal = (403, "Origin: requests from other sites are refused")
+        elif self.token is not None and not self._token_ok(headers.get("authorization", "")):
+            refusal = (401, "Authorization: Bearer <api.token_file token> required")
+        if refusal is not None:
+            extra = {"WWW-Authenticate": "Bearer"} if refusal[0] == 401 else None
+            await JSONResponse({"detail": refusal[1]}, status_code=refusal[0],
+                               headers=extra)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _token_ok(self, authorization: str) -> bool:
+        assert self.token is not None
+        scheme, _, given = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -106,9 +180,16 @@ def start_local_api(gateway: Gateway) -> LocalApi:
         log.error("local API not started: cannot bind", extra={
             "host": settings.host, "port": settings.port, "error": str(error)})
         return LocalApi(None, None)
+    try:
+        token = read_api_token(gateway.config)
+    except CredentialsError as error:
+        sock.close()
+        log.error("local API not started: %s", error)
+        return LocalApi(None, None)
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(create_app(gateway, gateway.control), log_level="warning",
-                            access_log=False, lifespan="off")
+    # No proxy in front of this API: X-Forwarded-For is never believed.
+    config = uvicorn.Config(create_app(gateway, gateway.control, token), log_level="warning",
+                            access_log=False, lifespan="off", proxy_headers=False)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="local-api")
     log.info("local API listening", extra={"host": settings.host, "port": port})

@@ -6,13 +6,21 @@ person at a shell get the same files.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mapping import yamlsrc
 from mapping.errors import MappingError
@@ -99,12 +107,41 @@ class CredentialsError(ValueError):
     """A configured credential source (env variable or file) is missing or unreadable."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or Host name stays on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ApiSettings(_Strict):
-    """The gateway's local HTTP API (health, status, mapping check and reload)."""
+    """The gateway's local HTTP API (health, status, metrics, mapping check and reload).
+
+    Every request must name an allowed `Host` (loopback, the bound address or `allowed_hosts`)
+    and carry no `Origin` of another host; with `token_file`, also the bearer token.
+    """
 
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
     port: int = Field(default=8471, ge=0, le=65535, description="0 picks a free port")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="other names the API may be called by (Host and Origin), e.g. the "
+        "gateway's DNS name")
+    token_file: str | None = Field(
+        default=None,
+        description="file holding a bearer token every request must carry; required when "
+        "`host` is not loopback")
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> ApiSettings:
+        if self.enabled and self.token_file is None and not is_loopback(self.host):
+            raise ValueError(f"token_file: required when host {self.host!r} is not loopback "
+                             "(anyone on the network could reload the mapping)")
+        return self
 
 
 class GatewaySettings(_Strict):
@@ -170,6 +207,23 @@ class GatewayConfig:
             raise CredentialsError("mqtt: a password is configured but no username "
                                    "(username or username_env)")
         return username, password
+
+
+def read_api_token(config: GatewayConfig) -> str | None:
+    """The local API's bearer token (`api.token_file`, first line), or None when not set.
+    Raises `CredentialsError` naming the field when the file is unreadable or too short."""
+    name = config.settings.api.token_file
+    if name is None:
+        return None
+    path = config.resolve(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise CredentialsError(f"api.token_file: cannot read {path}: {error.strerror}") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(token) < 16:
+        raise CredentialsError(f"api.token_file: {path}: token is shorter than 16 characters")
+    return token
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from hub.api import ApiContext, create_app
 from hub.config import ApiSection
@@ -24,6 +25,15 @@ class _Server(uvicorn.Server):
         yield
 
 
+def uvicorn_config(app: FastAPI, config: ApiSection) -> uvicorn.Config:
+    """How uvicorn serves the API. `X-Forwarded-For` is believed only from `trusted_proxies`
+    (uvicorn would trust 127.0.0.1 by default): otherwise the client is the socket peer."""
+    proxies = config.trusted_proxies
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                          proxy_headers=bool(proxies),
+                          forwarded_allow_ips=list(proxies) if proxies else [])
+
+
 class ApiServer:
     """Binds first (so the port is known, and a taken port is reported), then serves."""
 
@@ -33,6 +43,7 @@ class ApiServer:
         self.port: int | None = None
         self._socket: socket.socket | None = None
         self._server: _Server | None = None
+        self._app: FastAPI | None = None
 
     async def start(self) -> bool:
         """Bind the listening socket; False (logged at ERROR) when the address is taken.
@@ -53,21 +64,24 @@ class ApiServer:
         sock.setblocking(False)
         self._socket = sock
         self.port = int(sock.getsockname()[1])
-        app = create_app(self.context)
-        self._server = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                              lifespan="off"))
+        self._app = app = create_app(self.context)
+        self._server = _Server(uvicorn_config(app, self.config))
         log.info("hub API listening", extra={"host": self.config.host, "port": self.port})
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        assert self._server is not None and self._socket is not None
+        assert self._server is not None and self._socket is not None and self._app is not None
         server = self._server
         serving = asyncio.create_task(server.serve(sockets=[self._socket]))
         await stop.wait()
         server.should_exit = True
         # Open SSE streams end at their next poll; do not wait on them for long.
         try:
-            await asyncio.wait_for(serving, 5.0)
+            await asyncio.wait_for(asyncio.shield(serving), 5.0)
         except TimeoutError:
             server.force_exit = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(serving, 5.0)
+        # A forced exit skips the lifespan's shutdown: write the last audit rows here too.
+        await self._app.state.audit.close()
         self._socket.close()

@@ -12,9 +12,11 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from test_hub_service import wait_until
 from test_hub_store import incoming
 
 from hub.api import ApiContext, create_app
+from hub.api.audit import AuditBuffer
 from hub.config import HubConfig, hash_key, parse_config
 from hub.store import Store
 
@@ -43,7 +45,8 @@ def make_config(tmp_path: Path, db_url: str) -> tuple[HubConfig, dict[str, str]]
     (tmp_path / "admin.key").write_text(keys["admin"])
     config = parse_config(f"""
 hub: {{database: "{db_url}"}}
-api: {{port: 0, max_limit: 50, admin_key_file: "{tmp_path / 'admin.key'}"}}
+api: {{port: 0, max_limit: 50, admin_key_file: "{tmp_path / 'admin.key'}",
+      rate_per_s: 100000, burst: 100000, audit_flush_s: 0.05}}
 suppliers:
   acme: {{api_key_file: "{tmp_path / 'acme.key'}",
          station_names: {{plant1/body/line-3/welder-2: "Welding cell 2"}}}}
@@ -229,16 +232,58 @@ def test_admin_assigns_an_order_to_a_supplier(api: Api) -> None:
     assert api.get("acme", "/v1/orders/WO-1002").status_code == 404
 
 
-def test_every_read_is_audited_refused_ones_included(api: Api) -> None:
+def _audited(store: Store, skip: int) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """(supplier, path, status, query) -> (rows, requests) of the audit log past `skip` rows."""
+    found: dict[tuple[Any, ...], tuple[int, int]] = {}
+    for r in store.list_audit()[skip:]:
+        assert r.at > 0 and r.method == "GET" and r.client
+        rows, requests = found.get((r.supplier, r.path, r.status, r.query), (0, 0))
+        found[(r.supplier, r.path, r.status, r.query)] = (rows + 1, requests + r.count)
+    return found
+
+
+def test_every_read_is_audited_refused_ones_aggregated(api: Api) -> None:
+    before = len(api.store.list_audit())
     api.get("acme", "/v1/orders")
     api.get("bolt", "/v1/orders/WO-1001")
-    api.get(None, "/v1/events", after=3)
-    rows = api.store.list_audit()
-    assert [(r.supplier, r.path, r.status) for r in rows[-3:]] == [
-        ("acme", "/v1/orders", 200), ("bolt", "/v1/orders/WO-1001", 404),
-        (None, "/v1/events", 401)]
-    assert rows[-1].query == "after=3" and rows[-1].method == "GET"
-    assert all(r.at > 0 for r in rows)
+    for after in range(20):
+        api.get(None, "/v1/events", after=after)
+    api.client.get("/v1/events", headers={"Authorization": "Bearer not-a-key"})
+    missing = "refused: credentials required (Authorization: Bearer <API key>)"
+    wait_until(lambda: _audited(api.store, before).get(
+        (None, "/v1/events", 401, missing), (0, 0))[1] == 20, "the audit rows written")
+    found = _audited(api.store, before)
+    assert set(found) == {("acme", "/v1/orders", 200, ""), ("bolt", "/v1/orders/WO-1001", 404, ""),
+                          (None, "/v1/events", 401, missing),
+                          (None, "/v1/events", 401, "refused: unknown API key")}
+    assert found[("acme", "/v1/orders", 200, "")] == (1, 1)
+    assert found[(None, "/v1/events", 401, "refused: unknown API key")] == (1, 1)
+    # Refusals are counted in one row per (client, path, reason) and interval (0.05 s here),
+    # not one row each.
+    rows, requests = found[(None, "/v1/events", 401, missing)]
+    assert requests == 20 and rows < 20
+
+
+def test_audit_rows_are_aggregated_and_written_in_batches(api: Api) -> None:
+    context = api.client.app.state.context  # type: ignore[attr-defined]
+    buffer = AuditBuffer(context)  # no periodic writer: writes happen on flush only
+    before = len(api.store.list_audit())
+    entry = {"at": 1.0, "supplier": None, "method": "GET", "path": "/v1/orders", "query": "x",
+             "status": 401, "client": "192.0.2.1", "count": 1}
+
+    async def fill() -> None:
+        for _ in range(500):
+            await buffer.add_refusal(dict(entry), "unknown API key")
+        await buffer.add_refusal({**entry, "client": "192.0.2.2"}, "unknown API key")
+        await buffer.add({**entry, "status": 200, "supplier": "acme"})
+        assert len(api.store.list_audit()) == before  # nothing written yet
+        await buffer.flush()
+
+    api.client.portal.call(fill)  # type: ignore[union-attr]
+    rows = api.store.list_audit()[before:]
+    assert sorted((r.client, r.status, r.count, r.query) for r in rows) == [
+        ("192.0.2.1", 200, 1, "x"), ("192.0.2.1", 401, 500, "refused: unknown API key"),
+        ("192.0.2.2", 401, 1, "refused: unknown API key")]
 
 
 def test_openapi_docs(api: Api) -> None:

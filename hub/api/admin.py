@@ -25,8 +25,8 @@ class Assignment(BaseModel):
 
 
 @router.put("/orders/{order}/assignment", summary="assign a work order to suppliers")
-def put_assignment(request: Request, _who: Annotated[str, Depends(admin)], order: OrderId,
-                   body: Assignment) -> dict[str, Any]:
+async def put_assignment(request: Request, _who: Annotated[str, Depends(admin)],
+                         order: OrderId, body: Assignment) -> dict[str, Any]:
     context = _context(request)
     unknown = sorted(set(body.suppliers) - set(context.config.suppliers))
     if unknown:
@@ -34,7 +34,7 @@ def put_assignment(request: Request, _who: Annotated[str, Depends(admin)], order
     if body.due is not None and body.due.tzinfo is None:
         raise HTTPException(status_code=422, detail="due: needs a time zone (e.g. Z)")
     due = body.due.timestamp() if body.due is not None else None
-    context.store.set_assignment(order, body.suppliers, due)
-    context.reload()
+    await context.run(context.store.set_assignment, order, body.suppliers, due)
+    await context.run(context.reload)
     return {"workOrder": order, "suppliers": sorted(set(body.suppliers)),
             "due": None if body.due is None else body.due.isoformat()}

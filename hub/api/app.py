@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from hub.api import admin, events, metrics, orders
-from hub.api.auth import AuditMiddleware, Keys
+from hub.api.audit import AuditBuffer, AuditMiddleware
+from hub.api.auth import Keys
 from hub.api.context import ApiContext
+from hub.api.guard import GuardMiddleware
+from hub.api.limits import Limits
 
 
 def create_app(context: ApiContext) -> FastAPI:
-    """The supplier API over one hub's store. Raises ConfigError when a key file is unreadable."""
+    """The supplier API over one hub's store. Raises ConfigError when a key file is unreadable
+    or two accounts share a key."""
+    keys = Keys(context.config)
+    audit = AuditBuffer(context)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        audit.start()
+        try:
+            yield
+        finally:
+            await audit.close()
+
     app = FastAPI(
         title="keyop hub supplier API",
         version="1",
@@ -18,12 +36,22 @@ def create_app(context: ApiContext) -> FastAPI:
             "Each supplier sees the work orders and events that concern it, redacted exactly "
             "as on MQTT. Authenticate with `Authorization: Bearer <API key>`."
         ),
+        lifespan=lifespan,
     )
     app.state.context = context
-    app.state.keys = Keys(context.config)
+    app.state.keys = keys
+    app.state.audit = audit
+    api = context.config.api
+    app.state.limits = limits = Limits(api.rate_per_s, api.burst, api.max_streams_per_key)
     app.include_router(orders.router)
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
-    app.add_middleware(AuditMiddleware, context=context)
+    public = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    # Starlette runs the middleware added last first: audit, then the guard, then the routes.
+    app.add_middleware(GuardMiddleware, keys=keys, limits=limits,
+                       max_body_bytes=api.max_body_bytes,
+                       public=frozenset(p for p in public if p),
+                       streams=frozenset({"/v1/stream"}))
+    app.add_middleware(AuditMiddleware, buffer=audit)
     return app

@@ -1,47 +1,51 @@
 """API credentials: per-supplier API keys (Bearer), stored as hashes; an admin key for the
-hub's own operations. Every request is audited, refused ones included."""
+hub's own operations. hub/api/guard.py checks them on every request; routes depend on
+`supplier` or `admin`."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import logging
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hub.api.context import ApiContext
-from hub.config import HubConfig, hash_key, read_secret
-
-log = logging.getLogger(__name__)
+from hub.config import ConfigError, HubConfig, hash_key, read_secret
 
 ADMIN = "*admin*"  # never a supplier id (ids match ^[a-z0-9][a-z0-9-]*$)
 
 _bearer = HTTPBearer(auto_error=False, description="the supplier's API key")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 class Keys:
-    """Key hash -> principal (a supplier id, or ADMIN)."""
+    """Key hash -> principal (a supplier id, or ADMIN).
+
+    Raises ConfigError when two accounts have the same key (naming both): a key must say who
+    is calling, and a supplier must never hold the admin's.
+    """
 
     def __init__(self, config: HubConfig) -> None:
         self._by_hash: dict[str, str] = {}
+        where: dict[str, str] = {}
+        found: list[tuple[str, str, str]] = []  # (digest, principal, config field)
         for name, supplier in config.suppliers.items():
-            for digest in supplier.key_hashes():
-                self._by_hash[digest] = name
-        admin = [config.api.admin_key_hash] if config.api.admin_key_hash else []
+            if supplier.api_key_hash:
+                found.append((supplier.api_key_hash, name, f"suppliers.{name}.api_key_hash"))
+            if supplier.api_key_file:
+                found.append((hash_key(read_secret(supplier.api_key_file)), name,
+                              f"suppliers.{name}.api_key_file"))
+        if config.api.admin_key_hash:
+            found.append((config.api.admin_key_hash, ADMIN, "api.admin_key_hash"))
         if config.api.admin_key_file:
-            admin.append(hash_key(read_secret(config.api.admin_key_file)))
-        for digest in admin:
-            self._by_hash[digest] = ADMIN
+            found.append((hash_key(read_secret(config.api.admin_key_file)), ADMIN,
+                          "api.admin_key_file"))
+        for digest, who, field in found:
+            other = self._by_hash.get(digest)
+            if other is not None and other != who:
+                raise ConfigError(f"{where[digest]} and {field}: the same API key for two "
+                                  "accounts (give each account its own key)")
+            self._by_hash[digest] = who
+            where.setdefault(digest, field)
 
     def principal(self, key: str) -> str | None:
         digest = hash_key(key)
@@ -57,80 +61,25 @@ def _unauthorized(detail: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-def principal(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-              ) -> str:
-    """Who is calling: 401 without a known key."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("credentials required (Authorization: Bearer <API key>)")
-    keys: Keys = request.app.state.keys
-    found = keys.principal(credentials.credentials)
+async def principal(request: Request,
+                    _credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                            Depends(_bearer)]) -> str:
+    """Who is calling, as hub/api/guard.py found before the body was read (the dependency
+    on the bearer scheme documents it in OpenAPI)."""
+    found = getattr(request.state, "principal", None)
     if found is None:
-        raise _unauthorized("unknown API key")
-    request.state.principal = found
-    return found
+        raise _unauthorized("credentials required (Authorization: Bearer <API key>)")
+    return str(found)
 
 
-def supplier(who: Annotated[str, Depends(principal)]) -> str:
+async def supplier(who: Annotated[str, Depends(principal)]) -> str:
     """The calling supplier; the admin key is not a supplier (403)."""
     if who == ADMIN:
         raise HTTPException(status_code=403, detail="the admin key reads no supplier data")
     return who
 
 
-def admin(who: Annotated[str, Depends(principal)]) -> str:
+async def admin(who: Annotated[str, Depends(principal)]) -> str:
     if who != ADMIN:
         raise HTTPException(status_code=403, detail="admin key required")
     return who
-
-
-def _clean(text: str, size: int) -> str:
-    """Text as the audit log can keep it: PostgreSQL refuses NUL, and lone surrogates are not
-    UTF-8; both are written escaped."""
-    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-    return text[:size]
-
-
-class AuditMiddleware:
-    """Writes one audit row per HTTP request when its response starts (so a long SSE stream
-    is recorded when it opens): who, method, path, query, status, client."""
-
-    def __init__(self, app: ASGIApp, context: ApiContext) -> None:
-        self.app = app
-        self.context = context
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        done = False
-
-        async def record(status: int) -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            client = scope.get("client") or ("", 0)
-            entry = {
-                "at": time.time(),
-                "supplier": state.get("principal"),
-                "method": _clean(str(scope.get("method", "")), 8),
-                "path": _clean(str(scope.get("path", "")), 1024),
-                "query": _clean(scope.get("query_string", b"").decode("latin-1"), 1024),
-                "status": status,
-                "client": _clean(str(client[0]), 64),
-            }
-            # The audit row is written before the answer leaves: no read goes unrecorded.
-            await asyncio.to_thread(self.context.store.audit, [entry])
-
-        async def audited_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                await record(int(message["status"]))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, audited_send)
-        except Exception:
-            await record(500)
-            raise

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -18,9 +17,10 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", summary="Prometheus metrics (admin key)",
             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request, _who: Annotated[str, Depends(admin)]) -> Response:
-    registry = _context(request).metrics
+    context = _context(request)
+    registry = context.metrics
     if registry is None:
         raise HTTPException(status_code=503, detail="metrics not available yet")
-    # Collecting reads the store: off the event loop.
-    body = await asyncio.to_thread(generate_latest, registry)
+    # Collecting reads the store: off the event loop, on the API's threads.
+    body = await context.run(generate_latest, registry)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)

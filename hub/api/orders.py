@@ -32,7 +32,7 @@ def _limit(request: Request, limit: int | None) -> int:
 
 
 @router.get("", summary="the supplier's work orders, one page")
-def list_orders(
+async def list_orders(
     request: Request,
     who: Annotated[str, Depends(supplier)],
     after: Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
@@ -40,13 +40,14 @@ def list_orders(
     limit: Annotated[int | None, Query(ge=1, description="page size (default 100, at most "
                                                          "api.max_limit)")] = None,
 ) -> dict[str, Any]:
-    found, following = _context(request).orders_of(who, after, _limit(request, limit))
+    context = _context(request)
+    found, following = await context.run(context.orders_of, who, after, _limit(request, limit))
     return {"orders": found, "next": following}
 
 
-def _order(request: Request, who: str, order: str) -> dict[str, Any]:
+async def _order(request: Request, who: str, order: str) -> dict[str, Any]:
     context = _context(request)
-    operations = context.order(who, order)
+    operations = await context.run(context.order, who, order)
     if not operations:
         # The same answer whether the order does not exist or concerns someone else.
         raise HTTPException(status_code=404, detail="no such work order")
@@ -54,12 +55,12 @@ def _order(request: Request, who: str, order: str) -> dict[str, Any]:
 
 
 @router.get("/{order}", summary="one work order and its operations")
-def get_order(request: Request, who: Annotated[str, Depends(supplier)],
-              order: OrderId) -> dict[str, Any]:
-    return _order(request, who, order)
+async def get_order(request: Request, who: Annotated[str, Depends(supplier)],
+                    order: OrderId) -> dict[str, Any]:
+    return await _order(request, who, order)
 
 
 @router.get("/{order}/operations", summary="the operations of one work order")
-def get_operations(request: Request, who: Annotated[str, Depends(supplier)],
-                   order: OrderId) -> dict[str, Any]:
-    return {"operations": _order(request, who, order)["operations"]}
+async def get_operations(request: Request, who: Annotated[str, Depends(supplier)],
+                         order: OrderId) -> dict[str, Any]:
+    return {"operations": (await _order(request, who, order))["operations"]}
