@@ -45,6 +45,8 @@ def setup_logging(level: str = "INFO", stream: object = None) -> None:
     # while pymodbus repeats a line on every reconnect attempt and every timeout.
     quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
     logging.getLogger("asyncua").setLevel(quiet)
+    # APScheduler logs every run of every job at INFO ("Running job ...").
+    logging.getLogger("apscheduler").setLevel(quiet)
     logging.getLogger("pymodbus").setLevel(
         logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL
     )

@@ -15,6 +15,12 @@ supplier differs from the last one (raised, then cleared); it is then readable o
 `keyop/v1/sup/{supplier}/alerts` (QoS 1, marked published on the broker's PUBACK, retried at
 the next evaluation otherwise) and at `GET /v1/alerts`. An alert is a v1 packet whose source is
 the hub (`hub/{hub id}`) and whose sequence is its row number in the hub's database.
+
+One odd stored row (a planned quantity of 2^63-1, customer orders that are not JSON, a due time
+beyond year 9999) never stops the evaluation: that operation, or that supplier's view of it, is
+skipped with a rate-limited WARNING naming the work order, the operation and the reason, and
+the others are evaluated as usual. A completion estimate beyond year 9999 counts as "does not
+finish at the current rate". An alert row that cannot be published is skipped the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -34,7 +41,9 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.api.context import ApiContext
+from hub.badrows import BAD_ROW, printable_time, reason
 from hub.config import HubConfig
+from hub.log_throttle import RepeatedWarnings
 from hub.store import Store
 from sync import topics
 from sync.packet import format_sequence, format_time
@@ -54,20 +63,27 @@ class Estimate:
     """What the evaluation found for one operation."""
 
     rate_per_s: float
-    completion: float | None  # None: never, at the current rate
+    completion: float | None  # None: never at the current rate (or not before year 9999)
     stalled: bool
     delay_risk: bool
 
 
 def estimate(points: list[tuple[float, int]], planned: int | None, good: int,
              due: float | None, margin_s: float, stalled: bool) -> Estimate:
-    """The completion estimate of one operation from its (event time, good) points."""
+    """The completion estimate of one operation from its (event time, good) points.
+
+    Points whose time is not a printable time are left out; a rate that is not finite counts
+    as no progress; a completion beyond year 9999 (planned 1e18, a rate of 1e-300) as never.
+    """
+    points = [p for p in points if printable_time(p[0])]
     rate = 0.0
     if len(points) >= 2:
         times = np.array([p[0] for p in points], dtype=float)
         goods = np.array([p[1] for p in points], dtype=float)
         if float(times[-1] - times[0]) > 0:
             rate = float(np.polyfit(times - times[0], goods, 1)[0])
+    if not math.isfinite(rate):
+        rate = 0.0
     completion: float | None = None
     if planned is not None and points:
         remaining = max(planned - good, 0)
@@ -75,6 +91,8 @@ def estimate(points: list[tuple[float, int]], planned: int | None, good: int,
             completion = points[-1][0]
         elif rate > 0:
             completion = points[-1][0] + remaining / rate
+        if completion is not None and not printable_time(completion):
+            completion = None
     risk = (due is not None and planned is not None and good < planned
             and (completion is None or completion > due + margin_s))
     return Estimate(rate, completion, stalled, risk)
@@ -89,40 +107,79 @@ class Alerts:
         self.context = context
         self.holder = f"{config.hub.id}:alerts:{uuid.uuid4().hex[:12]}"
         self.raised = 0
+        # Evaluations completed, and operations (or one supplier's view of one) skipped for a
+        # bad stored value (metrics, tests).
+        self.evaluations = 0
+        self.skipped = 0
+        self._warnings = RepeatedWarnings(log, window_s=300.0)
 
     def evaluate(self, now: float | None = None) -> int:
         """Write one alert row per status change; returns how many were written."""
         now = time.time() if now is None else now
-        settings = self.config.alerts
         status = self.store.alert_status()
         rows: list[dict[str, Any]] = []
         open_keys: set[tuple[str, str]] = set()
         for state in self.store.open_states():
             key = (state.work_order, state.operation)
             open_keys.add(key)
-            points = self.store.progress_points(*key, settings.window)
-            due = self.context.due(state.work_order)
-            stalled = state.state == "Running" and now - state.received_at > settings.stall_after_s
-            found = estimate(points, state.planned, state.good, due, settings.margin_s, stalled)
+            try:
+                found, due = self._estimate(state, now)
+            except BAD_ROW as error:
+                self._skip(state.work_order, state.operation, None, error)
+                continue
             active = {"delay_risk": found.delay_risk, "stalled": found.stalled}
             for supplier in self.config.suppliers:
-                if not self.context.visible_state(supplier, state):
-                    continue
-                for kind in KINDS:
-                    if status.get((*key, kind, supplier), False) != active[kind]:
-                        rows.append(self._row(state, supplier, kind, active[kind], found, due,
-                                              now))
+                try:
+                    if not self.context.visible_state(supplier, state):
+                        continue
+                    # All of this supplier's rows, or none of them.
+                    made = [self._row(state, supplier, kind, active[kind], found, due, now)
+                            for kind in KINDS
+                            if status.get((*key, kind, supplier), False) != active[kind]]
+                    rows.extend(made)
+                except BAD_ROW as error:
+                    self._skip(state.work_order, state.operation, supplier, error)
         # Operations that closed clear whatever was raised for them.
         for (work_order, operation, kind, supplier), was in status.items():
             if was and (work_order, operation) not in open_keys:
                 closed = self.store.states([(work_order, operation)]).get(
                     (work_order, operation))
-                if closed is not None:
+                if closed is None:
+                    continue
+                try:
                     rows.append(self._row(closed, supplier, kind, False, None, None, now))
+                except BAD_ROW as error:
+                    self._skip(work_order, operation, supplier, error)
         if rows:
             self.store.add_alerts(rows)
             self.raised += sum(1 for r in rows if r["active"])
+        self.evaluations += 1
         return len(rows)
+
+    def _estimate(self, state: Any, now: float) -> tuple[Estimate, float | None]:
+        """One open operation's estimate and the due time it was compared with."""
+        settings = self.config.alerts
+        due = self.context.due(state.work_order)
+        if due is not None and not printable_time(due):
+            self._warnings.warning(
+                f"due:{state.work_order}",
+                "delay alerts: work order %s: due time %r is not a time the hub can print; "
+                "only stalls are evaluated", state.work_order, due,
+                extra={"work_order": state.work_order})
+            due = None
+        points = self.store.progress_points(state.work_order, state.operation, settings.window)
+        stalled = state.state == "Running" and now - state.received_at > settings.stall_after_s
+        return estimate(points, state.planned, state.good, due, settings.margin_s, stalled), due
+
+    def _skip(self, work_order: str, operation: str, supplier: str | None,
+              error: Exception) -> None:
+        self.skipped += 1
+        whom = f" for supplier {supplier}" if supplier else ""
+        self._warnings.warning(
+            f"skip:{work_order}/{operation}/{supplier or ''}",
+            "delay alerts: work order %s operation %s skipped%s: %s",
+            work_order, operation, whom, reason(error),
+            extra={"work_order": work_order, "operation": operation, "supplier": supplier})
 
     def _row(self, state: Any, supplier: str, kind: str, active: bool,
              found: Estimate | None, due: float | None, now: float) -> dict[str, Any]:
@@ -153,15 +210,26 @@ class Alerts:
         }
         return {"work_order": state.work_order, "operation": state.operation, "kind": kind,
                 "supplier": supplier, "active": active, "at": now, "published": False,
-                "body": json.dumps(event, separators=(",", ":"))}
+                # allow_nan=False: a value that is not finite is refused here (ValueError),
+                # never stored as JSON no reader accepts.
+                "body": json.dumps(event, separators=(",", ":"), allow_nan=False)}
 
     async def publish_pending(self, publish: Publish, timeout_s: float = 10.0) -> int:
         """Publish alerts not yet acknowledged by the broker; mark those PUBACKed."""
         pending = await asyncio.to_thread(self.store.unpublished_alerts)
         sent: list[tuple[int, asyncio.Future[None]]] = []
         for row in pending:
-            sent.append((row.pk, publish(topics.sup_alerts(row.supplier),
-                                         packet_of(row.pk, row.body))))
+            try:
+                topic, payload = topics.sup_alerts(row.supplier), packet_of(row.pk, row.body)
+            except BAD_ROW as error:
+                # Left unpublished (readable as it is in the database), tried again next time.
+                self._warnings.warning(
+                    f"publish:{row.pk}", "delay alert %d (work order %s operation %s) not "
+                    "published: %s", row.pk, row.work_order, row.operation, reason(error),
+                    extra={"alert": row.pk, "work_order": row.work_order,
+                           "operation": row.operation})
+                continue
+            sent.append((row.pk, publish(topic, payload)))
         if sent:
             await asyncio.wait([f for _, f in sent], timeout=timeout_s)
         done = [pk for pk, f in sent
@@ -206,6 +274,8 @@ def new_ulid(at: float) -> str:
 def packet_of(pk: int, body: str) -> bytes:
     """An alert row's packet, its sequence filled in from the row number."""
     event = json.loads(body)
+    if not isinstance(event, dict):
+        raise TypeError(f"alert body is a JSON {type(event).__name__}, not an object")
     event["sequence"] = format_sequence(pk)
     return json.dumps(event, separators=(",", ":")).encode()
 
@@ -216,6 +286,9 @@ def _text(kind: str, active: bool, found: Estimate | None, due: float | None) ->
     if kind == "stalled":
         return "no progress heard from the operation"
     if found is None or found.completion is None:
-        return f"no progress: cannot finish by {format_time(due) if due else 'its due time'}"
+        when = format_time(due) if due else "its due time"
+        if found is not None and found.rate_per_s > 0:
+            return f"at the current rate it cannot finish by {when}"
+        return f"no progress: cannot finish by {when}"
     return (f"estimated completion {format_time(found.completion)} is after the due time "
             f"{format_time(due) if due else ''}")

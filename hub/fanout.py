@@ -26,6 +26,7 @@ read through the API's cursor feed (`GET /v1/events?after=0`), not pushed at it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -37,9 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub import routing
+from hub.badrows import BAD_ROW, reason
 from hub.config import HubConfig
+from hub.log_throttle import RepeatedWarnings
 from hub.mqtt import HubMqtt
 from hub.mqtt_properties import packed_properties
 from hub.state import CLOSED_STATES, state_document
@@ -110,6 +114,9 @@ class FanOut:
         self.published = 0
         self.failed = 0
         self.packets = 0
+        # Stored rows skipped for every supplier: a body that cannot be parsed or routed.
+        self.skipped = 0
+        self._warnings = RepeatedWarnings(log, window_s=300.0)
         self._wake = asyncio.Event()
         self._lease_until = 0.0
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -160,7 +167,10 @@ class FanOut:
         finally:
             await self._save_cursors(force=True)
             if self._lease_until:
-                await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
+                # Forgotten first: a restarted run must take the lease again, not trust it.
+                self._lease_until = 0.0
+                with contextlib.suppress(SQLAlchemyError):  # it expires by itself
+                    await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
 
     async def _lease(self) -> bool:
         """Hold (or renew) the fan-out lease; renewed when a third of it has gone."""
@@ -237,17 +247,25 @@ class FanOut:
     async def _send(self, rows: list[StoredPacket], cursors: dict[str, int]) -> _Step:
         """Route and publish one batch (without waiting for PUBACKs)."""
         step = _Step(rows[-1].pk, {s: [] for s in self.config.suppliers})
-        recent = self._recent
-        events = [recent.pop(row.pk, None) or pydantic_core.from_json(row.body) for row in rows]
         pairs = {(r.work_order, r.operation) for r in rows
                  if r.work_order and r.operation and r.type.startswith("keyop.operation.")}
         states = await asyncio.to_thread(self.store.states, pairs) if pairs else {}
         router = self.router()
         # Suppliers that take CloudEvents batches: (supplier, work order) -> [(pk, seq, json)].
         grouped: dict[tuple[str, str], list[tuple[int, str, bytes]]] = {}
-        for row, event in zip(rows, events, strict=True):
-            concerned = [s for s in router.suppliers_for(event) if row.pk > cursors[s]]
-            if not concerned:
+        for row in rows:
+            try:
+                event, copies = self._copies(row, router, cursors)
+            except BAD_ROW as error:
+                # Skipped for every supplier (the cursors move past it): one unreadable row
+                # must not hold up the fan-out for everyone.
+                self.skipped += 1
+                self._warnings.warning(
+                    f"skip:{type(error).__name__}", "fan-out: stored packet %d (%s) skipped "
+                    "for every supplier: %s", row.pk, row.id, reason(error),
+                    extra={"pk": row.pk, "id": row.id})
+                continue
+            if not copies:
                 continue
             sequence = str(event.get("sequence", ""))
             props: Any = None
@@ -255,22 +273,29 @@ class FanOut:
             # Only the newest event of the operation sets the retained state, whatever the
             # arrival order (guarantee 6).
             latest = state is not None and state.last_pk == row.pk
-            for supplier in concerned:
+            for supplier, copy in copies.items():
                 sent = step.sent[supplier]
                 rules = self.config.suppliers[supplier]
                 if rules.batch:
                     grouped.setdefault((supplier, row.work_order or ""), []).append(
-                        (row.pk, sequence, routing.redact(event, rules)))
+                        (row.pk, sequence, copy))
                 else:
                     if props is None:
                         props = packed_properties(
                             CONTENT_TYPE,
                             [("id", row.id), ("type", row.type), ("sequence", sequence)])
                     sent.append((row.pk, self.mqtt.publish(
-                        _events_topic(supplier, row.work_order or ""),
-                        routing.redact(event, rules), properties=props)))
+                        _events_topic(supplier, row.work_order or ""), copy,
+                        properties=props)))
                 if latest:
-                    sent.append((row.pk, self._publish_state(supplier, state)))
+                    try:
+                        sent.append((row.pk, self._publish_state(supplier, state)))
+                    except BAD_ROW as error:  # the event went out; its state row is odd
+                        self._warnings.warning(
+                            f"state:{row.work_order}/{row.operation}", "fan-out: retained "
+                            "state of work order %s operation %s not published: %s",
+                            row.work_order, row.operation, reason(error),
+                            extra={"work_order": row.work_order, "operation": row.operation})
             self.packets += 1
         for (supplier, work_order), items in grouped.items():
             self._publish_batches(step.sent[supplier], supplier, work_order, items)
@@ -278,6 +303,17 @@ class FanOut:
             # settle_cursors reads each supplier's messages in pk order.
             step.sent[supplier].sort(key=lambda pair: pair[0])
         return step
+
+    def _copies(self, row: StoredPacket, router: routing.Router, cursors: dict[str, int]
+                ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """A stored row's event and its redacted copy for each concerned supplier not yet past
+        it; raises one of BAD_ROW when the body cannot be parsed or routed."""
+        event = self._recent.pop(row.pk, None) or pydantic_core.from_json(row.body)
+        if not isinstance(event, dict):
+            raise TypeError(f"body is a JSON {type(event).__name__}, not an object")
+        copies = {supplier: routing.redact(event, self.config.suppliers[supplier])
+                  for supplier in router.suppliers_for(event) if row.pk > cursors[supplier]}
+        return event, copies
 
     def _publish_batches(self, sent: list[tuple[int, asyncio.Future[None]]], supplier: str,
                          work_order: str, items: list[tuple[int, str, bytes]]) -> None:
@@ -305,9 +341,8 @@ class FanOut:
             # final state stays readable through the API.
             return self.mqtt.publish(topic, b"", retain=True)
         document = state_document(state)
-        names = self.config.suppliers[supplier].station_names
-        if names and document["station"] in names:
-            document["station"] = names[document["station"]]
+        document["station"] = routing.station_name(document["station"],
+                                                   self.config.suppliers[supplier])
         payload = json.dumps(document, separators=(",", ":")).encode()
         return self.mqtt.publish(topic, payload, retain=True, properties=_STATE_PROPERTIES)
 

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from hub.alerts import Alerts, estimate
 from hub.api import ApiContext, create_app
 from hub.config import HubConfig, hash_key, parse_config
+from hub.schema import alerts as alerts_table
+from hub.schema import op_state
 from hub.store import Incoming, Store
 from sync import packet as pk
 from sync import topics
@@ -145,3 +147,81 @@ def test_an_assignment_due_time_and_supplier_count(setup: tuple[Store, Alerts, A
     assert alerts.evaluate(now=T0 + 200) == 2  # both suppliers, once each
     status: dict[Any, bool] = store.alert_status()
     assert {k[3] for k, active in status.items() if active} == {"acme", "bolt"}
+
+
+def test_an_estimate_that_overflows_counts_as_never_finishing() -> None:
+    big = 2**63 - 1
+    points = [(T0 + i * MINUTE, 10 * i) for i in range(6)]
+    found = estimate(points, big, 50, due=T0 + 60 * MINUTE, margin_s=0, stalled=False)
+    assert found.rate_per_s == pytest.approx(10 / MINUTE)
+    assert found.completion is None and found.delay_risk  # ~1.7e16 years away
+    # A rate of about 1e-10 parts a second: the completion would be beyond year 9999.
+    slow = estimate([(0.0, 0), (9e9, 1)], 10**9, 1, due=T0, margin_s=0, stalled=False)
+    assert 0 < slow.rate_per_s < 1e-9 and slow.completion is None and slow.delay_risk
+    # Points whose time is not a printable time are left out (NaN, infinite, year 10000+).
+    odd = [(float("nan"), 0), (T0, 10), (float("inf"), 20), (T0 + MINUTE, 20), (1e300, 5)]
+    found = estimate(odd, 500, 20, due=T0 + 10**6, margin_s=0, stalled=False)
+    assert found.rate_per_s == pytest.approx(10 / MINUTE) and found.completion is not None
+
+
+def test_one_bad_operation_does_not_stop_the_evaluation_or_the_publishing(
+        setup: tuple[Store, Alerts, ApiContext], caplog: pytest.LogCaptureFixture) -> None:
+    store, alerts, context = setup
+    store.store_batch([packet(seq, 10 * seq) for seq in range(1, 6)], received_at=T0 + 300)
+    with store.engine.begin() as conn:
+        # Another operation of the same order, which reading for a supplier fails on. (Odd
+        # stored values are read as unknown, so the failure is injected at that seam.)
+        row = dict(store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")]._mapping)
+        conn.execute(op_state.insert().values({**row, "operation": "OP40"}))
+    visible = context.visible_state
+
+    def failing_for_op40(supplier: str, state: Any) -> bool:
+        if state.operation == "OP40":
+            raise json.JSONDecodeError("Expecting value", "not json", 0)
+        return visible(supplier, state)
+
+    context.visible_state = failing_for_op40  # type: ignore[method-assign]
+    assert alerts.evaluate(now=T0 + 310) == 1  # OP30's delay risk, OP40 skipped
+    assert alerts.skipped == 2  # once per supplier
+    assert alerts.evaluate(now=T0 + 320) == 0 and alerts.skipped == 4
+    skipped = [r.getMessage() for r in caplog.records
+               if r.getMessage().startswith("delay alerts: work order WO-1001 operation OP40")]
+    assert len(skipped) == 2, skipped  # not again at the second evaluation
+    assert "skipped for supplier acme: JSONDecodeError" in skipped[0]
+    with store.engine.begin() as conn:
+        conn.execute(alerts_table.update().values(body="not json")
+                     .where(alerts_table.c.pk == min(r.pk for r in store.unpublished_alerts())))
+    store.add_alerts([{**alerts._row(store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")],
+                                     "acme", "stalled", True, None, None, T0 + 330),
+                       }])
+    sent: list[str] = []
+
+    async def publish_all() -> int:
+        loop = asyncio.get_running_loop()
+
+        def publish(topic: str, payload: bytes) -> asyncio.Future[None]:
+            sent.append(json.loads(payload)["type"])
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+
+        return await alerts.publish_pending(publish)
+
+    assert asyncio.run(publish_all()) == 1  # the bad body skipped, the next one published
+    assert sent == ["keyop.alert.stalled"]
+    assert len(store.unpublished_alerts()) == 1  # the bad one stays, readable as it is
+    assert any("not published: JSONDecodeError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_due_time_beyond_year_9999_is_ignored_with_a_warning(
+        setup: tuple[Store, Alerts, ApiContext], caplog: pytest.LogCaptureFixture) -> None:
+    store, alerts, context = setup
+    store.store_batch([packet(seq, seq, work_order="WO-1002") for seq in (1, 2, 3)],
+                      received_at=T0 + 180)
+    store.set_assignment("WO-1002", ["bolt"], 1e300)
+    context.reload()
+    assert alerts.evaluate(now=T0 + 190) == 0  # no delay risk against it, nothing raised
+    assert alerts.evaluate(now=T0 + 900) == 1  # stalls are still evaluated
+    assert alerts.skipped == 0
+    due = [r for r in caplog.records if "due time 1e+300" in r.getMessage()]
+    assert len(due) == 1 and due[0].levelname == "WARNING"
