@@ -63,6 +63,7 @@ def _hub_config(work: Path, port: int) -> Path:
     hub["api"]["port"] = 0  # a free port: the example's 8710 may be taken
     hub["mqtt"].update(host="127.0.0.1", port=port, client_id=f"keyop-hub-bench-{os.getpid()}")
     hub["routes"] = [{"supplier": "acme", "work_orders": ["WO-*"]}]
+    hub["gateways"] = {GATEWAY_ID: {"site": SOURCE.split("/")[0]}}
     path = work / "hub.yaml"
     path.write_text(yaml.safe_dump(hub))
     return path

@@ -44,6 +44,33 @@ def _work_order(supplier: int, k: int) -> str:
     return f"WO-{supplier:03d}-{k % 4}"
 
 
+# Ways a packet is made hostile (issue: poison input never stops ingest), in turn. Each keeps a
+# valid identity, so the hub settles its sequence and the edges' acks go on.
+_HOSTILE: list[tuple[tuple[str, ...], Any]] = [
+    (("data", "quantities", "good"), "5"),
+    (("data", "quantities", "planned"), 2**64 - 1),
+    (("time",), "2026-13-45T25:61:61.000Z"),
+    (("data", "workOrder", "id"), "W" * 300),
+    (("data", "quantities", "scrap"), float("nan")),
+    (("data", "quantities", "rework"), 5.0),
+]
+
+
+def is_hostile(seq: int, percent: float) -> bool:
+    """Whether packet `seq` is one of the hostile `percent` %, spread evenly."""
+    return int(seq * percent / 100) != int((seq - 1) * percent / 100)
+
+
+def _hostile(payload: bytes, seq: int) -> bytes:
+    obj = json.loads(payload)
+    path, value = _HOSTILE[seq % len(_HOSTILE)]
+    where = obj
+    for part in path[:-1]:
+        where = where[part]
+    where[path[-1]] = value
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
 def _render(gateway: str, seq: int, suppliers: int) -> bytes:
     supplier = seq % suppliers
     work_order = _work_order(supplier, seq // suppliers)
@@ -70,9 +97,10 @@ def _render(gateway: str, seq: int, suppliers: int) -> bytes:
 
 
 def _edge_main(port: int, gateways: list[str], per_gateway: int, suppliers: int, batch: int,
-               window: int, ready: Any, go: Any, results: Any) -> None:
+               window: int, hostile: float, ready: Any, go: Any, results: Any) -> None:
     """The edges: publish every gateway's packets in batches, measure ack latency."""
-    payloads = {g: [_render(g, seq, suppliers) for seq in range(1, per_gateway + 1)]
+    payloads = {g: [_hostile(_render(g, seq, suppliers), seq) if is_hostile(seq, hostile)
+                    else _render(g, seq, suppliers) for seq in range(1, per_gateway + 1)]
                 for g in gateways}
     acked = dict.fromkeys(gateways, 0)
     cond = threading.Condition()
@@ -202,7 +230,8 @@ def _database(kind: str, work: Path) -> tuple[str, Any]:
 
 def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
                   batch: int = 50, window: int = 500, supplier_batch: bool = False,
-                  workers: int = 1, split_roles: bool = False) -> dict[str, Any]:
+                  workers: int = 1, split_roles: bool = False, hostile: float = 0.0
+                  ) -> dict[str, Any]:
     import numpy as np
 
     from gateway.broker import PrivateBroker
@@ -257,7 +286,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
             extra.append(worker)
         ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
         edge = ctx.Process(target=_edge_main, args=(broker.port, names, per_gateway, suppliers,
-                                                    batch, window, ready, go, results))
+                                                    batch, window, hostile, ready, go, results))
         edge.start()
         if not ready.wait(120):
             raise RuntimeError("the edge process did not start")
@@ -278,6 +307,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         fanout = service.fanout
         assert fanout is not None
         stored = store.count_packets()
+        dead_letters = sum(row.items for row in store.dead_letter_rows())
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         hub_thread.join(60)
         stop_workers.set()
@@ -292,6 +322,10 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         "packets": total, "suppliers": suppliers, "db": db, "gateways": gateways,
         "batch": batch, "window": window, "supplier_batch": supplier_batch,
         "workers": workers, "split_roles": split_roles, "stored": stored,
+        "hostile_percent": hostile,
+        "hostile": gateways * sum(is_hostile(s, hostile) for s in range(1, per_gateway + 1)),
+        # Bad events the hub dead-lettered (a letter per message, with its count of them).
+        "dead_letters": dead_letters,
         # This process's count; with extra workers theirs live in their processes (None).
         "duplicates": service.duplicates if workers == 1 else None,
         "fanout_messages": fanout.published,
@@ -323,6 +357,9 @@ def add_hub_bench(bench_sub: Any) -> None:
     hub.add_argument("--split-roles", action="store_true",
                      help="this process only fans out, the extra workers only ingest "
                      "(hub.yaml hub.ingest / hub.fanout)")
+    hub.add_argument("--hostile", type=float, default=0.0, metavar="PCT",
+                     help="this share of the packets are hostile (wrong types, out of range, "
+                     "impossible dates, huge strings, NaN): each must become a dead letter")
     hub.add_argument("--supplier-batch", action="store_true",
                      help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
 
@@ -334,4 +371,4 @@ def run_hub_bench(args: Any) -> dict[str, Any]:
     return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
                          batch=args.batch, window=args.window,
                          supplier_batch=args.supplier_batch, workers=args.workers,
-                         split_roles=args.split_roles)
+                         split_roles=args.split_roles, hostile=args.hostile)

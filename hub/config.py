@@ -7,13 +7,24 @@ Errors name the file, the line and column when known, the key path and what was 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import url as sa_url
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
@@ -34,11 +45,49 @@ class HubSection(_Strict):
         default="sqlite:///var/hub.db",
         description="SQLAlchemy URL; a relative SQLite path is relative to the working directory",
     )
+    database_password_file: str | None = Field(
+        default=None, description="file holding the database password (kept out of the URL)"
+    )
     # Roles of this process. Several hub processes on one database and share group split the
     # work: all that ingest share the uplink; one at a time fans out (a lease). Giving the
     # fan-out to a process that does not ingest balances two processes best (README).
     ingest: bool = Field(default=True, description="take packets from the uplink")
     fanout: bool = Field(default=True, description="fan out to suppliers (one process at a time)")
+    max_future_skew_s: float = Field(
+        default=300.0, ge=0,
+        description="an event time later than the hub's receive time by more than this is "
+        "flagged and ordered as if it happened on receipt (it never wins operation state)")
+
+    @field_validator("database_password_file")
+    @classmethod
+    def _password_in_one_place(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "database" not in info.data:
+            return value
+        url = sa_url.make_url(info.data["database"])
+        if url.get_backend_name() == "sqlite":
+            raise ValueError("SQLite has no password: remove it or use a PostgreSQL URL")
+        if url.password is not None:
+            raise ValueError("hub.database already holds a password: give it in one place")
+        return value
+
+    def database_url(self) -> str:
+        """The database URL with the password from `database_password_file` applied."""
+        if self.database_password_file is None:
+            return self.database
+        password = read_secret(self.database_password_file, min_length=1)
+        url = sa_url.make_url(self.database).set(password=password)
+        return url.render_as_string(hide_password=False)
+
+
+class HubWorkerAccount(_Strict):
+    """The broker account of one more hub process (its key is the MQTT username)."""
+
+    client_id: str | None = Field(default=None, min_length=1, max_length=128,
+                                  description="the process's mqtt.client_id (default: the "
+                                              "username)")
+    password_file: str | None = Field(
+        default=None, description="file holding the broker password (`keyop hub acl`)"
+    )
 
 
 class MqttSection(_Strict):
@@ -58,6 +107,9 @@ class MqttSection(_Strict):
     # Bound of the ingest queue; when full, the hub stops reading the socket (TCP
     # backpressure to the broker) instead of dropping.
     ingest_queue: int = Field(default=5_000, ge=10)
+    # Broker accounts of the other hub processes on this database and share group, for
+    # `keyop hub acl` only: each process connects with an account of its own (README).
+    worker_accounts: dict[str, HubWorkerAccount] = Field(default_factory=dict)
 
 
 KEY_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -72,15 +124,16 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def read_secret(path: str | Path) -> str:
-    """A secret from a file: its first line, stripped."""
+def read_secret(path: str | Path, min_length: int = 16) -> str:
+    """A secret from a file: its first line, stripped (`min_length`: 16 for keyop's own
+    generated secrets; a database password is the database's business)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read secret: {error.strerror}") from None
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if len(secret) < 16:
-        raise ConfigError(f"{path}: secret is shorter than 16 characters")
+    if len(secret) < min_length:
+        raise ConfigError(f"{path}: secret is shorter than {min_length} characters")
     return secret
 
 
@@ -119,11 +172,32 @@ class SupplierConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """An edge gateway allowed on the broker (its id is its MQTT username)."""
+    """An edge gateway allowed on the broker (its id is its MQTT username), and what it may
+    report for: packets outside it are dead-lettered (hub/admission.py)."""
+
+    site: str = Field(pattern=ID_PATTERN, description="the site it speaks for: its packets' "
+                      "source must be {site}/{gateway id} and their equipment under the site")
+    areas: list[str] | None = Field(default=None, description="allowed areas (second level of "
+                                    "the equipment path); all when absent")
+    lines: list[str] | None = Field(default=None, description="allowed lines (third level of "
+                                    "the equipment path); all when absent")
+    equipment: list[str] | None = Field(default=None, description="allowed equipment path "
+                                        "prefixes; all under the site when absent")
+    work_orders: list[str] | None = Field(default=None, description="fnmatch patterns of the "
+                                          "work orders it may report; all when absent")
 
     mqtt_password_file: str | None = Field(
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
+
+
+def _ip_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or network "
+                         "(e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+    return value
 
 
 class ApiSection(_Strict):
@@ -137,6 +211,24 @@ class ApiSection(_Strict):
                                  description="SSE: how often to look for other workers' rows")
     admin_key_hash: str | None = Field(default=None, pattern=KEY_HASH_PATTERN)
     admin_key_file: str | None = None
+    max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 2**20,
+                                description="largest request body; 413 past it")
+    max_streams_per_key: int = Field(default=4, ge=1, le=10_000,
+                                     description="open SSE streams per API key; 429 past it")
+    rate_per_s: float = Field(default=20.0, gt=0,
+                              description="requests per second per API key (token bucket)")
+    burst: int = Field(default=40, ge=1, description="requests a key may make at once")
+    threads: int = Field(default=2, ge=1, le=64,
+                         description="threads (and database connections) for API reads")
+    audit_flush_s: float = Field(default=1.0, gt=0, le=60,
+                                 description="how often buffered audit rows are written")
+    audit_buffer: int = Field(default=10_000, ge=10,
+                              description="audit rows held at most; a full buffer is written "
+                              "before the next answer leaves")
+    trusted_proxies: list[Annotated[str, AfterValidator(_ip_network)]] = Field(
+        default_factory=list,
+        description="addresses (or networks) of reverse proxies whose X-Forwarded-For is "
+        "believed; none: the socket peer is the client")
 
 
 class OrderConfig(_Strict):
@@ -156,6 +248,16 @@ class AlertsSection(_Strict):
                                  description="a running operation silent this long is stalled")
     window: int = Field(default=20, ge=2, le=1000,
                         description="recent progress points used for the rate")
+
+
+class RetentionSection(_Strict):
+    """How long the hub keeps dead letters and its audit log; 0 or null keeps them forever."""
+
+    dead_letters_days: float | None = Field(
+        default=30, ge=0, description="dead letters older than this are deleted")
+    audit_days: float | None = Field(
+        default=90, ge=0, description="audit log rows older than this are deleted")
+    interval_s: float = Field(default=3600.0, gt=0, description="how often the purge runs")
 
 
 class Route(_Strict):
@@ -188,6 +290,7 @@ class HubConfig(_Strict):
     mqtt: MqttSection = MqttSection()
     api: ApiSection = ApiSection()
     alerts: AlertsSection = AlertsSection()
+    retention: RetentionSection = RetentionSection()
     gateways: dict[str, GatewayConfig] = Field(default_factory=dict)
     suppliers: dict[str, SupplierConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)

@@ -23,9 +23,16 @@ _INGEST_COUNTERS = (
     ("keyop_hub_messages", "MQTT messages taken from the uplink subscription", "messages"),
     ("keyop_hub_packets_stored", "packets stored for the first time", "stored"),
     ("keyop_hub_packets_duplicate", "packets received again and absorbed", "duplicates"),
-    ("keyop_hub_dead_letters", "invalid packets kept in the dead-letter table", "dead_letters"),
+    ("keyop_hub_dead_letters", "dead letters written (one per message with bad events)",
+     "dead_letters"),
     ("keyop_hub_sequence_gaps", "sequence gaps seen (each hole once)", "gaps"),
     ("keyop_hub_acks_sent", "acknowledgements published to edges", "acks_sent"),
+    ("keyop_hub_refused_sequences", "refused events settled so acknowledgements go past them",
+     "refused_seqs"),
+    ("keyop_hub_future_events", "event times beyond hub.max_future_skew_s, ordered as received",
+     "future_events"),
+    ("keyop_hub_store_refusals", "events the database refused, isolated into dead letters",
+     "store_refusals"),
 )
 
 
@@ -68,11 +75,48 @@ class HubCollector(Collector):
         yield one(CounterMetricFamily, "keyop_hub_fanout_failures",
                   "supplier messages refused or not acknowledged in time (resent later)",
                   fanout.failed if fanout else 0)
+        yield one(CounterMetricFamily, "keyop_hub_fanout_skipped",
+                  "stored packets skipped for every supplier (a body that cannot be parsed "
+                  "or routed)", fanout.skipped if fanout else 0)
         if service.alerts is not None:
             yield one(CounterMetricFamily, "keyop_hub_alerts_raised",
                       "delay and stall alerts raised", service.alerts.raised)
+            yield one(CounterMetricFamily, "keyop_hub_alerts_evaluations",
+                      "delay alert evaluations completed by this process",
+                      service.alerts.evaluations)
+            yield one(CounterMetricFamily, "keyop_hub_alerts_skipped",
+                      "operations (or one supplier's view of one) skipped by an evaluation "
+                      "for a stored value it cannot use", service.alerts.skipped)
+        if service.retention is not None:
+            deleted = CounterMetricFamily(
+                "keyop_hub_retention_deleted", "rows deleted past their retention",
+                labels=["hub", "table"])
+            for table, count in service.retention.deleted.items():
+                deleted.add_metric([hub_id, table], count)
+            yield deleted
+        if service.supervisor is not None:
+            yield from self._tasks()
         if service.store is not None:
             yield self._fanout_lag()
+
+    def _tasks(self) -> Iterator[Metric]:
+        supervisor = self.service.supervisor
+        assert supervisor is not None
+        hub_id = self.service.config.hub.id
+        restarts = CounterMetricFamily(
+            "keyop_hub_task_restarts", "background tasks restarted after they failed",
+            labels=["hub", "task"])
+        failures = CounterMetricFamily(
+            "keyop_hub_task_failures", "failures of background tasks and scheduled jobs",
+            labels=["hub", "task"])
+        failing = GaugeMetricFamily(
+            "keyop_hub_task_failing", "1 while a background task or job is failing (its "
+            "latest run failed)", labels=["hub", "task"])
+        for name in supervisor.names:
+            restarts.add_metric([hub_id, name], supervisor.restarts[name])
+            failures.add_metric([hub_id, name], supervisor.failures[name])
+            failing.add_metric([hub_id, name], int(supervisor.failing(name)))
+        yield from (restarts, failures, failing)
 
     def _fanout_lag(self) -> Metric:
         service = self.service

@@ -3,7 +3,8 @@
 A batch usually runs on from the stored value with nothing stored past it (hub/ingest_sql.py
 saves that in one statement). Anything else takes the walk here: stored seqs after the value
 read under the progress lock, stepping over ranges the edge declared dropped
-(`keyop.outbox.gap` records, ARCHITECTURE.md 7), up to the first hole, which is reported.
+(`keyop.outbox.gap` records, ARCHITECTURE.md 7) and seqs the hub itself refused
+(`refused_seqs`: dead-lettered packets), up to the first hole, which is reported.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from hub.schema import packets, source_progress
+from hub.schema import packets, refused_seqs, source_progress
 
 # How many stored seqs one step of the contiguous walk reads.
 _WALK_CHUNK = 5_000
@@ -41,6 +42,8 @@ class Progress:
     previous: int
     new: int = 0
     duplicates: int = 0
+    # Events of this batch the hub refused (dead-lettered) with a trustworthy identity.
+    refused: int = 0
 
     @property
     def advanced(self) -> bool:
@@ -79,8 +82,17 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
                 gap = Gap(prog.source, prog.epoch, contiguous + 1, seq - 1)
                 break
             contiguous = seq
-        if gap is not None or len(seqs) < _WALK_CHUNK:
+        if gap is not None:
             break
+        if len(seqs) < _WALK_CHUNK:
+            # Nothing stored further: settled ranges may still run on from here (a refused
+            # packet that was the last one sent), and stored seqs may follow them.
+            if declared is None:
+                declared = declared_gaps(conn, prog.source, prog.epoch)
+            covered = _covering(declared, contiguous + 1)
+            if covered is None:
+                break
+            contiguous = covered
     prog.contiguous = contiguous
     if contiguous > prog.previous:
         conn.execute(save, [{"source": prog.source, "epoch": prog.epoch,
@@ -89,8 +101,9 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
 
 
 def declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, int]]:
-    """Sequence ranges the edge said it had to drop (`keyop.outbox.gap` records): they
-    count as accounted for, so the acknowledgement can pass them (ARCHITECTURE.md, 7)."""
+    """Sequence ranges settled without a stored packet: those the edge said it had to drop
+    (`keyop.outbox.gap` records, ARCHITECTURE.md 7) and those the hub refused. They count as
+    accounted for, so the acknowledgement can pass them."""
     bodies = conn.execute(
         sa.select(packets.c.body).where(
             packets.c.source == source, packets.c.epoch == epoch,
@@ -104,6 +117,11 @@ def declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, 
             ranges.append((int(gap["fromSequence"]), int(gap["toSequence"])))
         except (ValueError, KeyError, TypeError):
             continue  # validated at ingest; a bad one simply covers nothing
+    refused = conn.execute(
+        sa.select(refused_seqs.c.seq).where(
+            refused_seqs.c.source == source, refused_seqs.c.epoch == epoch)
+    ).scalars().all()
+    ranges += [(int(seq), int(seq)) for seq in refused]
     return sorted(ranges)
 
 

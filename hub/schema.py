@@ -55,7 +55,24 @@ dead_letters = sa.Table(
     sa.Column("received_at", sa.Double, nullable=False),
     sa.Column("topic", sa.String(512), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
+    # At most a bounded prefix of the payload (hub/store.py DEAD_LETTER_PREFIX); `size` is
+    # the whole payload's, `items` how many bad events of one message this letter stands for.
     sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("items", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_dead_letters_received_at", "received_at"),
+)
+
+# Sequences of packets the hub refused (dead-lettered) whose identity was trustworthy: like an
+# edge's declared gap, they count as settled, so one bad packet cannot hold back every
+# acknowledgement after it (hub/progress.py). The dead letter says why.
+refused_seqs = sa.Table(
+    "refused_seqs",
+    metadata,
+    sa.Column("source", sa.String(160), primary_key=True),
+    sa.Column("epoch", sa.String(26), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("refused_at", sa.Double, nullable=False),
 )
 
 # The state of each work order's operation: the newest operation event's view (newest by
@@ -107,6 +124,9 @@ audit_log = sa.Table(
     sa.Column("query", sa.String(1024), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("client", sa.String(64), nullable=False),
+    # Requests this row stands for (refusals without a valid key are aggregated).
+    sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_audit_log_at", "at"),
 )
 
 # Delay alerts: one row per (work order, operation, kind), its current status; each change

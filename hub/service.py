@@ -16,22 +16,29 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.api.auth import Keys
 from hub.config import ConfigError, HubConfig, load_config
 from hub.fanout import FanOut
+from hub.identity import ClientIdInUse, ClientLease
+from hub.log_throttle import RepeatedWarnings
 from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound
 from hub.mqtt_properties import publish_properties
+from hub.retention import Retention
 from hub.server import ApiServer
-from hub.store import Incoming, Store, StoreResult
+from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
+from hub.supervisor import Supervisor
 from hub.validate import decode_events, validate_event
 from sync import topics
-from sync.packet import CONTENT_TYPE, PacketError, format_sequence
+from sync.packet import CONTENT_TYPE, Packet, PacketError, format_sequence
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +49,25 @@ BATCH_MAX_EVENTS = 500
 _POLL_S = 0.25
 # Pause after a database error before the batch is tried again.
 _DB_RETRY_S = 1.0
+# A dead letter's reason names at most this many of a message's bad events (and counts all).
+_REASONS_SHOWN = 5
 # How often a worker re-reads the API's order assignments (another worker may have changed them).
 _RELOAD_S = 10.0
 
 
 @dataclass(slots=True)
 class _Batch:
-    """Messages taken for one transaction, split into valid packets and dead letters."""
+    """Messages taken for one transaction: valid packets, dead letters (one per message with
+    bad events), and the identities of refused events that are settled (hub/admission.py)."""
 
     messages: list[Inbound] = field(default_factory=list)
     incoming: list[Incoming] = field(default_factory=list)
-    rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    refused: list[Ident] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        return len(self.incoming) + sum(letter.items for letter in self.letters)
 
 
 class HubService:
@@ -66,12 +81,19 @@ class HubService:
         self.gaps = 0
         self.acks_sent = 0
         self.messages = 0
+        self.refused_seqs = 0  # refused events settled so acknowledgements go on past them
+        self.future_events = 0  # event times beyond the allowed skew, ordered as received
+        self.store_refusals = 0  # events valid to us that the database would not take
+        self.admission = Admission(config)
+        self._warnings = RepeatedWarnings(log)
         self.store: Store | None = None
         self.mqtt: HubMqtt | None = None
         self.fanout: FanOut | None = None
         self.context: ApiContext | None = None
         self.api: ApiServer | None = None
         self.alerts: Alerts | None = None
+        self.supervisor: Supervisor | None = None
+        self.retention: Retention | None = None
         # Gaps already reported, so a hole is logged once, not on every batch while it lasts.
         self._gaps_seen: set[tuple[str, str, int]] = set()
 
@@ -86,7 +108,15 @@ class HubService:
         if self.config.api.enabled:
             Keys(self.config)  # unreadable key files stop the hub here (ConfigError), not later
         # Migrations and the first connection block: keep them off the loop.
-        self.store = store = await asyncio.to_thread(Store, self.config.hub.database)
+        self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url())
+        # One process per client id: a second one stops here (hub/identity.py), before it
+        # could take the first one's broker session.
+        lease = ClientLease(store, self.config.mqtt, self.config.hub.id)
+        try:
+            await lease.acquire()
+        except ClientIdInUse:
+            await asyncio.to_thread(store.close)
+            raise
         # Cursors for suppliers new to this database, before anything is ingested: a new
         # supplier starts at the head of the log (hub/fanout.py).
         await asyncio.to_thread(store.start_cursors, self.config.suppliers)
@@ -101,34 +131,36 @@ class HubService:
         log.info("hub started", extra={"hub": self.config.hub.id,
                                        "database": store.url.render_as_string(),
                                        "ingest": roles.ingest, "fanout": roles.fanout})
-        tasks = [asyncio.create_task(self._reload(stop), name="hub-reload")]
+        # Every task runs under the supervisor: one that raises is logged, counted and
+        # restarted, never the end of the hub; a ConfigError (another process took this one's
+        # identity) still ends it (hub/supervisor.py).
+        self.supervisor = tasks = Supervisor(stop, fatal=(ConfigError,))
+        tasks.spawn("reload", lambda: self._reload(stop))
+        tasks.spawn("identity", lambda: lease.run(stop))
         if roles.ingest:
-            tasks.append(asyncio.create_task(self._ingest(stop), name="hub-ingest"))
+            tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
-            tasks.append(asyncio.create_task(fanout.run(stop), name="hub-fanout"))
+            tasks.spawn("fanout", lambda: fanout.run(stop))
         if self.config.alerts.enabled:
-            self.alerts = Alerts(self.config, store, context)
+            self.alerts = alerts = Alerts(self.config, store, context)
             alert_props = publish_properties(CONTENT_TYPE)
-            tasks.append(asyncio.create_task(self.alerts.run(
+            tasks.spawn("alerts", lambda: alerts.run(
                 stop, lambda topic, payload: mqtt.publish(topic, payload,
-                                                          properties=alert_props)),
-                name="hub-alerts"))
+                                                          properties=alert_props)))
+        self.retention = retention = Retention(self.config, store)
+        if retention.limits():
+            tasks.spawn("scheduler", lambda: retention.run(stop, tasks))
         if self.config.api.enabled:
-            self.api = ApiServer(self.config.api, context)
-            if await self.api.start():
-                tasks.append(asyncio.create_task(self.api.run(stop), name="hub-api"))
+            self.api = api = ApiServer(self.config.api, context)
+            if await api.start():
+                tasks.spawn("api", lambda: api.run(stop))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # a crashed task ends the hub loudly
+            await tasks.wait()
         finally:
-            stop.set()
-            for task in tasks:
-                if not task.done():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(task), 5.0)
-                    task.cancel()
+            await tasks.close(grace_s=5.0)
             await mqtt.close()
+            await lease.release()  # only once disconnected: the next holder may connect
+            await asyncio.to_thread(context.close)  # the API's threads and connections
             await asyncio.to_thread(store.close)
             log.info("hub stopped", extra={"stored": self.stored, "duplicates": self.duplicates,
                                            "dead_letters": self.dead_letters})
@@ -166,9 +198,10 @@ class HubService:
         try:
             first = await asyncio.wait_for(inbox.get(), _POLL_S)
         except TimeoutError:
+            self._warnings.flush()  # idle: report the repeats held back
             return batch
         self._take(first, batch)
-        while len(batch.incoming) + len(batch.rejects) < BATCH_MAX_EVENTS:
+        while batch.events < BATCH_MAX_EVENTS:
             if inbox.empty():
                 await asyncio.sleep(0)  # let messages handed over meanwhile land
                 if inbox.empty():
@@ -181,20 +214,33 @@ class HubService:
         assert self.mqtt is not None
         self.mqtt.taken()
         batch.messages.append(message)
-        batch.incoming.extend(self._validate(message, batch.rejects))
+        try:
+            self._validate(message, batch)
+        except Exception as error:  # a validator bug must not stop ingest
+            # Nothing of a message may stop the loop: whatever escaped validation makes the
+            # message one dead letter, with the traceback logged for us to fix.
+            log.exception("ingest: unexpected error validating a message from %s",
+                          message.topic, extra={"topic": message.topic})
+            batch.letters.append(DeadLetter(
+                message.topic, f"hub error while validating: {type(error).__name__}",
+                message.payload))
 
     async def handle(self, batch: _Batch, stop: asyncio.Event) -> None:
-        """Store one batch, then PUBACK its messages and acknowledge to the edges."""
-        self.messages += len(batch.messages)
-        rejects = batch.rejects
-        result = await self._store(batch.incoming, rejects, stop)
+        """Store one batch, then PUBACK its messages and acknowledge to the edges.
+
+        Dead-lettered messages are PUBACKed too (the letter is committed first), so a restart
+        does not meet the same poison again.
+        """
+        result = await self._store(batch, stop)
         if result is None:
             return  # stopping: not acked, so the broker session gives them to the next run
         assert self.mqtt is not None
         self.mqtt.ack(batch.messages)
-        self.dead_letters += len(rejects)
+        self.messages += len(batch.messages)  # handled: stored or dead-lettered, and acked
+        self.dead_letters += len(batch.letters) + result.id_clashes
         self.stored += result.new
         self.duplicates += result.duplicates
+        self.refused_seqs += result.refused
         self._acknowledge(result)
         self._report_gaps(result)
         if result.new and self.fanout is not None:
@@ -203,24 +249,29 @@ class HubService:
         if result.new and self.context is not None:
             self.context.pulse.notify()
 
-    async def _store(
-        self, incoming: list[Incoming], rejects: list[tuple[str, str, bytes]],
-        stop: asyncio.Event,
-    ) -> StoreResult | None:
-        """Commit a batch, retrying while the database is away; None if stopped meanwhile."""
+    async def _store(self, batch: _Batch, stop: asyncio.Event) -> StoreResult | None:
+        """Commit a batch, retrying while the database is away; None if stopped meanwhile.
+
+        An event the database refuses (a constraint, a value the driver cannot bind) is
+        pulled out of the batch into the dead letters, and the rest commits (`_isolate`).
+        Only an unreachable or overloaded database holds a batch back (`_transient`).
+        """
         assert self.store is not None
+        letters = batch.letters
         failing = False
         while True:
             try:
-                if rejects:
-                    await asyncio.to_thread(self.store.dead_letter_many, rejects)
-                    rejects = []  # committed: never twice
-                result = await asyncio.to_thread(self.store.store_batch, incoming)
-            except SQLAlchemyError as error:
+                if letters:
+                    await asyncio.to_thread(self.store.dead_letter_many, letters)
+                    letters = []  # committed: never twice
+                result = await self._isolate(batch.incoming, batch.refused)
+            except Exception as error:  # _isolate raises transient ones only
+                if not _transient(error):
+                    raise
                 if not failing:
                     # Log the transition once; quiet while it lasts (STYLE "Errors and logs").
                     log.error("hub store failed, batch held and retried: %s",
-                              str(error).splitlines()[0], extra={"packets": len(incoming)})
+                              _first_line(error), extra={"packets": len(batch.incoming)})
                     failing = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _DB_RETRY_S)
@@ -228,51 +279,101 @@ class HubService:
                     return None
                 continue
             if failing:
-                log.info("hub store recovered", extra={"packets": len(incoming)})
+                log.info("hub store recovered", extra={"packets": len(batch.incoming)})
             return result
 
-    def _validate(self, message: Inbound, rejects: list[tuple[str, str, bytes]]
-                  ) -> list[Incoming]:
-        gateway = topics.gateway_from_up_topic(message.topic)
+    async def _isolate(self, items: list[Incoming], refused: list[Ident]) -> StoreResult:
+        """Store `items`; when the database refuses the batch for its data, store the halves
+        apart, down to the one event it refuses, which becomes a dead letter (its identity
+        settled like any refused event). Transient errors are raised for `_store` to retry.
+        """
+        assert self.store is not None
+        try:
+            return await asyncio.to_thread(self.store.store_batch, items, refused=refused)
+        except Exception as error:  # any refusal of one event is isolated
+            if _transient(error) or not items:
+                raise
+            if len(items) > 1:
+                middle = len(items) // 2
+                result = await self._isolate(items[:middle], refused)
+                result.absorb(await self._isolate(items[middle:], []))
+                return result
+            item = items[0]
+            packet = item.packet
+            reason = f"the hub store refused it: {_first_line(error)}"
+            if not isinstance(error, SQLAlchemyError):
+                log.exception("hub store refused a packet: %s", reason,
+                              extra={"source": packet.source, "sequence": packet.sequence})
+            self.store_refusals += 1
+            topic = topics.up_events(topics.gateway_of(packet.source))
+            self._warn(topic, reason, 1)
+            body = (item.body or json.dumps(item.raw)).encode("utf-8", "backslashreplace")
+            await asyncio.to_thread(self.store.dead_letter_many,
+                                    [DeadLetter(topic, reason, body)])
+            self.dead_letters += 1
+            return await asyncio.to_thread(
+                self.store.store_batch, [],
+                refused=[*refused, (packet.source, packet.sourceepoch, packet.seq)])
+
+    def _validate(self, message: Inbound, batch: _Batch) -> None:
+        """Split one message into admitted packets and, for its bad events, one dead letter."""
+        gateway = topics.gateway_from_up_topic(message.topic) or ""
         try:
             objects = decode_events(message.payload)
         except PacketError as error:
-            self._reject(message.topic, str(error), message.payload, rejects)
-            return []
-        good: list[Incoming] = []
-        suspect = b"\\u0000" in message.payload
-        for obj in objects:
+            self._warn(message.topic, str(error), 1)
+            batch.letters.append(DeadLetter(message.topic, str(error), message.payload))
+            return
+        problems: list[str] = []
+        for index, obj in enumerate(objects):
             try:
-                packet, body = validate_event(obj)
+                packet, canonical, body = validate_event(obj)
             except PacketError as error:
-                self._reject(message.topic, str(error), _dump(obj), rejects)
-                continue
-            if suspect and "\\u0000" in body:
-                # PostgreSQL cannot store NUL in text; no real id or name carries one.
-                self._reject(message.topic, "a string holds a NUL character (\\u0000)",
-                             _dump(obj), rejects)
-                continue
-            if topics.gateway_of(packet.source) != gateway:
-                # A gateway may only speak for itself (the broker ACL says so too).
-                reason = (f"source {packet.source!r} does not belong to gateway {gateway!r} "
-                          "of the topic")
-                self._reject(message.topic, reason, _dump(obj), rejects)
-                continue
-            good.append(Incoming(packet, obj, body))
-        return good
+                problem = str(error)
+            else:
+                admitted = self.admission.check(gateway, packet, message.received_at)
+                if isinstance(admitted, Admitted):
+                    batch.incoming.append(self._incoming(packet, canonical, body, admitted))
+                    continue
+                problem = admitted
+            problems.append(f"event {index}: {problem}" if len(objects) > 1 else problem)
+            identity = self.admission.trusted_identity(gateway, obj)
+            if identity is not None:
+                batch.refused.append(identity)
+        if problems:
+            shown = "; ".join(problems[:_REASONS_SHOWN])
+            more = len(problems) - _REASONS_SHOWN
+            reason = shown + (f"; and {more} more bad events" if more > 0 else "")
+            self._warn(message.topic, problems[0], len(problems))
+            batch.letters.append(DeadLetter(message.topic, reason, message.payload,
+                                            len(problems)))
 
-    def _reject(self, topic: str, reason: str, payload: bytes,
-                rejects: list[tuple[str, str, bytes]]) -> None:
-        log.warning("invalid packet to dead letters (%s): %s", topic, reason,
-                    extra={"topic": topic, "reason": reason})
-        rejects.append((topic, reason, payload))
+    def _incoming(self, packet: Packet, canonical: dict[str, Any], body: str,
+                  admitted: Admitted) -> Incoming:
+        if not admitted.future:
+            return Incoming(packet, canonical, body)
+        self.future_events += 1
+        self._warnings.warning(
+            f"future:{packet.source}",
+            "event time %s of %s is ahead of the hub's clock by more than %.0fs: stored, "
+            "ordered as received (check the gateway's clock)", packet.time, packet.source,
+            self.admission.max_skew_s, extra={"source": packet.source, "time": packet.time})
+        return Incoming(packet, canonical, body, time=admitted.time)
+
+    def _warn(self, topic: str, reason: str, items: int) -> None:
+        """One WARNING per kind of refusal (topic, field) and window, repeats counted."""
+        field = reason.split(":", 1)[0]
+        self._warnings.warning(
+            f"dead:{topic}:{field}", "refused to dead letters (%s): %s", topic, reason,
+            extra={"topic": topic, "reason": reason[:300], "items": items})
 
     def _acknowledge(self, result: StoreResult) -> None:
         assert self.mqtt is not None
         for progress in result.progress.values():
-            # Ack when the contiguous seq moved, and again on repeats: the edge may have lost
-            # the previous ack and resends until it hears one.
-            if progress.contiguous <= 0 or not (progress.advanced or progress.duplicates):
+            # Ack when the contiguous seq moved, and again on repeats (and refused resends):
+            # the edge may have lost the previous ack and resends until it hears one.
+            if progress.contiguous <= 0 or not (progress.advanced or progress.duplicates
+                                                or progress.refused):
                 continue
             payload = json.dumps({
                 "sourceepoch": progress.epoch,
@@ -315,8 +416,34 @@ def _settle_heap() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _dump(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
+
+
+# PostgreSQL error classes that say the server or the connection is the problem, not the
+# data: connection (08), resources (53), operator intervention (57), transaction rollback (40:
+# deadlock, serialization), lock not available (55), system error (58), internal (XX).
+_TRANSIENT_SQLSTATES = frozenset({"08", "53", "57", "40", "55", "58", "XX"})
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether a store error means "the database is away or busy, try again" rather than
+    "the database will never take this data"."""
+    if not isinstance(error, SQLAlchemyError):
+        return False
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        state = getattr(error.orig, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state[:2] in _TRANSIENT_SQLSTATES
+        if isinstance(error, sa.exc.OperationalError):
+            # SQLite: locked, busy, disk I/O or full are transient; "too big" is the data.
+            text = str(error.orig).lower()
+            return not ("too big" in text or "too many" in text)
+        return isinstance(error, sa.exc.InterfaceError)
+    return isinstance(error, (sa.exc.TimeoutError, sa.exc.DisconnectionError))
 
 
 async def run_hub(config: HubConfig, stop: asyncio.Event) -> None:

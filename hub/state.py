@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pydantic_core
 import sqlalchemy as sa
 
+from hub.badrows import printable_time
 from hub.schema import op_state
 from sync.packet import Packet, parse_time
 
@@ -48,14 +49,17 @@ class StateRow(NamedTuple):
     received_at: float
 
     @staticmethod
-    def of(packet: Packet, pk: int, received_at: float) -> StateRow | None:
-        """The row an operation event proposes; None for other events."""
+    def of(packet: Packet, pk: int, received_at: float, at: float | None = None
+           ) -> StateRow | None:
+        """The row an operation event proposes (`at`: its event time, when not the packet's
+        own); None for other events."""
         data = packet.data
         if (not packet.type.startswith("keyop.operation.") or data.workOrder is None
                 or data.operation is None or data.state is None or data.quantities is None):
             return None
         q = data.quantities
-        at = parse_time(packet.time)
+        if at is None:
+            at = parse_time(packet.time)
         return StateRow(
             work_order=data.workOrder.id,
             operation=data.operation.id,
@@ -80,43 +84,44 @@ class StateRow(NamedTuple):
         )
 
 
-def state_rows(items: Iterable[tuple[Packet, int]], received_at: float) -> list[StateRow]:
-    """The reduced `op_state` rows of a batch of stored packets `(packet, pk)`.
+def state_rows(items: Iterable[tuple[Packet, int, float | None]], received_at: float
+               ) -> list[StateRow]:
+    """The reduced `op_state` rows of a batch of stored packets `(packet, pk, event time)`
+    (the event time None: the packet's own).
 
     The newest packet per operation is chosen on its identity first; only the winners are
     turned into rows (the ingest path sees thousands of packets a second).
     """
-    best: dict[tuple[str, str], tuple[Packet, int]] = {}
+    best: dict[tuple[str, str], tuple[Packet, int, float]] = {}
     started: dict[tuple[str, str], float] = {}
     completed: dict[tuple[str, str], float] = {}
-    for packet, pk in items:
+    for packet, pk, when in items:
         data = packet.data
         if (not packet.type.startswith("keyop.operation.") or data.workOrder is None
                 or data.operation is None):
             continue
         key = (data.workOrder.id, data.operation.id)
+        at = parse_time(packet.time) if when is None else when
         if packet.type == "keyop.operation.started":
-            at = parse_time(packet.time)
             started[key] = min(at, started.get(key, at))
         elif packet.type == "keyop.operation.completed":
-            at = parse_time(packet.time)
             completed[key] = max(at, completed.get(key, at))
         old = best.get(key)
-        if old is None or _newer_packet(packet, old[0]):
-            best[key] = (packet, pk)
+        if old is None or _newer_packet(packet, at, old[0], old[2]):
+            best[key] = (packet, pk, at)
     rows = []
     for key in sorted(best):
-        packet, pk = best[key]
-        row = StateRow.of(packet, pk, received_at)
+        packet, pk, at = best[key]
+        row = StateRow.of(packet, pk, received_at, at)
         if row is not None:
             rows.append(row._replace(started_at=started.get(key), completed_at=completed.get(key)))
     return rows
 
 
-def _newer_packet(a: Packet, b: Packet) -> bool:
+def _newer_packet(a: Packet, a_time: float, b: Packet, b_time: float) -> bool:
     if a.source == b.source:
         return (a.sourceepoch, a.seq) > (b.sourceepoch, b.seq)
-    return (parse_time(a.time), a.source) > (parse_time(b.time), b.source)
+    return (a_time, a.source) > (b_time, b.source)
 
 
 def newer(a: StateRow, b: StateRow) -> bool:
@@ -216,6 +221,8 @@ def state_document(row: Any) -> dict[str, Any]:
 
 
 def _iso(value: float | None) -> str | None:
+    """RFC 3339 of a stored time; None for none, or for one no RFC 3339 text can hold (a row
+    not written by this hub: hub/badrows.py)."""
     from sync.packet import format_time
 
-    return None if value is None else format_time(value)
+    return format_time(value) if printable_time(value) else None

@@ -8,13 +8,16 @@ ON CONFLICT DO NOTHING), repeats are counted, gaps are reported, never papered o
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,21 +34,46 @@ from hub.schema import (
     leases,
     op_state,
     packets,
+    refused_seqs,
     source_progress,
     supplier_cursors,
 )
 from hub.state import StateRow, state_rows
+from sync import topics
 from sync.packet import Packet, parse_time
+
+log = logging.getLogger(__name__)
+
+# A dead letter keeps at most this much of its payload (and the whole payload's size), and a
+# reason of at most REASON_CHARS: a flood of 64 KB junk costs the database little.
+DEAD_LETTER_PREFIX = 4096
+REASON_CHARS = 2000
+# A packet's identity: (source, epoch, seq).
+Ident = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A validated packet with its raw JSON object (kept as is, unknown fields included) and,
-    when the caller has it, that object's compact JSON text (stored as the body)."""
+    """A validated packet with its canonical JSON object (PACKET.md's fields only, as
+    `hub.validate.validate_event` re-serialises it) and, when the caller has it, that object's
+    compact JSON text (stored as the body)."""
 
     packet: Packet
     raw: dict[str, Any]
     body: str | None = None
+    # The event time the hub orders by (state, progress points), when not the packet's own:
+    # a time too far in the future is held at the hub's receive time (hub/admission.py).
+    time: float | None = None
+
+
+class DeadLetter(NamedTuple):
+    """A message (or part of one) the hub could not take, kept for someone to see."""
+
+    topic: str
+    reason: str
+    payload: bytes
+    # How many bad events of the message this letter stands for.
+    items: int = 1
 
 
 @dataclass(slots=True)
@@ -58,6 +86,8 @@ class StoreResult:
     state_keys: set[tuple[str, str]] = field(default_factory=set)
     # The rows this batch inserted: (pk, the packet's raw JSON object).
     inserted: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # Packets refused because their id is another packet's (dead-lettered by the store).
+    id_clashes: int = 0
 
     @property
     def new(self) -> int:
@@ -66,6 +96,28 @@ class StoreResult:
     @property
     def duplicates(self) -> int:
         return sum(p.duplicates for p in self.progress.values())
+
+    @property
+    def refused(self) -> int:
+        return sum(p.refused for p in self.progress.values())
+
+    def absorb(self, later: StoreResult) -> None:
+        """Add the result of a later transaction of the same batch (a batch split to isolate
+        an event the store refused): its progress is the newer one."""
+        for key, prog in later.progress.items():
+            mine = self.progress.get(key)
+            if mine is None:
+                self.progress[key] = prog
+                continue
+            mine.contiguous = max(mine.contiguous, prog.contiguous)
+            mine.new += prog.new
+            mine.duplicates += prog.duplicates
+            mine.refused += prog.refused
+        self.gaps = [g for g in self.gaps if g.first > self.progress[(g.source, g.epoch)]
+                     .contiguous] + later.gaps
+        self.state_keys |= later.state_keys
+        self.inserted += later.inserted
+        self.id_clashes += later.id_clashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +143,7 @@ class Store:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(self.url.database))
         self.engine: Engine = sa.create_engine(self.url)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -126,20 +178,42 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def with_own_pool(self, connections: int) -> Store:
+        """This store on an engine of its own (same database, at most `connections`
+        connections), for the supplier API: its reads never wait for a connection ingest
+        holds, nor ingest for one of theirs. SQLite writers still share this store's lock
+        (one writer per file). `close()` on it closes only its own pool."""
+        if self.is_sqlite and self.url.database in (None, "", ":memory:"):
+            return self  # a second engine would open another, empty, in-memory database
+        view = copy.copy(self)
+        view.engine = sa.create_engine(self.url, pool_size=connections, max_overflow=0)
+        if self.is_sqlite:
+            sa.event.listen(view.engine, "connect", _sqlite_pragmas)
+        view._reader = (view.engine if self.is_sqlite
+                        else view.engine.execution_options(isolation_level="AUTOCOMMIT"))
+        return view
+
     # -- ingest ---------------------------------------------------------------------------
 
-    def store_batch(self, batch: Sequence[Incoming], received_at: float | None = None
-                    ) -> StoreResult:
+    def store_batch(self, batch: Sequence[Incoming], received_at: float | None = None, *,
+                    refused: Sequence[Ident] = ()) -> StoreResult:
         """Store a batch in one transaction; advance contiguous seqs; report duplicates and gaps.
 
         Duplicates (already stored, or repeated inside the batch) are absorbed and counted.
         Every touched `(source, epoch)` has its contiguous seq recomputed, duplicates included,
-        so a hole that another hub worker filled is picked up on the next repeat.
+        so a hole that another hub worker filled is picked up on the next repeat. `refused`
+        are identities of packets the hub dead-lettered: recorded as settled in the same
+        transaction, so the acknowledgement can pass them.
         """
         result = StoreResult()
-        if not batch:
+        if not batch and not refused:
             return result
         now = time.time() if received_at is None else received_at
+        for source, epoch, _seq in refused:
+            prog = result.progress.get((source, epoch))
+            if prog is None:
+                prog = result.progress[(source, epoch)] = Progress(source, epoch, 0, 0)
+            prog.refused += 1
         rows: list[PacketRow] = []
         seen: set[tuple[str, str, int]] = set()
         by_ident: dict[tuple[str, str, int], Incoming] = {}
@@ -167,7 +241,23 @@ class Store:
             with _driver_errors(conn, "store_batch: lock and insert"):
                 current, inserted = self._ingest.lock_and_insert(
                     dbapi, sorted(result.progress), rows, now)
-            states = state_rows(((by_ident[i].packet, pk) for i, pk in inserted.items()), now)
+            clashes = self._id_clashes(conn, [i for i in seen if i not in inserted], by_ident)
+            if clashes:
+                # Refused, settled and dead-lettered in this transaction: the dedupe key
+                # (source, id) would otherwise swallow them and leave a hole for ever.
+                conn.execute(dead_letters.insert(), _dead_letter_rows([
+                    DeadLetter(topics.up_events(topics.gateway_of(i[0])), reason,
+                               (by_ident[i].body or "").encode())
+                    for i, reason in clashes.items()], now))
+                for source, epoch, _seq in clashes:
+                    result.progress[(source, epoch)].refused += 1
+                result.id_clashes = len(clashes)
+            if refused or clashes:
+                conn.execute(self._insert(refused_seqs).on_conflict_do_nothing(), [
+                    {"source": s, "epoch": e, "seq": q, "refused_at": now}
+                    for s, e, q in sorted(set(refused) | set(clashes))])
+            states = state_rows(((by_ident[i].packet, pk, by_ident[i].time)
+                                 for i, pk in inserted.items()), now)
             result.state_keys = {(s.work_order, s.operation) for s in states}
             result.inserted = [(pk, by_ident[i].raw) for i, pk in inserted.items()]
             batch_seqs: dict[tuple[str, str], list[int]] = {}
@@ -176,10 +266,27 @@ class Store:
                 batch_seqs.setdefault((source, epoch), []).append(seq)
                 if (source, epoch, seq) in inserted:
                     prog.new += 1
-                else:
+                elif (source, epoch, seq) not in clashes:
                     prog.duplicates += 1
             self._advance_all(conn, result, current, batch_seqs, states, now)
         return result
+
+    def _id_clashes(self, conn: Connection, skipped: list[Ident],
+                    by_ident: dict[Ident, Incoming]) -> dict[Ident, str]:
+        """Of rows the insert skipped, those not stored under their own (source, epoch, seq):
+        their `id` is taken by another packet of the source. Each with the reason."""
+        if not skipped:
+            return {}
+        key = sa.tuple_(packets.c.source, packets.c.epoch, packets.c.seq)
+        stored: set[Ident] = set()
+        for i in range(0, len(skipped), 300):
+            stored.update((r.source, r.epoch, r.seq) for r in conn.execute(
+                sa.select(packets.c.source, packets.c.epoch, packets.c.seq)
+                .where(key.in_(skipped[i:i + 300]))).all())
+        return {
+            ident: (f"id: {by_ident[ident].packet.id!r} is already the id of another packet "
+                    f"of {ident[0]} (an id is unique per source; this is sequence {ident[2]})")
+            for ident in skipped if ident not in stored}
 
     def _advance_all(self, conn: Connection, result: StoreResult,
                      current: dict[tuple[str, str], int],
@@ -198,6 +305,8 @@ class Store:
         tentative: dict[tuple[str, str], int] = {}
         for key, prog in result.progress.items():
             prog.previous = current[key]
+            if prog.refused:
+                continue  # refused seqs are settled by the walk (hub/progress.py)
             run = [seq for seq in batch_seqs.get(key, ()) if seq > prog.previous]
             if run == list(range(prog.previous + 1, prog.previous + 1 + len(run))):
                 tentative[key] = prog.previous + len(run)
@@ -224,18 +333,25 @@ class Store:
             ).scalar_one_or_none()
         return value or 0
 
-    def dead_letter_many(self, letters: Sequence[tuple[str, str, bytes]]) -> None:
-        """Keep invalid payloads `(topic, reason, payload)` with the reason, for someone to see."""
-        now = time.time()
-        rows = [
-            {"received_at": now, "topic": topic, "reason": reason, "payload": payload}
-            for topic, reason, payload in letters
-        ]
+    def dead_letter_many(self, letters: Sequence[DeadLetter | tuple[str, str, bytes]]) -> None:
+        """Keep what the hub could not take, with the reason, for someone to see: at most
+        DEAD_LETTER_PREFIX bytes of each payload (and its whole size)."""
+        rows = _dead_letter_rows(letters, time.time())
         with self._writing(), self.engine.begin() as conn:
             conn.execute(dead_letters.insert(), rows)
 
+    def dead_letter_rows(self) -> list[Any]:
+        """All dead letters with every column, oldest first."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(dead_letters).order_by(dead_letters.c.pk)).all())
+
+    def ping(self) -> None:
+        """A round trip to the database (raises when it is away)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     def list_dead_letters(self) -> list[tuple[str, str, bytes]]:
-        """All dead letters as `(topic, reason, payload)`, oldest first."""
+        """All dead letters as `(topic, reason, payload prefix)`, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(dead_letters.c.topic, dead_letters.c.reason, dead_letters.c.payload)
@@ -334,6 +450,22 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(audit_log).order_by(audit_log.c.pk)).all())
 
+    # Tables with a retention (hub/retention.py), and the column their age is read from.
+    PURGEABLE = {"dead_letters": (dead_letters, dead_letters.c.received_at),
+                 "audit_log": (audit_log, audit_log.c.at)}
+
+    def purge(self, table: str, before: float, limit: int) -> int:
+        """Delete up to `limit` rows of `table` (a PURGEABLE name) older than `before` (epoch
+        seconds), in one short transaction; returns how many went. Idempotent: workers that
+        purge at once only share the work."""
+        if table not in self.PURGEABLE:
+            raise ValueError(f"purge: unknown table {table!r} (known: "
+                             f"{', '.join(sorted(self.PURGEABLE))})")
+        rows, age = self.PURGEABLE[table]
+        oldest = sa.select(rows.c.pk).where(age < before).limit(limit).scalar_subquery()
+        with self._writing(), self.engine.begin() as conn:
+            return int(conn.execute(rows.delete().where(rows.c.pk.in_(oldest))).rowcount)
+
     def try_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or renew the lease `name` for `holder` unless another holder's is still valid."""
         now = time.time()
@@ -353,6 +485,20 @@ class Store:
     def release_lease(self, name: str, holder: str) -> None:
         with self._writing(), self.engine.begin() as conn:
             conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    def take_over_lease(self, name: str, previous: str, holder: str, ttl_s: float) -> bool:
+        """Give lease `name` to `holder` if `previous` still holds it (a holder known gone)."""
+        with self._writing(), self.engine.begin() as conn:
+            taken = conn.execute(leases.update().where(
+                leases.c.name == name, leases.c.holder == previous).values(
+                holder=holder, expires_at=time.time() + ttl_s)).rowcount
+        return bool(taken)
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease `name` (valid or expired), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(leases.c.holder).where(leases.c.name == name)).scalar_one_or_none()
 
     # -- alerts ---------------------------------------------------------------------------
 
@@ -470,6 +616,36 @@ def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
                                          dialect=conn.dialect) from error
 
 
+def _dead_letter_rows(letters: Sequence[DeadLetter | tuple[str, str, bytes]], now: float
+                      ) -> list[dict[str, Any]]:
+    rows = []
+    for letter in letters:
+        topic, reason, payload, items = DeadLetter(*letter)
+        rows.append({"received_at": now, "topic": _storable(topic, 512),
+                     "reason": _storable(reason, REASON_CHARS),
+                     "payload": bytes(payload[:DEAD_LETTER_PREFIX]),
+                     "size": len(payload), "items": items})
+    return rows
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file mode 0600 before SQLite does: it holds restricted params, and
+    SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("hub database %s is readable by others (mode %o): chmod 600 it", path, mode,
+                    extra={"path": str(path), "mode": f"{mode:o}"})
+
+
+def _storable(text: str, size: int) -> str:
+    """Text any database keeps as it is: PostgreSQL refuses NUL and lone surrogates are not
+    UTF-8, so both are written escaped; cut to `size` characters."""
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:size]
+
+
 def _driver_sql(sql: str, is_sqlite: bool) -> str:
     """SQL written for psycopg (`%s` binds) in the DBAPI's bind style."""
     return sql.replace("%s", "?") if is_sqlite else sql
@@ -488,7 +664,7 @@ def _packet_row(item: Incoming, received_at: float) -> PacketRow:
         p.subject,
         data.workOrder.id if data.workOrder else None,
         data.operation.id if data.operation else None,
-        parse_time(p.time),
+        parse_time(p.time) if item.time is None else item.time,
         received_at,
         data.quantities.good if data.quantities is not None else None,
         item.body if item.body is not None else json.dumps(
