@@ -168,62 +168,87 @@ class Subscriptions:
         The counters move once per burst; a good value without info bits (nearly all) takes
         the short path, anything else `sample_of` (and the Overflow bit is counted).
         """
-        queue = self._queue
-        get = queue.get_nowait
         loop = asyncio.get_running_loop()
         stats = self.stats
-        bad = self._bad
-        good = _GOOD
         while True:
-            events = [await queue.get()]
-            if waiting := min(queue.qsize(), BATCH_MAX - 1):
-                events += [get() for _ in range(waiting)]
-            received, mono = time.time(), loop.time()
-            batch: list[Sample] = []
-            append = batch.append
-            not_good = 0
-            end: SessionLost | None = None
-            for event in events:
-                if isinstance(event, DataChangeEvent):
-                    notification = event.data.monitored_item
-                    name = names.get(notification.ClientHandle)
-                    if name is None:
-                        continue
-                    value = notification.Value
-                    status = value.StatusCode
-                    if status is None or not status.value:  # Good, no info bits
-                        if bad:
-                            bad.discard(name)
-                        variant = value.Value
-                        append(Sample(name, plain(None if variant is None else variant.Value),
-                                      good, epoch_of(value.SourceTimestamp
-                                                     or value.ServerTimestamp, received), mono))
-                        continue
-                    stats.flagged(status.value)
-                    sample = sample_of(name, value, received, mono, bad)
-                    append(sample)
-                    if sample.quality is not good:
-                        not_good += 1
-                        if sample.quality is Quality.UNCERTAIN:
-                            stats.uncertain_samples += 1
-                elif isinstance(event, StatusChangeEvent):
-                    stats.status_changes += 1
-                    status = event.notification.Status
-                    if status is not None and not status.is_good():
-                        end = SessionLost(f"comm_lost: subscription on {self.endpoint} ended: "
-                                          f"{status.name}")
-                        break
-                elif event is LOST:
-                    end = SessionLost(f"comm_lost: session with {self.endpoint} lost "
-                                      "(keep-alive failed)")
-                    break
-                elif event is CLOSED:
-                    return
+            events = await self._burst()
+            batch, not_good, end = self._decode(events, names, time.time(), loop.time())
+            if end is CLOSED:
+                return
             made = len(batch)
             stats.notifications += made
             stats.good_samples += made - not_good
             stats.bad_samples += not_good
             if batch:
                 yield batch
-            if end is not None:
+            if isinstance(end, SessionLost):
                 raise end
+
+    async def _burst(self) -> list[Any]:
+        """The next event and whatever waits behind it, at most `BATCH_MAX` in all."""
+        queue = self._queue
+        events = [await queue.get()]
+        if waiting := min(queue.qsize(), BATCH_MAX - 1):
+            get = queue.get_nowait
+            events += [get() for _ in range(waiting)]
+        return events
+
+    def _decode(self, events: list[Any], names: dict[int, str], received: float,
+                mono: float) -> tuple[list[Sample], int, object]:
+        """The burst's samples in arrival order, how many are not good, and how it ended: None
+        (it did not), a `SessionLost`, or `CLOSED` (events after the end are dropped)."""
+        batch: list[Sample] = []
+        append = batch.append
+        bad = self._bad
+        good = _GOOD
+        not_good = 0
+        for event in events:
+            if not isinstance(event, DataChangeEvent):
+                end = self._end_of(event)
+                if end is not None:
+                    return batch, not_good, end
+                continue
+            notification = event.data.monitored_item
+            name = names.get(notification.ClientHandle)
+            if name is None:
+                continue
+            value = notification.Value
+            status = value.StatusCode
+            if status is None or not status.value:  # Good, no info bits
+                if bad:
+                    bad.discard(name)
+                variant = value.Value
+                append(Sample(name, plain(None if variant is None else variant.Value),
+                              good, epoch_of(value.SourceTimestamp
+                                             or value.ServerTimestamp, received), mono))
+                continue
+            sample = self._flagged(name, value, status.value, received, mono)
+            append(sample)
+            if sample.quality is not good:
+                not_good += 1
+        return batch, not_good, None
+
+    def _flagged(self, name: str, value: ua.DataValue, status: int, received: float,
+                 mono: float) -> Sample:
+        """A value with a status other than plain Good: counted, and decoded by `sample_of`."""
+        self.stats.flagged(status)
+        sample = sample_of(name, value, received, mono, self._bad)
+        if sample.quality is Quality.UNCERTAIN:
+            self.stats.uncertain_samples += 1
+        return sample
+
+    def _end_of(self, event: object) -> object:
+        """What an event other than a data change ends: a `SessionLost`, `CLOSED`, or None."""
+        if isinstance(event, StatusChangeEvent):
+            self.stats.status_changes += 1
+            status = event.notification.Status
+            if status is not None and not status.is_good():
+                return SessionLost(f"comm_lost: subscription on {self.endpoint} ended: "
+                                   f"{status.name}")
+            return None
+        if event is LOST:
+            return SessionLost(f"comm_lost: session with {self.endpoint} lost "
+                               "(keep-alive failed)")
+        if event is CLOSED:
+            return CLOSED
+        return None

@@ -18,7 +18,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,6 +152,64 @@ class TagPresence:
         return out
 
 
+class _Chunks:
+    """A port's bytes as they arrive, read on the loop without blocking it (the port's file
+    descriptor is watched with `loop.add_reader`).
+
+    Chunks carry their arrival time: the partial-frame timeout must measure the line's
+    silence, not how long the mapping took to get to them. While the queue is full (the
+    mapping is behind) reading stops and the OS buffer (and the line's flow control) holds
+    the bytes, rather than drop any; it resumes once the queue is half empty.
+    """
+
+    def __init__(self, port: serial.Serial, loop: asyncio.AbstractEventLoop) -> None:
+        self.port = port
+        self.loop = loop
+        self.fd = port.fileno()
+        self.queue: asyncio.Queue[tuple[bytes, float] | None] = asyncio.Queue(1000)
+        self.paused = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.fd, self._readable)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing more is waiting, and the port is being read."""
+        return self.queue.empty() and not self.paused
+
+    async def next(self, tick: float) -> tuple[bytes, float] | None:
+        """The next chunk; an empty one after `tick` seconds of silence; None once the port
+        is gone."""
+        try:
+            chunk = await asyncio.wait_for(self.queue.get(), tick)
+        except TimeoutError:
+            chunk = (b"", self.loop.time())
+        if chunk is not None and self.paused and self.queue.qsize() < self.queue.maxsize // 2:
+            self.paused = False
+            self.loop.add_reader(self.fd, self._readable)
+        return chunk
+
+    def _readable(self) -> None:
+        if self.queue.full():
+            self.loop.remove_reader(self.fd)
+            self.paused = True
+            return
+        try:
+            data = self.port.read(4096)
+        except (serial.SerialException, OSError):
+            data = None
+        if data is None or (not data and not self.port.is_open):
+            self.loop.remove_reader(self.fd)
+            self.queue.put_nowait(None)
+            return
+        if data:
+            self.queue.put_nowait((data, self.loop.time()))
+
+
 class SerialReaderDriver:
     """A `Driver` for one serial barcode scanner or RFID reader."""
 
@@ -238,73 +296,47 @@ class SerialReaderDriver:
 
     async def _read(self, port: serial.Serial, loop: asyncio.AbstractEventLoop
                     ) -> AsyncIterator[Sample]:
-        # Chunks with their arrival time: the partial-frame timeout must measure the line's
-        # silence, not how long the mapping took to get to them.
-        chunks: asyncio.Queue[tuple[bytes, float] | None] = asyncio.Queue(1000)
-        fd = port.fileno()
-
-        paused = False
-
-        def readable() -> None:
-            nonlocal paused
-            if chunks.full():
-                # The mapping is behind: stop reading and let the OS buffer (and the line's
-                # flow control) hold the bytes, rather than drop any.
-                loop.remove_reader(fd)
-                paused = True
-                return
-            try:
-                data = port.read(4096)
-            except (serial.SerialException, OSError):
-                data = None
-            if data is None or (not data and not port.is_open):
-                loop.remove_reader(fd)
-                chunks.put_nowait(None)
-                return
-            if data:
-                chunks.put_nowait((data, loop.time()))
-
+        chunks = _Chunks(port, loop)
         framer = Framer(self.config.framing)
         presence = TagPresence(self.config.dedupe_window_s, self.config.depart_after_s)
-        loop.add_reader(fd, readable)
         tick = min(0.1, self.config.framing.timeout_s / 2)
+        chunks.start()
         try:
             while not self._closed.is_set():
-                try:
-                    chunk = await asyncio.wait_for(chunks.get(), tick)
-                except TimeoutError:
-                    chunk = (b"", loop.time())
+                chunk = await chunks.next(tick)
                 if chunk is None:
                     return
                 data, arrived = chunk
-                if paused and chunks.qsize() < chunks.maxsize // 2:
-                    paused = False
-                    loop.add_reader(fd, readable)
                 items = framer.feed(data, arrived)
-                if chunks.empty() and not paused:  # nothing more waiting: is the line silent?
+                if chunks.idle:  # nothing more waiting: is the line silent?
                     items += framer.expire(loop.time())
-                now = loop.time()
-                for item in items:
-                    if isinstance(item, Rejected):
-                        self._reject(item)
-                        continue
-                    scan = self._decode(item)
-                    if scan is None:
-                        continue
-                    self.frames += 1
-                    if self.config.reader == "rfid":
-                        arrival = presence.read(scan, now)
-                        if arrival is None:
-                            continue
-                        scan = arrival
-                    for sample in self._good(scan):
-                        yield sample
-                for departed in presence.departures(now):
-                    for sample in self._good(departed):
-                        yield sample
+                for sample in self._samples(items, presence, loop.time()):
+                    yield sample
         finally:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(fd)
+            chunks.stop()
+
+    def _samples(self, items: list[Frame | Rejected], presence: TagPresence,
+                 now: float) -> Iterator[Sample]:
+        """The samples of a chunk's frames, then of the tags that departed by `now`."""
+        for item in items:
+            scan = self._scan(item, presence, now)
+            if scan is not None:
+                yield from self._good(scan)
+        for departed in presence.departures(now):
+            yield from self._good(departed)
+
+    def _scan(self, item: Frame | Rejected, presence: TagPresence, now: float) -> Scan | None:
+        """The scan a frame reports: None for a rejected frame or a tag already present."""
+        if isinstance(item, Rejected):
+            self._reject(item)
+            return None
+        scan = self._decode(item)
+        if scan is None:
+            return None
+        self.frames += 1
+        if self.config.reader == "rfid":
+            return presence.read(scan, now)
+        return scan
 
     def _decode(self, frame: Frame) -> Scan | None:
         try:

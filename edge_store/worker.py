@@ -1,11 +1,11 @@
 """The one thread that does the outbox's SQLite work for the event loop.
 
-Before, each commit, pending read and ack delete was its own `asyncio.to_thread` call: a thread
-hop and a GIL hand-off per call, across a pool of worker threads. Here one dedicated thread owns
-the outbox's connections and works in rounds: everything queued since the last round (appends
-from the group writer, the newest hub ack to delete, pending reads for the uplink) is done
-together, appends and the ack delete in one transaction (one fsync), and the results go back to
-the loop in one `call_soon_threadsafe` per round.
+One dedicated thread owns the outbox's connections (rather than an `asyncio.to_thread` call,
+with its thread hop and GIL hand-off, per commit, read and ack delete) and works in rounds:
+everything queued since the last round (appends from the group writer, the newest hub ack to
+delete, pending reads for the uplink) is done together, appends and the ack delete in one
+transaction (one fsync), and the results go back to the loop in one `call_soon_threadsafe` per
+round.
 
 Committed rows (with their bodies) are handed to listeners on the loop, in sequence order, so
 the uplink can publish fresh packets without reading them back from disk.
@@ -53,6 +53,20 @@ class _Read:
     limit: int
     upto: int
     future: asyncio.Future[list[Row]] = field(repr=False)
+
+
+_Outcome = tuple[_Append, list[int] | OutboxError]
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one round of the worker does: appends to commit, the ack to delete (0: none),
+    reads to answer, and whether it is the last round."""
+
+    units: list[_Append]
+    ack: int
+    reads: list[_Read]
+    stop: bool
 
 
 class OutboxWorker:
@@ -172,110 +186,149 @@ class OutboxWorker:
     # --- worker thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Rounds until stopped: take what is queued, commit it (appends and the ack delete
+        in one transaction), answer the reads, hand the results to the loop."""
         while True:
-            with self._cond:
-                while not (self._appends or self._reads or self._stopping
-                           or self._ack_due()):
-                    timeout = None
-                    if self._ack_target > self._acked:
-                        timeout = max(0.0, self._ack_since + ACK_DELAY_S - time.monotonic())
-                    self._cond.wait(timeout)
-                units: list[_Append] = []
-                size = 0
-                while self._appends and (not units or size + len(self._appends[0].entries)
-                                         <= self.max_batch):
-                    unit = self._appends.popleft()
-                    units.append(unit)
-                    size += len(unit.entries)
-                # A round for reads alone does not take the ack: it would make a read a
-                # transaction (an fsync); the next append or the delay takes it.
-                ack = (self._ack_target if self._ack_target > self._acked
-                       and (units or self._stopping or self._ack_due()) else 0)
-                self._ack_taken = max(self._ack_taken, ack)
-                reads = list(self._reads)
-                self._reads.clear()
-                stop = self._stopping and not self._appends and not units
+            work = self._take()
             self.rounds += 1
-            outcome: list[tuple[_Append, list[int] | OutboxError]] = []
-            rows: list[Row] = []
-            deleted = 0
-            if units or ack:
-                outcome, rows, deleted = self._commit(units, ack)
-                if ack and self._acked < ack:
-                    with self._cond:  # not deleted: it is pending again, from now
-                        self._ack_taken = self._acked
-                        self._ack_since = time.monotonic()
-                if rows:
-                    self.committed_upto = rows[-1].seq
-            answers: list[tuple[_Read, list[Row] | OutboxError]] = []
-            for read in reads:
-                try:
-                    answers.append((read, self.outbox.pending(read.after, read.limit, read.upto)))
-                except OutboxError as error:
-                    answers.append((read, error))
-            if outcome or rows or deleted or answers:
-                try:
-                    self.loop.call_soon_threadsafe(self._deliver, outcome, rows, deleted, answers)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    return
-            if stop:
+            outcome, rows, deleted = self._commit_round(work)
+            answers = self._answer(work.reads)
+            if not self._notify(outcome, rows, deleted, answers) or work.stop:
                 return
 
-    def _commit(
-        self, units: list[_Append], ack: int
-    ) -> tuple[list[tuple[_Append, list[int] | OutboxError]], list[Row], int]:
+    def _take(self) -> _Round:
+        """Wait for work, then take what this round does (under the lock)."""
+        with self._cond:
+            while not (self._appends or self._reads or self._stopping or self._ack_due()):
+                self._cond.wait(self._ack_wait())
+            units = self._take_appends()
+            ack = self._take_ack(units)
+            reads = list(self._reads)
+            self._reads.clear()
+            stop = self._stopping and not self._appends and not units
+        return _Round(units, ack, reads, stop)
+
+    def _ack_wait(self) -> float | None:
+        """How long an ack left pending may still wait for an append (None: none pending)."""
+        if self._ack_target <= self._acked:
+            return None
+        return max(0.0, self._ack_since + ACK_DELAY_S - time.monotonic())
+
+    def _take_appends(self) -> list[_Append]:
+        """Queued appends up to `max_batch` entries (a larger unit goes alone, unsplit)."""
+        units: list[_Append] = []
+        size = 0
+        while self._appends and (not units or size + len(self._appends[0].entries)
+                                 <= self.max_batch):
+            unit = self._appends.popleft()
+            units.append(unit)
+            size += len(unit.entries)
+        return units
+
+    def _take_ack(self, units: list[_Append]) -> int:
+        """The ack this round deletes (0: none).
+
+        A round for reads alone does not take the ack: it would make a read a transaction (an
+        fsync); the next append, the stop or the delay takes it.
+        """
+        due = self._ack_target > self._acked and (units or self._stopping or self._ack_due())
+        ack = self._ack_target if due else 0
+        self._ack_taken = max(self._ack_taken, ack)
+        return ack
+
+    def _commit_round(self, work: _Round) -> tuple[list[_Outcome], list[Row], int]:
+        """Commit the round's appends and ack delete (nothing to do: no transaction)."""
+        if not (work.units or work.ack):
+            return [], [], 0
+        outcome, rows, deleted = self._commit(work.units, work.ack)
+        if work.ack and self._acked < work.ack:
+            with self._cond:  # not deleted: it is pending again, from now
+                self._ack_taken = self._acked
+                self._ack_since = time.monotonic()
+        if rows:
+            self.committed_upto = rows[-1].seq
+        return outcome, rows, deleted
+
+    def _answer(self, reads: list[_Read]) -> list[tuple[_Read, list[Row] | OutboxError]]:
+        answers: list[tuple[_Read, list[Row] | OutboxError]] = []
+        for read in reads:
+            try:
+                answers.append((read, self.outbox.pending(read.after, read.limit, read.upto)))
+            except OutboxError as error:
+                answers.append((read, error))
+        return answers
+
+    def _notify(self, outcome: list[_Outcome], rows: list[Row], deleted: int,
+                answers: list[tuple[_Read, list[Row] | OutboxError]]) -> bool:
+        """Hand the round's results to the loop; False when the loop is closed (nobody is
+        waiting any more)."""
+        if outcome or rows or deleted or answers:
+            try:
+                self.loop.call_soon_threadsafe(self._deliver, outcome, rows, deleted, answers)
+            except RuntimeError:
+                return False
+        return True
+
+    def _commit(self, units: list[_Append], ack: int) -> tuple[list[_Outcome], list[Row], int]:
         """Commit `units` (and the ack delete) in one transaction; a failing render drops only
         its own unit."""
-        outcome: list[tuple[_Append, list[int] | OutboxError]] = []
+        outcome: list[_Outcome] = []
         while True:
             entries = [entry for unit in units for entry in unit.entries]
             try:
                 result: Commit = self.outbox.commit(entries, ack)
             except RenderError as error:
-                owner = _owner(units, error.index)
-                outcome.append((units.pop(owner), error))
+                outcome.append((units.pop(_owner(units, error.index)), error))
                 continue
             except OutboxError as error:
                 outcome.extend((unit, error) for unit in units)
-                if not isinstance(error, (OutboxFull, OutboxClosed)):
-                    log.error("outbox group commit failed",
-                              extra={"entries": len(entries), "error": str(error)})
-                if ack and entries and not isinstance(error, OutboxClosed):
-                    # The acknowledged rows must still go: they are what frees room.
-                    try:
-                        deleted_only = self.outbox.commit([], ack)
-                    except OutboxError:
-                        return outcome, [], 0
-                    self._acked = ack
-                    return outcome, deleted_only.gap_rows, ack
-                return outcome, [], 0
-            self.transactions += 1
-            self.committed += len(result.rows)
-            offset = 0
-            for unit in units:
-                count = len(unit.entries)
-                outcome.append((unit, [r.seq for r in result.rows[offset:offset + count]]))
-                offset += count
-            if ack:
-                self._acked = ack
-            return outcome, result.stored, ack if ack else 0
+                rows, deleted = self._after_failure(error, len(entries), ack)
+                return outcome, rows, deleted
+            outcome.extend(self._committed(units, result, ack))
+            return outcome, result.stored, ack
+
+    def _committed(self, units: list[_Append], result: Commit, ack: int) -> list[_Outcome]:
+        """Count a committed transaction; each unit's seqs."""
+        self.transactions += 1
+        self.committed += len(result.rows)
+        if ack:
+            self._acked = ack
+        outcome: list[_Outcome] = []
+        offset = 0
+        for unit in units:
+            count = len(unit.entries)
+            outcome.append((unit, [r.seq for r in result.rows[offset:offset + count]]))
+            offset += count
+        return outcome
+
+    def _after_failure(self, error: OutboxError, entries: int, ack: int) -> tuple[list[Row], int]:
+        """After a failed group commit, delete the acknowledged rows alone: they must still go,
+        they are what frees room. Return the rows that delete added and what it deleted."""
+        if not isinstance(error, (OutboxFull, OutboxClosed)):
+            log.error("outbox group commit failed",
+                      extra={"entries": entries, "error": str(error)})
+        if not (ack and entries) or isinstance(error, OutboxClosed):
+            return [], 0
+        try:
+            deleted_only = self.outbox.commit([], ack)
+        except OutboxError:
+            return [], 0
+        self._acked = ack
+        return deleted_only.gap_rows, ack
 
     # --- back on the loop ----------------------------------------------------------------------
 
     def _deliver(
         self,
-        outcome: list[tuple[_Append, list[int] | OutboxError]],
+        outcome: list[_Outcome],
         rows: list[Row],
         deleted: int,
-        answers: list[tuple[_Read, Any]],
+        answers: list[tuple[_Read, list[Row] | OutboxError]],
     ) -> None:
         for unit, value in outcome:
             if isinstance(value, OutboxError):
                 self.failed += len(unit.entries)
-                if not unit.future.done():
-                    unit.future.set_exception(value)
-            elif not unit.future.done():
-                unit.future.set_result(value)
+            _resolve(unit.future, value)
         if rows:
             self.delivered_upto = max(self.delivered_upto, rows[-1].seq)
             for listener in self._commit_listeners:
@@ -284,12 +337,17 @@ class OutboxWorker:
             for on_deleted in self._delete_listeners:
                 on_deleted(deleted)
         for read, answer in answers:
-            if read.future.done():
-                continue
-            if isinstance(answer, OutboxError):
-                read.future.set_exception(answer)
-            else:
-                read.future.set_result(answer)
+            _resolve(read.future, answer)
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    """Set the future's result, or its exception for an `OutboxError` (unless cancelled)."""
+    if future.done():
+        return
+    if isinstance(value, OutboxError):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
 def _owner(units: list[_Append], index: int) -> int:

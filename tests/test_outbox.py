@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -56,6 +57,18 @@ def test_append_is_gap_free_and_epoch_is_a_ulid(db: Path) -> None:
         assert outbox.append([]) == []
         with sqlite3.connect(db) as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_outbox_files_are_private_whatever_the_umask(db: Path) -> None:
+    previous = os.umask(0o002)
+    try:
+        with Outbox(db, SOURCE) as outbox:
+            outbox.append([packet_entry(1)])
+            for suffix in ("", "-wal", "-shm"):
+                mode = db.with_name(db.name + suffix).stat().st_mode & 0o777
+                assert mode == 0o600, f"{db.name}{suffix} mode {mode:o}"
+    finally:
+        os.umask(previous)
 
 
 def test_synchronous_is_full_by_default_and_normal_on_request(db: Path) -> None:
