@@ -72,7 +72,7 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
                 continue  # inside a declared range we already stepped over
             if seq != contiguous + 1:
                 if declared is None:
-                    declared = declared_gaps(conn, prog.source, prog.epoch)
+                    declared = declared_gaps(conn, prog.source, prog.epoch, prog.previous)
                 covered = _covering(declared, contiguous + 1)
                 if covered is not None and covered + 1 >= seq:
                     contiguous = max(seq, covered)
@@ -88,7 +88,7 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
             # Nothing stored further: settled ranges may still run on from here (a refused
             # packet that was the last one sent), and stored seqs may follow them.
             if declared is None:
-                declared = declared_gaps(conn, prog.source, prog.epoch)
+                declared = declared_gaps(conn, prog.source, prog.epoch, prog.previous)
             covered = _covering(declared, contiguous + 1)
             if covered is None:
                 break
@@ -100,10 +100,12 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
     return gap
 
 
-def declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, int]]:
+def declared_gaps(conn: Connection, source: str, epoch: str, after: int = 0
+                  ) -> list[tuple[int, int]]:
     """Sequence ranges settled without a stored packet: those the edge said it had to drop
     (`keyop.outbox.gap` records, ARCHITECTURE.md 7) and those the hub refused. They count as
-    accounted for, so the acknowledgement can pass them."""
+    accounted for, so the acknowledgement can pass them. Refused seqs up to `after` (the
+    contiguous value already saved) are not read: they are behind it for good."""
     bodies = conn.execute(
         sa.select(packets.c.body).where(
             packets.c.source == source, packets.c.epoch == epoch,
@@ -119,7 +121,8 @@ def declared_gaps(conn: Connection, source: str, epoch: str) -> list[tuple[int, 
             continue  # validated at ingest; a bad one simply covers nothing
     refused = conn.execute(
         sa.select(refused_seqs.c.seq).where(
-            refused_seqs.c.source == source, refused_seqs.c.epoch == epoch)
+            refused_seqs.c.source == source, refused_seqs.c.epoch == epoch,
+            refused_seqs.c.seq > after)
     ).scalars().all()
     ranges += [(int(seq), int(seq)) for seq in refused]
     return sorted(ranges)

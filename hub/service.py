@@ -351,7 +351,7 @@ class HubService:
     def _incoming(self, packet: Packet, canonical: dict[str, Any], body: str,
                   admitted: Admitted) -> Incoming:
         if not admitted.future:
-            return Incoming(packet, canonical, body)
+            return Incoming(packet, canonical, body, time=admitted.time)  # parsed once
         self.future_events += 1
         self._warnings.warning(
             f"future:{packet.source}",

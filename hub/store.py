@@ -61,8 +61,8 @@ class Incoming:
     packet: Packet
     raw: dict[str, Any]
     body: str | None = None
-    # The event time the hub orders by (state, progress points), when not the packet's own:
-    # a time too far in the future is held at the hub's receive time (hub/admission.py).
+    # The event time the hub orders by (state, progress points), as hub/admission.py parsed
+    # it (a time too far in the future is held at the hub's receive time); None: parse it.
     time: float | None = None
 
 
@@ -268,6 +268,8 @@ class Store:
                     prog.new += 1
                 elif (source, epoch, seq) not in clashes:
                     prog.duplicates += 1
+            for source, epoch, seq in set(refused) | set(clashes):
+                batch_seqs.setdefault((source, epoch), []).append(seq)
             self._advance_all(conn, result, current, batch_seqs, states, now)
         return result
 
@@ -305,9 +307,8 @@ class Store:
         tentative: dict[tuple[str, str], int] = {}
         for key, prog in result.progress.items():
             prog.previous = current[key]
-            if prog.refused:
-                continue  # refused seqs are settled by the walk (hub/progress.py)
-            run = [seq for seq in batch_seqs.get(key, ()) if seq > prog.previous]
+            # The batch's seqs, refused ones included (settled like stored ones).
+            run = sorted({seq for seq in batch_seqs.get(key, ()) if seq > prog.previous})
             if run == list(range(prog.previous + 1, prog.previous + 1 + len(run))):
                 tentative[key] = prog.previous + len(run)
         beyond: set[tuple[str, str]] = set()
