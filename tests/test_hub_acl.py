@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from test_hub_service import wait_until
-from test_hub_store import make_event
+from test_hub_store import EPOCH, make_event
 
 from gateway import cli
 from gateway.broker import PrivateBroker, free_port
@@ -857,4 +857,43 @@ def test_the_real_edge_and_hub_work_with_their_accounts(fmt: str, tmp_path: Path
         finally:
             outbox.close()
             hub.close()
+    assert hub.error is None
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("fmt", ["dynsec", "acl-file"])
+def test_a_gateway_reporting_for_another_site_is_dead_lettered(fmt: str,
+                                                              tmp_path: Path) -> None:
+    """The broker lets edge-08 publish only on its own topic; on it, hub.yaml's binding
+    (site plant1) refuses a source of another site and equipment of another site."""
+    import json
+
+    from test_hub_identity import HubThread
+
+    out, port = tmp_path / "out", free_port()
+    config = _hub_yaml(out, port, tmp_path / "hub.db")
+    with _broker_for(config, out, fmt, tmp_path, port) as broker:
+        edge8 = _login(broker, out, "gateway", "edge-08")
+        hub = HubThread(config)
+        try:
+            hub.wait_subscribed()
+            up = topics.up_events("edge-08")
+            foreign_source = make_event(1, source="plant2/edge-08")
+            foreign_path = json.loads(make_event(1, source="plant1/edge-08"))
+            foreign_path["data"]["equipment"]["path"] = "plant2/body/line-1/press-1"
+            own = make_event(2, source="plant1/edge-08")
+            for body in (foreign_source, json.dumps(foreign_path).encode(), own):
+                assert not edge8.publish(up, body).is_failure
+            wait_until(lambda: hub.service.messages == 3, "three messages handled", 30)
+            assert (hub.service.stored, hub.service.dead_letters) == (1, 2)
+            store = hub.service.store
+            assert store is not None
+            reasons = [reason for _, reason, _ in store.list_dead_letters()]
+            assert any("reports for site 'plant1'" in r and "not 'plant2'" in r for r in reasons)
+            assert any("is not under site 'plant1'" in r for r in reasons)
+            # The refused packet of its own source is settled: acknowledged up to seq 2.
+            assert store.contiguous("plant1/edge-08", EPOCH) == 2
+        finally:
+            hub.close()
+            edge8.close()
     assert hub.error is None

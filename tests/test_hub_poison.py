@@ -233,6 +233,29 @@ def test_out_of_range_values_and_store_refusals_never_stop_ingest(
         hub.close()
 
 
+@pytest.mark.timeout(60)
+def test_thousands_of_bad_items_in_one_message_are_one_dead_letter(
+    broker: PrivateBroker, hub_db_url: str, edge: Client
+) -> None:
+    hub = RunningHub(hub_config(broker, hub_db_url), broker)
+    try:
+        up = topics.up_events(GATEWAY)
+        # 5,000 items that are no events, and a real one among them: one letter, one packet.
+        items = [str(i).encode() for i in range(5000)]
+        items.insert(2500, make_event(1))
+        edge.publish(up, batch(*items))
+        wait_until(lambda: acked(edge)[-1:] == [1], "ack of the one real event")
+        assert (hub.service.stored, hub.service.dead_letters) == (1, 1)
+        assert hub.service.store is not None
+        (letter,) = hub.service.store.dead_letter_rows()
+        assert letter.items == 5000
+        assert letter.reason.startswith("event 0: packet: expected a JSON object")
+        assert letter.reason.endswith("; and 4995 more bad events")
+        assert letter.size == len(batch(*items)) and len(letter.payload) == 4096
+    finally:
+        hub.close()
+
+
 @pytest.mark.timeout(90)
 def test_a_restart_dead_letters_the_queued_poison_and_goes_on(
     broker: PrivateBroker, hub_db_url: str, edge: Client
