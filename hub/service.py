@@ -257,14 +257,10 @@ class HubService:
         Only an unreachable or overloaded database holds a batch back (`_transient`).
         """
         assert self.store is not None
-        letters = batch.letters
         failing = False
         while True:
             try:
-                if letters:
-                    await asyncio.to_thread(self.store.dead_letter_many, letters)
-                    letters = []  # committed: never twice
-                result = await self._isolate(batch.incoming, batch.refused)
+                result = await self._isolate(batch.incoming, batch.refused, batch.letters)
             except Exception as error:  # _isolate raises transient ones only
                 if not _transient(error):
                     raise
@@ -282,21 +278,24 @@ class HubService:
                 log.info("hub store recovered", extra={"packets": len(batch.incoming)})
             return result
 
-    async def _isolate(self, items: list[Incoming], refused: list[Ident]) -> StoreResult:
-        """Store `items`; when the database refuses the batch for its data, store the halves
-        apart, down to the one event it refuses, which becomes a dead letter (its identity
-        settled like any refused event). Transient errors are raised for `_store` to retry.
+    async def _isolate(self, items: list[Incoming], refused: list[Ident],
+                       letters: list[DeadLetter]) -> StoreResult:
+        """Store `items`, the batch's dead letters and refused identities in one transaction;
+        when the database refuses it for its data, store the halves apart, down to the one
+        event it refuses, which becomes a dead letter (its identity settled like any refused
+        event). Transient errors are raised for `_store` to retry the whole batch.
         """
         assert self.store is not None
         try:
-            return await asyncio.to_thread(self.store.store_batch, items, refused=refused)
+            return await asyncio.to_thread(self.store.store_batch, items, refused=refused,
+                                           letters=letters)
         except Exception as error:  # any refusal of one event is isolated
             if _transient(error) or not items:
                 raise
             if len(items) > 1:
                 middle = len(items) // 2
-                result = await self._isolate(items[:middle], refused)
-                result.absorb(await self._isolate(items[middle:], []))
+                result = await self._isolate(items[:middle], refused, letters)
+                result.absorb(await self._isolate(items[middle:], [], []))
                 return result
             item = items[0]
             packet = item.packet
@@ -308,12 +307,11 @@ class HubService:
             topic = topics.up_events(topics.gateway_of(packet.source))
             self._warn(topic, reason, 1)
             body = (item.body or json.dumps(item.raw)).encode("utf-8", "backslashreplace")
-            await asyncio.to_thread(self.store.dead_letter_many,
-                                    [DeadLetter(topic, reason, body)])
             self.dead_letters += 1
             return await asyncio.to_thread(
                 self.store.store_batch, [],
-                refused=[*refused, (packet.source, packet.sourceepoch, packet.seq)])
+                refused=[*refused, (packet.source, packet.sourceepoch, packet.seq)],
+                letters=[*letters, DeadLetter(topic, reason, body)])
 
     def _validate(self, message: Inbound, batch: _Batch) -> None:
         """Split one message into admitted packets and, for its bad events, one dead letter."""

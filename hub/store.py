@@ -196,17 +196,21 @@ class Store:
     # -- ingest ---------------------------------------------------------------------------
 
     def store_batch(self, batch: Sequence[Incoming], received_at: float | None = None, *,
-                    refused: Sequence[Ident] = ()) -> StoreResult:
+                    refused: Sequence[Ident] = (),
+                    letters: Sequence[DeadLetter] = ()) -> StoreResult:
         """Store a batch in one transaction; advance contiguous seqs; report duplicates and gaps.
 
         Duplicates (already stored, or repeated inside the batch) are absorbed and counted.
         Every touched `(source, epoch)` has its contiguous seq recomputed, duplicates included,
         so a hole that another hub worker filled is picked up on the next repeat. `refused`
         are identities of packets the hub dead-lettered: recorded as settled in the same
-        transaction, so the acknowledgement can pass them.
+        transaction, so the acknowledgement can pass them; `letters`, the dead letters of the
+        batch's messages, are written in it too (one commit for the whole batch).
         """
         result = StoreResult()
         if not batch and not refused:
+            if letters:
+                self.dead_letter_many(letters)
             return result
         now = time.time() if received_at is None else received_at
         for source, epoch, _seq in refused:
@@ -241,21 +245,8 @@ class Store:
             with _driver_errors(conn, "store_batch: lock and insert"):
                 current, inserted = self._ingest.lock_and_insert(
                     dbapi, sorted(result.progress), rows, now)
-            clashes = self._id_clashes(conn, [i for i in seen if i not in inserted], by_ident)
-            if clashes:
-                # Refused, settled and dead-lettered in this transaction: the dedupe key
-                # (source, id) would otherwise swallow them and leave a hole for ever.
-                conn.execute(dead_letters.insert(), _dead_letter_rows([
-                    DeadLetter(topics.up_events(topics.gateway_of(i[0])), reason,
-                               (by_ident[i].body or "").encode())
-                    for i, reason in clashes.items()], now))
-                for source, epoch, _seq in clashes:
-                    result.progress[(source, epoch)].refused += 1
-                result.id_clashes = len(clashes)
-            if refused or clashes:
-                conn.execute(self._insert(refused_seqs).on_conflict_do_nothing(), [
-                    {"source": s, "epoch": e, "seq": q, "refused_at": now}
-                    for s, e, q in sorted(set(refused) | set(clashes))])
+            settled = self._write_refusals(conn, result, refused, letters,
+                                           [i for i in seen if i not in inserted], by_ident, now)
             states = state_rows(((by_ident[i].packet, pk, by_ident[i].time)
                                  for i, pk in inserted.items()), now)
             result.state_keys = {(s.work_order, s.operation) for s in states}
@@ -266,12 +257,38 @@ class Store:
                 batch_seqs.setdefault((source, epoch), []).append(seq)
                 if (source, epoch, seq) in inserted:
                     prog.new += 1
-                elif (source, epoch, seq) not in clashes:
+                elif (source, epoch, seq) not in settled:
                     prog.duplicates += 1
-            for source, epoch, seq in set(refused) | set(clashes):
+            for source, epoch, seq in settled:
                 batch_seqs.setdefault((source, epoch), []).append(seq)
             self._advance_all(conn, result, current, batch_seqs, states, now)
         return result
+
+    def _write_refusals(self, conn: Connection, result: StoreResult, refused: Sequence[Ident],
+                        letters: Sequence[DeadLetter], skipped: list[Ident],
+                        by_ident: dict[Ident, Incoming], now: float) -> set[Ident]:
+        """Write the batch's dead letters and settle its refused seqs, in its transaction.
+
+        Rows the insert `skipped` that are stored under no (source, epoch, seq) clash on their
+        `id`: refused, dead-lettered and settled here too, since the dedupe key (source, id)
+        would otherwise swallow them and leave a hole for ever. Returns every settled seq.
+        """
+        clashes = self._id_clashes(conn, skipped, by_ident)
+        letters = [*letters, *(
+            DeadLetter(topics.up_events(topics.gateway_of(i[0])), reason,
+                       (by_ident[i].body or "").encode())
+            for i, reason in clashes.items())]
+        if letters:
+            conn.execute(dead_letters.insert(), _dead_letter_rows(letters, now))
+        for source, epoch, _seq in clashes:
+            result.progress[(source, epoch)].refused += 1
+        result.id_clashes = len(clashes)
+        settled = set(refused) | set(clashes)
+        if settled:
+            conn.execute(self._insert(refused_seqs).on_conflict_do_nothing(), [
+                {"source": s, "epoch": e, "seq": q, "refused_at": now}
+                for s, e, q in sorted(settled)])
+        return settled
 
     def _id_clashes(self, conn: Connection, skipped: list[Ident],
                     by_ident: dict[Ident, Incoming]) -> dict[Ident, str]:
