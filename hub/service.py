@@ -303,15 +303,17 @@ class HubService:
             if not isinstance(error, SQLAlchemyError):
                 log.exception("hub store refused a packet: %s", reason,
                               extra={"source": packet.source, "sequence": packet.sequence})
-            self.store_refusals += 1
             topic = topics.up_events(topics.gateway_of(packet.source))
-            self._warn(topic, reason, 1)
             body = (item.body or json.dumps(item.raw)).encode("utf-8", "backslashreplace")
-            self.dead_letters += 1
-            return await asyncio.to_thread(
+            result = await asyncio.to_thread(
                 self.store.store_batch, [],
                 refused=[*refused, (packet.source, packet.sourceepoch, packet.seq)],
                 letters=[*letters, DeadLetter(topic, reason, body)])
+            # Counted once committed: a transient failure above retries the whole batch.
+            self.store_refusals += 1
+            self.dead_letters += 1
+            self._warn(topic, reason, 1)
+            return result
 
     def _validate(self, message: Inbound, batch: _Batch) -> None:
         """Split one message into admitted packets and, for its bad events, one dead letter."""
