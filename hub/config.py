@@ -163,13 +163,6 @@ class SupplierConfig(_Strict):
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
 
-    def key_hashes(self) -> list[str]:
-        """The stored forms of this supplier's API keys."""
-        found = [self.api_key_hash] if self.api_key_hash else []
-        if self.api_key_file:
-            found.append(hash_key(read_secret(self.api_key_file)))
-        return found
-
 
 class GatewayConfig(_Strict):
     """An edge gateway allowed on the broker (its id is its MQTT username), and what it may

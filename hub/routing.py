@@ -252,11 +252,6 @@ def _rules(supplier: SupplierConfig) -> _Rules:
     return rules
 
 
-def param_allowed(name: str, param: Mapping[str, Any], supplier: SupplierConfig) -> bool:
-    """Whether one process value may go to a supplier."""
-    return bool(_rules(supplier).kept({name: dict(param)}))
-
-
 def public_run_id(run_id: str, work_order: Any, operation: Any, public: str) -> str:
     """A run id without the station's real name, stable per run: mapping/station.py's
     `{workOrder}.{operation}.{station}.{n}` becomes `{workOrder}.{operation}.{public}.{n}`.

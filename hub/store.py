@@ -346,11 +346,6 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(dead_letters).order_by(dead_letters.c.pk)).all())
 
-    def ping(self) -> None:
-        """A round trip to the database (raises when it is away)."""
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
     def list_dead_letters(self) -> list[tuple[str, str, bytes]]:
         """All dead letters as `(topic, reason, payload prefix)`, oldest first."""
         with self.engine.connect() as conn:

@@ -133,13 +133,6 @@ class Signal(Strict):
         return self.address or self.node or ""
 
 
-def source_protocol(
-    source: ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource,
-) -> str:
-    """The protocol name a packet's `origin` carries: `modbus` or `opcua`."""
-    return source.protocol.split("_")[0]
-
-
 SOURCE_ADAPTER: TypeAdapter[
     ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource
 ] = TypeAdapter(Source)

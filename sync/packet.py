@@ -338,9 +338,6 @@ class Packet(_Model):
     def seq(self) -> int:
         return int(self.sequence)
 
-    def data_json(self) -> dict[str, Any]:
-        return self.data.model_dump(mode="json", by_alias=True, exclude_none=True)
-
 
 @dataclass(frozen=True, slots=True)
 class Draft:

@@ -42,10 +42,6 @@ def up_status(gateway: str) -> str:
     return f"{PREFIX}/up/{check_id('gateway', gateway)}/status"
 
 
-def up_device_status(gateway: str, device: str) -> str:
-    return f"{PREFIX}/up/{check_id('gateway', gateway)}/devices/{check_id('device', device)}/status"
-
-
 def down_ack(gateway: str) -> str:
     return f"{PREFIX}/down/{check_id('gateway', gateway)}/ack"
 
