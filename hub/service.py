@@ -1,6 +1,6 @@
 """The running hub: ingest (validate, dedupe, store, ack) and fan-out, on one asyncio loop.
 
-Ingest follows ARCHITECTURE.md "Delivery guarantees": a packet is acknowledged to its edge only
+Ingest follows docs/architecture.md "Delivery guarantees": a packet is acknowledged to its edge only
 after the database commit, with the highest contiguous seq stored for its `(source, epoch)`;
 repeats are absorbed and counted; gaps are logged and counted; invalid input goes to dead letters
 and never stops the hub.
@@ -25,7 +25,7 @@ from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.api.auth import Keys
-from hub.config import ConfigError, HubConfig, load_config
+from hub.config import HubConfig, HubConfigError, load_config
 from hub.fanout import FanOut
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
@@ -106,7 +106,7 @@ class HubService:
         loop = asyncio.get_running_loop()
         # create_all and the first connection block: keep them off the loop.
         if self.config.api.enabled:
-            Keys(self.config)  # unreadable key files stop the hub here (ConfigError), not later
+            Keys(self.config)  # unreadable key files stop the hub here (HubConfigError), not later
         # Migrations and the first connection block: keep them off the loop.
         self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url())
         # One process per client id: a second one stops here (hub/identity.py), before it
@@ -132,9 +132,9 @@ class HubService:
                                        "database": store.url.render_as_string(),
                                        "ingest": roles.ingest, "fanout": roles.fanout})
         # Every task runs under the supervisor: one that raises is logged, counted and
-        # restarted, never the end of the hub; a ConfigError (another process took this one's
+        # restarted, never the end of the hub; a HubConfigError (another process took this one's
         # identity) still ends it (hub/supervisor.py).
-        self.supervisor = tasks = Supervisor(stop, fatal=(ConfigError,))
+        self.supervisor = tasks = Supervisor(stop, fatal=(HubConfigError,))
         tasks.spawn("reload", lambda: self._reload(stop))
         tasks.spawn("identity", lambda: lease.run(stop))
         if roles.ingest:
@@ -461,7 +461,7 @@ def main(config_path: str) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(config_path)
-    except ConfigError as error:
+    except HubConfigError as error:
         log.error("%s", error)
         return 2
 
@@ -478,7 +478,7 @@ def main(config_path: str) -> int:
     except SQLAlchemyError as error:
         log.error("hub store unavailable: %s", str(error).splitlines()[0])
         return 1
-    except ConfigError as error:
+    except HubConfigError as error:
         log.error("%s", error)
         return 2
     log.info("hub exited", extra={"uptime_s": round(time.monotonic() - started, 1)})

@@ -1,4 +1,4 @@
-"""Operation state that does not depend on arrival order (ARCHITECTURE.md, guarantee 6).
+"""Operation state that does not depend on arrival order (docs/architecture.md, guarantee 7).
 
 Of two operation events, the newer is decided by `(sourceepoch, sequence)` when both come from
 the same source (epochs are ULIDs, so they sort by creation) and by event time across sources

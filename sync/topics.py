@@ -1,4 +1,4 @@
-"""The MQTT topic namespace of PACKET.md, in one place."""
+"""The MQTT topic namespace of docs/packet.md, in one place."""
 
 from __future__ import annotations
 

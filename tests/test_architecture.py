@@ -1,4 +1,4 @@
-"""The folder rules of ARCHITECTURE.md, read from the imports themselves."""
+"""The folder rules of docs/architecture.md, read from the imports themselves."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from test_hub_service import (
 from test_hub_store import make_event
 
 from gateway.broker import PrivateBroker
-from hub.config import ConfigError
+from hub.config import HubConfigError
 from hub.supervisor import Backoff, Supervisor
 from sync import topics
 
@@ -155,17 +155,17 @@ def test_stop_and_cancellation_are_not_failures(caplog: pytest.LogCaptureFixture
 def test_a_fatal_error_stops_every_task_and_is_raised() -> None:
     async def scenario() -> None:
         stop = asyncio.Event()
-        supervisor = Supervisor(stop, backoff=FAST, fatal=(ConfigError,))
+        supervisor = Supervisor(stop, backoff=FAST, fatal=(HubConfigError,))
 
         async def refuses() -> None:
-            raise ConfigError("client id keyop-hub-1 is held by another hub process")
+            raise HubConfigError("client id keyop-hub-1 is held by another hub process")
 
         async def other() -> None:
             await stop.wait()
 
         supervisor.spawn("identity", refuses)
         supervisor.spawn("other", other)
-        with pytest.raises(ConfigError, match="held by another"):
+        with pytest.raises(HubConfigError, match="held by another"):
             await asyncio.wait_for(supervisor.wait(), 5)
         assert stop.is_set()
         assert supervisor.restarts["identity"] == 0
