@@ -33,6 +33,7 @@ from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound
 from hub.mqtt_properties import publish_properties
 from hub.retention import Retention
+from hub.scheduler import Job, run_jobs
 from hub.server import ApiServer
 from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
@@ -141,15 +142,17 @@ class HubService:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
             tasks.spawn("fanout", lambda: fanout.run(stop))
+        jobs: list[Job] = []
         if self.config.alerts.enabled:
             self.alerts = alerts = Alerts(self.config, store, context)
             alert_props = publish_properties(CONTENT_TYPE)
-            tasks.spawn("alerts", lambda: alerts.run(
-                stop, lambda topic, payload: mqtt.publish(topic, payload,
-                                                          properties=alert_props)))
+            jobs.append(alerts.job(lambda topic, payload: mqtt.publish(
+                topic, payload, properties=alert_props)))
         self.retention = retention = Retention(self.config, store)
         if retention.limits():
-            tasks.spawn("scheduler", lambda: retention.run(stop, tasks))
+            jobs.append(retention.job())
+        if jobs:
+            tasks.spawn("scheduler", lambda: run_jobs(jobs, stop, tasks))
         if self.config.api.enabled:
             self.api = api = ApiServer(self.config.api, context)
             if await api.start():
