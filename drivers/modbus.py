@@ -35,11 +35,10 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten, make_samples
-from drivers.modbus_link import Backoff, LinkDown, ModbusLink, SerialBus, TcpLink
+from drivers.modbus_link import LinkDown, ModbusLink, SerialBus, TcpLink
 from drivers.modbus_plan import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
-    ModbusSignal,
     PollGroup,
     Read,
     Table,
@@ -48,6 +47,7 @@ from drivers.modbus_plan import (
     parse_signal,
     split_read,
 )
+from drivers.settings import ModbusDeviceConfig, ModbusSignal
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -87,34 +87,6 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusDeviceConfig:
-    """One Modbus device (a TCP host:port, or a unit on a serial bus) and its signals.
-
-    `timeout_s` bounds connect and each request; `max_gap` is how many unused registers/bits
-    a merged read may span between two signals; the backoff doubles from `backoff_initial_s`
-    to `backoff_max_s`, each delay varied by +/- `backoff_jitter` (a fraction). `stagger_s`
-    delays the first poll. For TCP, `host`/`port` name the device; an RTU device gets its
-    `SerialBus` from the caller and `host` is only used in messages.
-    """
-
-    name: str
-    host: str
-    port: int = 502
-    unit_id: int = 1
-    timeout_s: float = 1.0
-    signals: tuple[ModbusSignal, ...] = ()
-    max_gap: int = 8
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
-    backoff_jitter: float = 0.2
-    stagger_s: float = 0.0
-
-    @property
-    def backoff(self) -> Backoff:
-        return Backoff(self.backoff_initial_s, self.backoff_max_s, self.backoff_jitter)
 
 
 def check_device(config: ModbusDeviceConfig) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
@@ -23,7 +22,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from drivers.base import ConfigError
+from drivers.settings import Backoff
 
 # --- register responses -------------------------------------------------------------------------
 # pymodbus decodes a register response one `struct` call per register and then formats the
@@ -80,21 +79,6 @@ class LinkDown(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: `initial_s` doubling up to `max_s`, each varied by +/- `jitter`."""
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    jitter: float = 0.2
-
-    def check(self, where: str) -> None:
-        if not 0 < self.initial_s <= self.max_s:
-            raise ConfigError(f"{where}: backoff: expected 0 < initial <= max")
-        if not 0 <= self.jitter < 1:
-            raise ConfigError(f"{where}: backoff jitter {self.jitter}: expected 0..1")
 
 
 class _Link:

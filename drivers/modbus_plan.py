@@ -26,11 +26,11 @@ from enum import StrEnum
 from operator import itemgetter
 
 from drivers.base import ConfigError, Value
+from drivers.settings import MODBUS_ADDRESS, ModbusSignal
 
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
 
-_ADDRESS = re.compile(r"^(hr|ir|co|di):(\d{1,5})(?:\.(\d{1,2}))?$")
 _STRING = re.compile(r"^string\((\d{1,3})\)$")
 
 #: type name -> (registers, struct format of the big-endian bytes)
@@ -68,23 +68,6 @@ class Table(StrEnum):
     def limit(self) -> int:
         """The most registers or bits one request may read."""
         return MAX_BITS_PER_READ if self.is_bits else MAX_REGISTERS_PER_READ
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusSignal:
-    """One value to poll (see the module docstring for `address` and `type`).
-
-    `interval_s` is the poll period in seconds; `scale`/`offset` are applied when either is set.
-    """
-
-    name: str
-    address: str
-    type: str = "uint16"
-    interval_s: float = 1.0
-    byte_order: str = "big"
-    word_order: str = "big"
-    scale: float | None = None
-    offset: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,20 +259,12 @@ def type_width(type_: str) -> int | None:
     return None
 
 
-def default_type(address: str) -> str:
-    """The type a signal gets when the mapping names none: bool for bits, else uint16."""
-    match = _ADDRESS.match(address.strip())
-    if match and (Table(match.group(1)).is_bits or match.group(3) is not None):
-        return "bool"
-    return "uint16"
-
-
 def parse_signal(signal: ModbusSignal) -> Point:
     """Check one signal's address and type; ConfigError names the signal and what is expected."""
     where = f"signal {signal.name!r}: address {signal.address!r}"
     if not signal.name:
         raise ConfigError(f"signal with address {signal.address!r}: empty name")
-    match = _ADDRESS.match(signal.address.strip())
+    match = MODBUS_ADDRESS.match(signal.address.strip())
     if match is None:
         raise ConfigError(
             f"{where}: expected hr:N, ir:N, co:N or di:N (or hr:N.b / ir:N.b for a register bit)"

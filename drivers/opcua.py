@@ -39,7 +39,6 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any
 
 from asyncua import Client, ua
@@ -47,8 +46,6 @@ from asyncua import Client, ua
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten
 from drivers.opcua_counters import OpcUaCounters
 from drivers.opcua_nodes import (
-    OpcUaSecurity,
-    OpcUaSignal,
     check_security,
     check_signal,
     resolve_nodes,
@@ -64,6 +61,7 @@ from drivers.opcua_subscription import (
     Subscriptions,
     sample_of,
 )
+from drivers.settings import OpcUaDeviceConfig, OpcUaSecurity, OpcUaSignal
 
 __all__ = ["BATCH_MAX", "QUEUE_BOUND", "OpcUaDeviceConfig", "OpcUaDriver", "OpcUaSecurity",
            "OpcUaSignal"]
@@ -71,24 +69,6 @@ __all__ = ["BATCH_MAX", "QUEUE_BOUND", "OpcUaDeviceConfig", "OpcUaDriver", "OpcU
 log = logging.getLogger(__name__)
 
 _CONNECT_ERRORS = (OSError, TimeoutError, ConnectionError, ua.UaError, ValueError)
-
-
-@dataclass(frozen=True, slots=True)
-class OpcUaDeviceConfig:
-    """One OPC UA server and the signals read from it (`mode`: subscribe or poll)."""
-
-    name: str
-    endpoint: str
-    signals: tuple[OpcUaSignal, ...] = ()
-    mode: str = "subscribe"
-    security: OpcUaSecurity = field(default_factory=OpcUaSecurity)
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    timeout_s: float = 4.0
-    keepalive_s: float = 2.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    backoff_jitter: float = 0.2
 
 
 class OpcUaDriver:

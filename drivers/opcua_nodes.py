@@ -16,37 +16,10 @@ from typing import cast
 from asyncua import Client, ua
 
 from drivers.base import ConfigError, Quality
+from drivers.settings import OpcUaSecurity, OpcUaSignal
 
 POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
 MODES = ("None", "Sign", "SignAndEncrypt")
-
-
-@dataclass(frozen=True, slots=True)
-class OpcUaSignal:
-    """One node to watch.
-
-    `interval_s` is the subscription's publishing interval (or the poll period in poll mode);
-    `sampling_s` the server-side sampling interval (default: `interval_s`); `queue_size` the
-    monitored item's queue; `deadband` an absolute deadband on numeric values (None = off).
-    """
-
-    name: str
-    node: str
-    interval_s: float = 1.0
-    sampling_s: float | None = None
-    queue_size: int = 1
-    deadband: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OpcUaSecurity:
-    """Secure channel: policy and mode, client certificate/key files, server trust folder."""
-
-    policy: str = "None"
-    mode: str = "None"
-    certificate: str | None = None
-    private_key: str | None = None
-    trust_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

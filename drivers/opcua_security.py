@@ -18,7 +18,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
 
-from drivers.opcua_nodes import OpcUaSecurity
+from drivers.settings import OpcUaSecurity
 
 POLICY_CLASSES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,

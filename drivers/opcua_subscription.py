@@ -20,7 +20,8 @@ from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subs
 
 from drivers.base import Quality, Sample
 from drivers.opcua_counters import OpcUaCounters
-from drivers.opcua_nodes import NodeRef, OpcUaSignal, epoch_of, plain, quality_of
+from drivers.opcua_nodes import NodeRef, epoch_of, plain, quality_of
+from drivers.settings import OpcUaSignal
 
 log = logging.getLogger(__name__)
 

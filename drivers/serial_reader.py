@@ -19,13 +19,11 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Literal
 
 import serial
 
-from drivers.base import ConfigError, Quality, Sample, Scan
-from drivers.framing import Frame, Framer, FramingSpec, Rejected
+from drivers.base import Quality, Sample, Scan
+from drivers.framing import Frame, Framer, Rejected
 from drivers.gs1 import (
     GS1Error,
     decode_epc,
@@ -33,6 +31,7 @@ from drivers.gs1 import (
     looks_like_element_string,
     parse_element_string,
 )
+from drivers.settings import SerialReaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +42,6 @@ _EPC_READ = re.compile(
     r"(?:[,;\s]+(?:ANT[:=]?\s*)?(?P<antenna>\d+))?"
     r"(?:[,;\s]+(?:RSSI[:=]?\s*)?(?P<rssi>-?\d+(?:\.\d+)?))?\s*$"
 )
-
-
-@dataclass(frozen=True)
-class SerialReaderConfig:
-    """One serial reader and the signal names its reads go to."""
-
-    name: str
-    port: str
-    signals: tuple[str, ...]
-    reader: Literal["barcode", "rfid"] = "barcode"
-    baud: int = 9600
-    bytesize: int = 8
-    parity: str = "none"
-    stopbits: float = 1
-    flow: Literal["none", "rtscts", "xonxoff"] = "none"
-    framing: FramingSpec = field(default_factory=FramingSpec)
-    pattern: str | None = None  # site-specific codes: named groups become fields
-    dedupe_window_s: float = 2.0
-    depart_after_s: float = 5.0
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.parity not in _PARITY:
-            raise ConfigError(f"serial source {self.name!r}: parity {self.parity!r}: expected "
-                              f"one of {', '.join(_PARITY)}")
-        if self.bytesize not in (5, 6, 7, 8) or self.stopbits not in (1, 1.5, 2):
-            raise ConfigError(f"serial source {self.name!r}: bytesize 5-8 and stopbits 1, 1.5 "
-                              "or 2 expected")
-        if self.framing.kind == "fixed" and self.framing.length < 1:
-            raise ConfigError(f"serial source {self.name!r}: fixed framing needs a length")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as error:
-                raise ConfigError(f"serial source {self.name!r}: pattern: {error}") from None
 
 
 class Decoder:

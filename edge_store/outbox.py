@@ -2,7 +2,7 @@
 
 Rows are opaque bodies with a gap-free sequence number. The outbox knows rows, not packets: a
 caller hands in entries whose `render(seq, epoch)` produces the body once the sequence is known,
-so the identity is allocated inside the same transaction that stores it (ARCHITECTURE.md,
+so the identity is allocated inside the same transaction that stores it (docs/architecture.md,
 "Delivery guarantees" 1).
 
 `Outbox` is the one class callers use; it is made of the parts, one concept each:

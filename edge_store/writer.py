@@ -1,6 +1,6 @@
 """Group commit for the event loop: many concurrent `append`s, one SQLite transaction per round.
 
-On real edge storage one fsync costs 0.2-20 ms (FIELD-NOTES.md), so one transaction per packet
+On real edge storage one fsync costs 0.2-20 ms, so one transaction per packet
 would cap the gateway at a few hundred packets per second. Appends go to the outbox's worker
 thread (`edge_store.worker`), which takes everything queued (up to `max_batch` entries) into one
 transaction and only then resolves each caller's future: when `await writer.append(entry)`

@@ -80,7 +80,7 @@ class Acker:
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_message = self._on_message
         # As the hub does: without it, a small ack written right after another small write
-        # waits for the TCP ACK of the first (Nagle; FIELD-NOTES).
+        # waits for the TCP ACK of the first (Nagle).
         self.client.on_socket_open = _no_delay
         self.client.connect(host, port, 30)
         self.client.loop_start()

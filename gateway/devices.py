@@ -14,11 +14,11 @@ from pathlib import Path
 
 from drivers.base import ConfigError, Driver
 from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, parse_signal
-from drivers.modbus_link import Backoff, SerialBus
-from drivers.modbus_plan import default_type
-from drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaSecurity, OpcUaSignal
+from drivers.modbus_link import SerialBus
+from drivers.opcua import OpcUaDriver
 from drivers.opcua_nodes import check_signal
-from gateway.devices_serial import serial_driver
+from drivers.serial_reader import SerialReaderDriver
+from drivers.settings import Backoff
 from mapping.engine import CompiledMapping
 from mapping.errors import MappingError, Problem
 from mapping.load import signal_position
@@ -28,6 +28,8 @@ from mapping.yamlsrc import Document
 
 _MODBUS_ONLY = ("address", "type", "scale", "offset")
 _OPCUA_ONLY = ("node", "sampling", "deadband")
+# What every Modbus RTU source on one serial port must agree on.
+_LINE = ("baudrate", "bytesize", "parity", "stopbits", "frame_gap")
 
 
 class _Builder:
@@ -58,7 +60,7 @@ class _Builder:
         if not names:
             return None
         try:
-            return serial_driver(source_id, source, names)
+            return SerialReaderDriver(source.to_driver(source_id, tuple(names)))
         except ConfigError as error:
             self.at_source(source_id, None, str(error))
             return None
@@ -86,9 +88,7 @@ class _Builder:
                                              f"signal {name!r}: address is required for "
                                              f"{kind} source {source!r}"))
                 continue
-            signal = ModbusSignal(name, spec.address, spec.type or default_type(spec.address),
-                                  spec.interval,
-                                  spec.byte_order, spec.word_order, spec.scale, spec.offset)
+            signal = spec.to_modbus(name)
             try:
                 parse_signal(signal)
             except ConfigError as error:
@@ -101,18 +101,13 @@ class _Builder:
         signals = self.modbus_signals(source_id, "modbus_tcp")
         if not signals:
             return None
-        config = ModbusDeviceConfig(
-            name=source_id, host=source.host, port=source.port, unit_id=source.unit,
-            timeout_s=source.timeout, signals=tuple(signals), max_gap=source.max_gap,
-        )
-        return self._modbus(source_id, config, None)
+        return self._modbus(source_id, source.to_driver(source_id, tuple(signals)), None)
 
     def modbus_rtu(self, source_id: str, source: ModbusRtuSource) -> ModbusDriver | None:
         port = source.port
-        settings = (source.baudrate, source.bytesize, source.parity, source.stopbits)
         if port in self.buses:
             bus, first = self.buses[port]
-            if bus.settings != settings or first.frame_gap != source.frame_gap:
+            if any(getattr(first, f) != getattr(source, f) for f in _LINE):
                 self.at_source(source_id, "port", f"source {source_id!r}: serial port {port} "
                                "is shared with other sources, which use other line settings")
                 return None
@@ -125,11 +120,7 @@ class _Builder:
         signals = self.modbus_signals(source_id, "modbus_rtu")
         if not signals:
             return None
-        config = ModbusDeviceConfig(
-            name=source_id, host=port, port=1, unit_id=source.unit, timeout_s=source.timeout,
-            signals=tuple(signals), max_gap=source.max_gap,
-        )
-        return self._modbus(source_id, config, bus)
+        return self._modbus(source_id, source.to_driver(source_id, tuple(signals)), bus)
 
     def _modbus(self, source_id: str, config: ModbusDeviceConfig,
                 bus: SerialBus | None) -> ModbusDriver | None:
@@ -152,8 +143,7 @@ class _Builder:
                                              f"signal {name!r}: node is required for opcua "
                                              f"source {source_id!r}"))
                 continue
-            signal = OpcUaSignal(name, spec.node, spec.interval, spec.sampling,
-                                 spec.queue_size, spec.deadband)
+            signal = spec.to_opcua(name)
             try:
                 check_signal(signal)
             except ConfigError as error:
@@ -163,14 +153,8 @@ class _Builder:
         password = self.password(source_id, source)
         if not signals:
             return None
-        sec = source.security
-        config = OpcUaDeviceConfig(
-            name=source_id, endpoint=source.endpoint, signals=tuple(signals), mode=source.mode,
-            security=OpcUaSecurity(sec.policy, sec.mode, self.path(sec.certificate),
-                                   self.path(sec.private_key), self.path(sec.trust)),
-            username=source.username, password=password, timeout_s=source.timeout,
-            keepalive_s=source.keepalive,
-        )
+        config = source.to_driver(source_id, tuple(signals), folder=self.folder,
+                                  password=password)
         for field, value in (("certificate", config.security.certificate),
                              ("private_key", config.security.private_key)):
             if value is not None and not Path(value).is_file():

@@ -1,4 +1,4 @@
-"""The `keyop.outbox.gap` packet: what the outbox had to drop, named to the hub (PACKET.md).
+"""The `keyop.outbox.gap` packet: what the outbox had to drop, named to the hub (docs/packet.md).
 
 The outbox knows rows, not packets; when a bound, a full disk or an operator's purge forces
 rows out, it asks this factory for the row that says so. The gap packet is a packet like any

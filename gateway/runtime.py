@@ -58,12 +58,11 @@ def settle_heap() -> None:
     """Tune the cyclic garbage collector for the steady state, once everything long-lived
     (modules, config, compiled mapping, outbox, drivers) exists.
 
-    Frozen, those objects are no longer rescanned by every full collection; a young
-    generation of 50,000 lets the many short-lived objects of each packet (samples, drafts,
-    rows, JSON) die before they are promoted. Measured with `keyop bench e2e --packets 100000
-    --hub acker`: 0.044 -> 0.031 CPU-s per 1,000 packets, 20,000 -> 27,000 packets/s. (The
-    hub does the same for itself; the folders may not share code.) Cyclic garbage made of
-    frozen objects (e.g. a mapping replaced by a reload) is not collected: a few kB a reload.
+    Frozen, those objects are not rescanned by every full collection; a young generation of
+    50,000 lets the many short-lived objects of each packet (samples, drafts, rows, JSON) die
+    before they are promoted (`keyop bench e2e --hub acker` shows the CPU per packet). The hub
+    does the same for itself. Cyclic garbage made of frozen objects (e.g. a mapping replaced
+    by a reload) is not collected: a few kB a reload.
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)

@@ -19,7 +19,7 @@ Both set `message_size_limit` (MESSAGE_SIZE_LIMIT).
 
 Accounts (MQTT usernames): the hub (`mqtt.username`, default its id), the other hub processes
 (`mqtt.worker_accounts`), each gateway of `gateways:` and each supplier of `suppliers:`. A name
-may belong to one account only: gateway and supplier ids are separate realms in PACKET.md but
+may belong to one account only: gateway and supplier ids are separate realms in docs/packet.md but
 share one namespace on the broker. Client ids (`Account.client_id`, bound by dynsec): the hub's
 `mqtt.client_id`, a worker's `client_id` (default its username), `keyop-edge-{id}` for a
 gateway (what sync/uplink.py sends), the supplier's id for a supplier.
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.config import ConfigError, HubConfig, hash_key, load_config
+from hub.config import HubConfig, HubConfigError, hash_key, load_config
 from hub.mqtt import INFLIGHT_MAX
 from sync import topics
 from sync.packet import MAX_EVENT_BYTES
@@ -118,7 +118,7 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def accounts(config: HubConfig, out: Path) -> list[Account]:
-    """Every broker account hub.yaml implies, with its rules. Raises ConfigError on a clash."""
+    """Every broker account hub.yaml implies, with its rules. Raises HubConfigError on a clash."""
     mqtt = config.mqtt
     hub_user = mqtt.username or config.hub.id
     prefix = topics.PREFIX
@@ -169,7 +169,7 @@ def _check_unique(found: Sequence[Account]) -> None:
                 continue
             owners = (f"both a {other.kind} and a {account.kind}" if other.kind != account.kind
                       else f"used by two {account.kind} accounts")
-            raise ConfigError(f"{what} {key(account)!r} is {owners} ({other.username}, "
+            raise HubConfigError(f"{what} {key(account)!r} is {owners} ({other.username}, "
                               f"{account.username}): every account needs one of its own")
 
 
@@ -183,32 +183,32 @@ def _secret_for(path: Path) -> tuple[str, bool]:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as error:
-            raise ConfigError(f"{path}: cannot create secret file: {error.strerror}") from None
+            raise HubConfigError(f"{path}: cannot create secret file: {error.strerror}") from None
         with os.fdopen(fd, "w") as handle:
             handle.write(secret + "\n")
         return secret, True
     except OSError as error:
         # ELOOP: the last component is a symbolic link.
         hint = " (a symbolic link: give the file itself)" if os.path.islink(path) else ""
-        raise ConfigError(f"{path}: cannot open secret file{hint}: {error.strerror}") from None
+        raise HubConfigError(f"{path}: cannot open secret file{hint}: {error.strerror}") from None
     with os.fdopen(fd, encoding="utf-8") as handle:
         _check_private(path, os.fstat(handle.fileno()))
         text = handle.read()
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if len(secret) < 16:
-        raise ConfigError(f"{path}: secret is shorter than 16 characters")
+        raise HubConfigError(f"{path}: secret is shorter than 16 characters")
     return secret, False
 
 
 def _check_private(path: Path, info: os.stat_result) -> None:
     """Refuse a secret file that is not a regular file of ours, closed to group and others."""
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{path}: secret file is not a regular file")
+        raise HubConfigError(f"{path}: secret file is not a regular file")
     if info.st_uid != os.geteuid():
-        raise ConfigError(f"{path}: secret file is owned by uid {info.st_uid}, not by the user "
+        raise HubConfigError(f"{path}: secret file is owned by uid {info.st_uid}, not by the user "
                           f"running this command (uid {os.geteuid()}): chown it")
     if info.st_mode & 0o077:
-        raise ConfigError(f"{path}: secret file has mode {stat.S_IMODE(info.st_mode):04o}: "
+        raise HubConfigError(f"{path}: secret file has mode {stat.S_IMODE(info.st_mode):04o}: "
                           "group or others may read or write it; chmod 600 it")
 
 
@@ -276,7 +276,7 @@ def write(config: HubConfig, out: Path, fmt: str = DEFAULT_FORMAT) -> list[Path]
     from hub import dynsec
 
     if fmt not in FORMATS:
-        raise ConfigError(f"broker file format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise HubConfigError(f"broker file format {fmt!r}: expected one of {', '.join(FORMATS)}")
     found = accounts(config, out)
     out.mkdir(parents=True, exist_ok=True)
     paired, generated = credentials(found)
@@ -321,7 +321,7 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except OSError as error:
-        raise ConfigError(f"{tmp}: cannot create: {error.strerror}") from None
+        raise HubConfigError(f"{tmp}: cannot create: {error.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -336,7 +336,7 @@ def main(config_path: str | Path, out: str | Path, fmt: str = DEFAULT_FORMAT) ->
     try:
         config = load_config(config_path)
         generated = write(config, Path(out), fmt)
-    except (ConfigError, topics.TopicError) as error:
+    except (HubConfigError, topics.TopicError) as error:
         print(f"keyop hub acl: {error}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(f"{out}/{name}" for name in (*OUTPUTS[fmt], "mosquitto.conf")))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from hub.config import GatewayConfig, HubConfig
+from hub.config import GatewayEntry, HubConfig
 from sync.packet import (
     MAX_INT,
     SEQUENCE_PATTERN,
@@ -44,7 +44,7 @@ class Admission:
     """hub.yaml's gateway bindings and time skew, applied to validated packets."""
 
     def __init__(self, config: HubConfig) -> None:
-        self.gateways: dict[str, GatewayConfig] = dict(config.gateways)
+        self.gateways: dict[str, GatewayEntry] = dict(config.gateways)
         self.open = not self.gateways
         self.max_skew_s = config.hub.max_future_skew_s
 
@@ -94,7 +94,7 @@ class Admission:
         return source, epoch, seq
 
 
-def _outside(binding: GatewayConfig, gateway: str, packet: Packet) -> str | None:
+def _outside(binding: GatewayEntry, gateway: str, packet: Packet) -> str | None:
     """Why a packet lies outside what its gateway is declared for, or None."""
     where = f"hub.yaml gateways.{gateway}"
     path = packet.data.equipment.path

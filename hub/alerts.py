@@ -1,7 +1,7 @@
 """Delay alerts: `keyop.alert.delay_risk` and `keyop.alert.stalled` for concerned suppliers.
 
-Every `alerts.interval_s` (a loop on monotonic time; one hub worker at a time, the holder of the
-`alerts` lease) each open operation is evaluated:
+Every `alerts.interval_s` (a calendar job, hub/scheduler.py; one hub worker at a time, the
+holder of the `alerts` lease) each open operation is evaluated:
 
 - stalled: it is Running and the hub has heard nothing of it for `stall_after_s` (hub clock,
   so an edge's wrong clock cannot fake or hide a stall);
@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from hub.api.context import ApiContext
 from hub.badrows import BAD_ROW, printable_time, reason
 from hub.config import HubConfig
 from hub.log_throttle import RepeatedWarnings
+from hub.scheduler import Job
 from hub.store import Store
 from sync import topics
 from sync.packet import format_sequence, format_time
@@ -51,6 +54,7 @@ from sync.packet import format_sequence, format_time
 log = logging.getLogger(__name__)
 
 LEASE = "alerts"
+JOB = "alerts"
 # Alerts are numbered in the hub's database, not by an outbox: one fixed epoch.
 ALERT_EPOCH = "0" * 26
 KINDS = ("delay_risk", "stalled")
@@ -99,7 +103,8 @@ def estimate(points: list[tuple[float, int]], planned: int | None, good: int,
 
 
 class Alerts:
-    """The periodic evaluation. `evaluate` is synchronous (it runs in a worker thread)."""
+    """The periodic evaluation. `evaluate` is synchronous (it runs in a worker thread); `job`
+    is its schedule."""
 
     def __init__(self, config: HubConfig, store: Store, context: ApiContext) -> None:
         self.config = config
@@ -112,6 +117,8 @@ class Alerts:
         self.evaluations = 0
         self.skipped = 0
         self._warnings = RepeatedWarnings(log, window_s=300.0)
+        self._stopping = threading.Event()
+        self._busy = asyncio.Lock()
 
     def evaluate(self, now: float | None = None) -> int:
         """Write one alert row per status change; returns how many were written."""
@@ -237,29 +244,32 @@ class Alerts:
         await asyncio.to_thread(self.store.mark_alerts_published, done)
         return len(done)
 
-    async def run(self, stop: asyncio.Event, publish: Publish) -> None:
-        """Evaluate every `alerts.interval_s` while holding the `alerts` lease."""
-        interval = self.config.alerts.interval_s
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
-                if stop.is_set():
-                    break
-                next_at = loop.time() + interval
-                ttl = max(3 * interval, 15.0)
-                if not await asyncio.to_thread(self.store.try_lease, LEASE, self.holder, ttl):
-                    continue
-                await asyncio.to_thread(self.context.reload)
-                changes = await asyncio.to_thread(self.evaluate)
-                if changes:
-                    log.info("delay alerts changed", extra={"changes": changes})
-                await self.publish_pending(publish)
-        finally:
-            with contextlib.suppress(SQLAlchemyError):
-                await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
+    def job(self, publish: Publish) -> Job:
+        """The evaluation as a calendar job (hub/scheduler.py), every `alerts.interval_s`."""
+        self._stopping.clear()
+        return Job(JOB, self.config.alerts.interval_s,
+                   functools.partial(self._tick, publish), self._close)
+
+    async def _tick(self, publish: Publish) -> None:
+        """One evaluation, if this worker holds (or takes) the `alerts` lease."""
+        async with self._busy:
+            if self._stopping.is_set():
+                return
+            ttl = max(3 * self.config.alerts.interval_s, 15.0)
+            if not await asyncio.to_thread(self.store.try_lease, LEASE, self.holder, ttl):
+                return
+            await asyncio.to_thread(self.context.reload)
+            changes = await asyncio.to_thread(self.evaluate)
+            if changes:
+                log.info("delay alerts changed", extra={"changes": changes})
+            await self.publish_pending(publish)
+
+    async def _close(self) -> None:
+        self._stopping.set()
+        async with self._busy:  # an evaluation under way finishes first
+            pass
+        with contextlib.suppress(SQLAlchemyError):  # it expires by itself
+            await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -29,7 +29,7 @@ from sqlalchemy.engine import url as sa_url
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 
-class ConfigError(ValueError):
+class HubConfigError(ValueError):
     """hub.yaml is unreadable or invalid; the message names the file and the key path."""
 
 
@@ -130,10 +130,10 @@ def read_secret(path: str | Path, min_length: int = 16) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read secret: {error.strerror}") from None
+        raise HubConfigError(f"{path}: cannot read secret: {error.strerror}") from None
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if len(secret) < min_length:
-        raise ConfigError(f"{path}: secret is shorter than {min_length} characters")
+        raise HubConfigError(f"{path}: secret is shorter than {min_length} characters")
     return secret
 
 
@@ -163,15 +163,8 @@ class SupplierConfig(_Strict):
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
 
-    def key_hashes(self) -> list[str]:
-        """The stored forms of this supplier's API keys."""
-        found = [self.api_key_hash] if self.api_key_hash else []
-        if self.api_key_file:
-            found.append(hash_key(read_secret(self.api_key_file)))
-        return found
 
-
-class GatewayConfig(_Strict):
+class GatewayEntry(_Strict):
     """An edge gateway allowed on the broker (its id is its MQTT username), and what it may
     report for: packets outside it are dead-lettered (hub/admission.py)."""
 
@@ -291,7 +284,7 @@ class HubConfig(_Strict):
     api: ApiSection = ApiSection()
     alerts: AlertsSection = AlertsSection()
     retention: RetentionSection = RetentionSection()
-    gateways: dict[str, GatewayConfig] = Field(default_factory=dict)
+    gateways: dict[str, GatewayEntry] = Field(default_factory=dict)
     suppliers: dict[str, SupplierConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     orders: dict[str, OrderConfig] = Field(default_factory=dict)
@@ -346,11 +339,11 @@ def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
         raw = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{name}: not valid YAML: {error}") from None
+        raise HubConfigError(f"{name}: not valid YAML: {error}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a mapping at the top, got {type(raw).__name__}")
+        raise HubConfigError(f"{name}: expected a mapping at the top, got {type(raw).__name__}")
     try:
         return HubConfig.model_validate(raw)
     except ValidationError as error:
@@ -369,7 +362,7 @@ def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
             if item["type"] == "extra_forbidden":
                 message = f"unknown key {str(loc[-1])!r}"
             lines.append(f"{name}{mark}: {where}: {message}")
-        raise ConfigError("\n".join(lines)) from None
+        raise HubConfigError("\n".join(lines)) from None
 
 
 def load_config(path: str | Path) -> HubConfig:
@@ -378,5 +371,5 @@ def load_config(path: str | Path) -> HubConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        raise HubConfigError(f"{path}: cannot read: {error.strerror}") from None
     return parse_config(text, str(path))

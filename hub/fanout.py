@@ -56,12 +56,13 @@ log = logging.getLogger(__name__)
 STATE_EXPIRY_S = 30 * 86_400
 STATE_CONTENT_TYPE = "application/json"
 LEASE = "fanout"
-# A batch message stays under the packet size cap (PACKET.md: 64 KB per event and per batch).
+# A batch message stays under the packet size cap (docs/packet.md, "Sizes": 64 KiB per
+# message, one event or a batch).
 _BATCH_BYTES = MAX_EVENT_BYTES - 1024
 LEASE_TTL_S = 15.0
 # Cursor moves are saved at most this often (and when the fan-out stops). Each save is a
-# durable commit that ingest's commits would queue behind (one per fan-out step, at 200
-# packets/s that was one per packet); a crash loses at most this much cursor progress, i.e.
+# durable commit that ingest's commits would queue behind (one per fan-out step, which at a
+# low rate is one per packet); a crash loses at most this much cursor progress, i.e.
 # resends that suppliers recognise by the event id.
 CURSOR_SAVE_S = 1.0
 # Events this worker just stored, kept parsed for the fan-out that follows right behind
@@ -337,7 +338,7 @@ class FanOut:
     def _publish_state(self, supplier: str, state: Any) -> asyncio.Future[None]:
         topic = topics.sup_state(supplier, state.work_order, state.operation)
         if state.state in CLOSED_STATES:
-            # PACKET.md: cleared (an empty retained message) when the operation closes; its
+            # docs/packet.md: cleared (an empty retained message) when the operation closes; its
             # final state stays readable through the API.
             return self.mqtt.publish(topic, b"", retain=True)
         document = state_document(state)
@@ -349,7 +350,7 @@ class FanOut:
 
 _STATE_PROPERTIES = packed_properties(STATE_CONTENT_TYPE, expiry_s=STATE_EXPIRY_S)
 # A supplier's events topic for a work order, checked and built once while the order runs
-# (per message it was 2 % of a fan-out-only process's time).
+# rather than for every message.
 _events_topic = functools.lru_cache(maxsize=4096)(topics.sup_events)
 
 

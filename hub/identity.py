@@ -27,7 +27,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.config import ConfigError, MqttSection
+from hub.config import HubConfigError, MqttSection
 from hub.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ _NAME_MAX = 64  # leases.name
 _HOLDER_MAX = 128  # leases.holder
 
 
-class ClientIdInUse(ConfigError):
+class ClientIdInUse(HubConfigError):
     """Another live hub process holds this process's client id (or username)."""
 
 

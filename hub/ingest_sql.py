@@ -16,8 +16,7 @@ PostgreSQL a batch of any size is four round trips:
 PostgreSQL reads rows from one JSON array parameter (built by pydantic-core; floats are
 written shortest-round-trip and read back exactly by float8in) and the bodies, the bulk of the
 bytes, from one binary `text[]` parameter, which needs no escaping. The array is cast to jsonb,
-parsed once: with json, every `->>` parses its element again (measured: ~10 us more of server
-CPU per packet row, about as much as the COPY this replaced). The statements never change
+parsed once: with json, every `->>` would parse its element again. The statements never change
 with the batch size, so psycopg prepares them once per connection.
 """
 
@@ -81,7 +80,7 @@ class PgIngest:
             list(StateRow._fields),
             sa.select(*staged.c).order_by(staged.c.work_order, staged.c.operation),
         )).compile(dialect=postgresql.psycopg.dialect()))
-        # States, then the progress save and probe (ARCHITECTURE.md 2 and 4): `want` holds
+        # States, then the progress save and probe (docs/architecture.md, guarantee 2): `want` holds
         # each (source, epoch) with the contiguous seq this batch makes it if nothing is stored
         # past it; `beyond` are those with a seq stored past it (they take the full walk); the
         # others are saved, never moving backwards. One snapshot: a key is saved or returned.

@@ -493,8 +493,8 @@ class HubMqtt:
 
 
 def _no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-    # paho leaves Nagle on; with small QoS 1 messages it adds tens of ms per round trip
-    # (FIELD-NOTES: p50 6.7 ms -> 0.25 ms), which the PUBACK-gated fan-out pays per step.
+    # paho leaves Nagle on; with small QoS 1 messages it adds tens of ms per round trip,
+    # which the PUBACK-gated fan-out pays per step.
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

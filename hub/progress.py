@@ -3,7 +3,7 @@
 A batch usually runs on from the stored value with nothing stored past it (hub/ingest_sql.py
 saves that in one statement). Anything else takes the walk here: stored seqs after the value
 read under the progress lock, stepping over ranges the edge declared dropped
-(`keyop.outbox.gap` records, ARCHITECTURE.md 7) and seqs the hub itself refused
+(`keyop.outbox.gap` records, docs/architecture.md guarantee 5) and seqs the hub itself refused
 (`refused_seqs`: dead-lettered packets), up to the first hole, which is reported.
 """
 
@@ -103,9 +103,9 @@ def advance(conn: Connection, prog: Progress, now: float, save: Any) -> Gap | No
 def declared_gaps(conn: Connection, source: str, epoch: str, after: int = 0
                   ) -> list[tuple[int, int]]:
     """Sequence ranges settled without a stored packet: those the edge said it had to drop
-    (`keyop.outbox.gap` records, ARCHITECTURE.md 7) and those the hub refused. They count as
-    accounted for, so the acknowledgement can pass them. Refused seqs up to `after` (the
-    contiguous value already saved) are not read: they are behind it for good."""
+    (`keyop.outbox.gap` records, docs/architecture.md guarantee 5) and those the hub refused.
+    They count as accounted for, so the acknowledgement can pass them. Refused seqs up to
+    `after` (the contiguous value already saved) are not read: they are behind it for good."""
     bodies = conn.execute(
         sa.select(packets.c.body).where(
             packets.c.source == source, packets.c.epoch == epoch,

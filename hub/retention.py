@@ -1,6 +1,6 @@
 """Retention: dead letters and audit log rows older than hub.yaml `retention:` are deleted.
 
-A calendar job (APScheduler, an interval trigger on the hub's event loop; the first run at
+A calendar job (hub/scheduler.py: APScheduler on the hub's event loop; the first run at
 start). The purge runs in a worker thread and deletes in chunks of `CHUNK` rows, one short
 transaction each, so it never holds the database's write lock for long and ingest commits slip
 in between. One hub worker purges at a time (the `retention` lease); the purge is idempotent,
@@ -15,13 +15,11 @@ import logging
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.config import HubConfig
+from hub.scheduler import Job, run_jobs
 from hub.store import Store
 from hub.supervisor import Supervisor
 
@@ -34,7 +32,7 @@ _DAY_S = 86_400.0
 
 
 class Retention:
-    """The purge job. `purge` is synchronous (a worker thread); `run` schedules it."""
+    """The purge job. `purge` is synchronous (a worker thread); `job` is its schedule."""
 
     def __init__(self, config: HubConfig, store: Store) -> None:
         self.settings = config.retention
@@ -75,29 +73,23 @@ class Retention:
             log.info("retention: old rows deleted", extra=done)
         return done
 
-    async def run(self, stop: asyncio.Event, supervisor: Supervisor) -> None:
-        """Schedule the purge every `retention.interval_s` (first run now) until `stop`."""
-        if not self.limits():
-            return  # everything is kept forever
+    def job(self) -> Job:
+        """The purge as a calendar job (hub/scheduler.py), every `retention.interval_s`."""
         self._stopping.clear()
-        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
-        scheduler.add_job(self._tick, IntervalTrigger(seconds=self.settings.interval_s),
-                          args=[supervisor], id=JOB, name="hub retention",
-                          next_run_time=datetime.now(UTC), coalesce=True,
-                          max_instances=1, misfire_grace_time=None)
-        scheduler.start()
-        try:
-            await stop.wait()
-        finally:
-            self._stopping.set()
-            scheduler.shutdown(wait=False)
-            async with self._busy:  # a purge under way ends at its next chunk
-                pass
-            with contextlib.suppress(SQLAlchemyError):  # it expires by itself
-                await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
+        return Job(JOB, self.settings.interval_s, self._tick, self._close)
 
-    async def _tick(self, supervisor: Supervisor) -> None:
+    async def run(self, stop: asyncio.Event, supervisor: Supervisor) -> None:
+        """Schedule the purge alone (first run now) until `stop`; nothing when all is kept."""
+        await run_jobs([self.job()] if self.limits() else [], stop, supervisor)
+
+    async def _tick(self) -> None:
         async with self._busy:
             if not self._stopping.is_set():
-                await supervisor.once(JOB, lambda: asyncio.to_thread(self.purge))
+                await asyncio.to_thread(self.purge)
 
+    async def _close(self) -> None:
+        self._stopping.set()
+        async with self._busy:  # a purge under way ends at its next chunk
+            pass
+        with contextlib.suppress(SQLAlchemyError):  # it expires by itself
+            await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)

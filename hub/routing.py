@@ -1,7 +1,7 @@
 """Routing and redaction: pure functions over a stored packet's JSON object.
 
 Which suppliers a packet concerns (hub.yaml `routes`), and the copy one supplier may see: an
-allow-list of PACKET.md's fields (nothing else of the packet goes out), `params` by class
+allow-list of docs/packet.md's fields (nothing else of the packet goes out), `params` by class
 (`public` to every concerned supplier, `partner` only to suppliers allowed it, `restricted`
 never), and the supplier's public station names instead of equipment paths. Identity (`id`,
 `source`, `sequence`) stays as it was, so a supplier can dedupe resends.
@@ -120,10 +120,10 @@ def station_name(path: str, supplier: SupplierConfig) -> str:
     return names.get(path, path) if names else path
 
 
-# -- the allow-list: PACKET.md's fields, level by level, as sync/packet.py's models define them.
-# Compiled once into a pydantic-core serializer of typed dicts that ignore extra keys: the
-# encoder itself leaves out whatever PACKET.md does not define, in Rust, at about the cost of
-# a plain encode.
+# -- the allow-list: docs/packet.md's fields, level by level, as sync/packet.py's models define
+# them. Compiled once into a pydantic-core serializer of typed dicts that ignore extra keys:
+# the encoder itself leaves out whatever docs/packet.md does not define, in Rust, at about the
+# cost of a plain encode.
 
 def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
@@ -169,11 +169,11 @@ _SERIALIZER = SchemaSerializer(_PACKET)
 
 
 def _encode(event: dict[str, Any]) -> bytes:
-    """The JSON of PACKET.md's fields of an event (compact UTF-8 like json.dumps(separators=
+    """The JSON of docs/packet.md's fields of an event (compact UTF-8 like json.dumps(separators=
     (",", ":"), ensure_ascii=False)).
 
     Shapes are the stored packet's, validated at ingest: a row written by hand with, say, a list
-    where PACKET.md has an object would have that value encoded as it is, with a warning.
+    where docs/packet.md has an object would have that value encoded as it is, with a warning.
     """
     return _SERIALIZER.to_json(event)
 
@@ -252,11 +252,6 @@ def _rules(supplier: SupplierConfig) -> _Rules:
     return rules
 
 
-def param_allowed(name: str, param: Mapping[str, Any], supplier: SupplierConfig) -> bool:
-    """Whether one process value may go to a supplier."""
-    return bool(_rules(supplier).kept({name: dict(param)}))
-
-
 def public_run_id(run_id: str, work_order: Any, operation: Any, public: str) -> str:
     """A run id without the station's real name, stable per run: mapping/station.py's
     `{workOrder}.{operation}.{station}.{n}` becomes `{workOrder}.{operation}.{public}.{n}`.
@@ -275,7 +270,7 @@ def public_run_id(run_id: str, work_order: Any, operation: Any, public: str) -> 
 
 def _renamed(event: dict[str, Any], data: dict[str, Any], path: str,
              station: _Station) -> dict[str, Any]:
-    """A shallow copy with the places PACKET.md puts the path rewritten: subject, equipment
+    """A shallow copy with the places docs/packet.md puts the path rewritten: subject, equipment
     (the public name replaces the whole hierarchy: id and level would leak it), runId."""
     new_data = {**data, "equipment": {"path": station.public}}
     run_id = data.get("runId")
@@ -308,7 +303,7 @@ def _scrubbed(value: Any, path: str, station: _Station) -> Any:
 def redact(event: dict[str, Any], supplier: SupplierConfig) -> bytes:
     """The JSON bytes of the copy of a stored packet (its JSON object) this supplier may see.
 
-    Only what PACKET.md defines: its envelope attributes, data fields and the fields of each
+    Only what docs/packet.md defines: its envelope attributes, data fields and the fields of each
     nested object; unknown fields and CloudEvents extensions are left out, and so is `origin`.
     `params` by class (`public`; `partner` with `partner_params`; never `restricted`) and the
     supplier's `params:` list. With `station_names`, the station's public name replaces its

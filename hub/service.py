@@ -1,6 +1,6 @@
 """The running hub: ingest (validate, dedupe, store, ack) and fan-out, on one asyncio loop.
 
-Ingest follows ARCHITECTURE.md "Delivery guarantees": a packet is acknowledged to its edge only
+Ingest follows docs/architecture.md "Delivery guarantees": a packet is acknowledged to its edge only
 after the database commit, with the highest contiguous seq stored for its `(source, epoch)`;
 repeats are absorbed and counted; gaps are logged and counted; invalid input goes to dead letters
 and never stops the hub.
@@ -25,7 +25,7 @@ from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.api.auth import Keys
-from hub.config import ConfigError, HubConfig, load_config
+from hub.config import HubConfig, HubConfigError, load_config
 from hub.fanout import FanOut
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
@@ -33,6 +33,7 @@ from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound
 from hub.mqtt_properties import publish_properties
 from hub.retention import Retention
+from hub.scheduler import Job, run_jobs
 from hub.server import ApiServer
 from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
@@ -106,7 +107,7 @@ class HubService:
         loop = asyncio.get_running_loop()
         # create_all and the first connection block: keep them off the loop.
         if self.config.api.enabled:
-            Keys(self.config)  # unreadable key files stop the hub here (ConfigError), not later
+            Keys(self.config)  # unreadable key files stop the hub here (HubConfigError), not later
         # Migrations and the first connection block: keep them off the loop.
         self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url())
         # One process per client id: a second one stops here (hub/identity.py), before it
@@ -132,24 +133,26 @@ class HubService:
                                        "database": store.url.render_as_string(),
                                        "ingest": roles.ingest, "fanout": roles.fanout})
         # Every task runs under the supervisor: one that raises is logged, counted and
-        # restarted, never the end of the hub; a ConfigError (another process took this one's
+        # restarted, never the end of the hub; a HubConfigError (another process took this one's
         # identity) still ends it (hub/supervisor.py).
-        self.supervisor = tasks = Supervisor(stop, fatal=(ConfigError,))
+        self.supervisor = tasks = Supervisor(stop, fatal=(HubConfigError,))
         tasks.spawn("reload", lambda: self._reload(stop))
         tasks.spawn("identity", lambda: lease.run(stop))
         if roles.ingest:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
             tasks.spawn("fanout", lambda: fanout.run(stop))
+        jobs: list[Job] = []
         if self.config.alerts.enabled:
             self.alerts = alerts = Alerts(self.config, store, context)
             alert_props = publish_properties(CONTENT_TYPE)
-            tasks.spawn("alerts", lambda: alerts.run(
-                stop, lambda topic, payload: mqtt.publish(topic, payload,
-                                                          properties=alert_props)))
+            jobs.append(alerts.job(lambda topic, payload: mqtt.publish(
+                topic, payload, properties=alert_props)))
         self.retention = retention = Retention(self.config, store)
         if retention.limits():
-            tasks.spawn("scheduler", lambda: retention.run(stop, tasks))
+            jobs.append(retention.job())
+        if jobs:
+            tasks.spawn("scheduler", lambda: run_jobs(jobs, stop, tasks))
         if self.config.api.enabled:
             self.api = api = ApiServer(self.config.api, context)
             if await api.start():
@@ -461,7 +464,7 @@ def main(config_path: str) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(config_path)
-    except ConfigError as error:
+    except HubConfigError as error:
         log.error("%s", error)
         return 2
 
@@ -478,7 +481,7 @@ def main(config_path: str) -> int:
     except SQLAlchemyError as error:
         log.error("hub store unavailable: %s", str(error).splitlines()[0])
         return 1
-    except ConfigError as error:
+    except HubConfigError as error:
         log.error("%s", error)
         return 2
     log.info("hub exited", extra={"uptime_s": round(time.monotonic() - started, 1)})

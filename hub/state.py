@@ -1,4 +1,4 @@
-"""Operation state that does not depend on arrival order (ARCHITECTURE.md, guarantee 6).
+"""Operation state that does not depend on arrival order (docs/architecture.md, guarantee 7).
 
 Of two operation events, the newer is decided by `(sourceepoch, sequence)` when both come from
 the same source (epochs are ULIDs, so they sort by creation) and by event time across sources
@@ -122,42 +122,6 @@ def _newer_packet(a: Packet, a_time: float, b: Packet, b_time: float) -> bool:
     if a.source == b.source:
         return (a.sourceepoch, a.seq) > (b.sourceepoch, b.seq)
     return (a_time, a.source) > (b_time, b.source)
-
-
-def newer(a: StateRow, b: StateRow) -> bool:
-    """Whether event `a` supersedes event `b` (the rule in the module docstring)."""
-    if a.last_source == b.last_source:
-        return (a.last_epoch, a.last_seq) > (b.last_epoch, b.last_seq)
-    return (a.last_time, a.last_source) > (b.last_time, b.last_source)
-
-
-def _min(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _max(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else max(a, b)
-
-
-def reduce_states(rows: Iterable[StateRow]) -> list[StateRow]:
-    """One row per (work order, operation): the newest, with merged start/completion times.
-
-    Sorted by key, so concurrent writers lock rows in one order.
-    """
-    best: dict[tuple[str, str], StateRow] = {}
-    for row in rows:
-        key = (row.work_order, row.operation)
-        old = best.get(key)
-        if old is None:
-            best[key] = row
-            continue
-        winner = row if newer(row, old) else old
-        best[key] = winner._replace(
-            started_at=_min(old.started_at, row.started_at),
-            completed_at=_max(old.completed_at, row.completed_at),
-            received_at=max(old.received_at, row.received_at),
-        )
-    return [best[key] for key in sorted(best)]
 
 
 _NEWEST_FIELDS = ("state", "type", "good", "scrap", "rework", "planned", "uom", "station",

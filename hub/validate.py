@@ -2,7 +2,7 @@
 
 A payload is parsed once (in Rust, by pydantic-core) and each event is validated from its dict,
 strictly (no coercion) and within the limits `sync.packet` states. What the hub stores and fans
-out is the packet as validated and re-serialised (PACKET.md's fields only), never the raw body
+out is the packet as validated and re-serialised (docs/packet.md's fields only), never the raw body
 as it arrived. Validating the event's re-encoded JSON text instead of the dict costs more: on
 pydantic 2.14 the text route took about a tenth more CPU (the packet's model instances cost the
 same either way, and the text must be parsed again).

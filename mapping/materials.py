@@ -99,7 +99,7 @@ class MaterialRuntime:
 
 
 def scan_json(scan: Scan) -> dict[str, Any]:
-    """A scan as PACKET.md's `scan` field."""
+    """A scan as docs/packet.md's `scan` field."""
     result: dict[str, Any] = {"kind": scan.kind, "code": scan.code}
     if scan.fields:
         result["fields"] = scan.field_map

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from drivers.settings import FramingSpec, SerialReaderConfig
 from mapping.types import Duration, Strict
 
 
@@ -28,6 +29,12 @@ class Framing(Strict):
         if self.kind != "stx_etx" and self.checksum != "none":
             raise ValueError("a checksum goes with stx_etx framing")
         return self
+
+    def to_driver(self) -> FramingSpec:
+        """The framer's settings."""
+        return FramingSpec(kind=self.kind, terminator=self.terminator, checksum=self.checksum,
+                           length=self.length, max_length=self.max_length, prefix=self.prefix,
+                           suffix=self.suffix, timeout_s=self.timeout)
 
 
 class SerialSource(Strict):
@@ -56,3 +63,12 @@ class SerialSource(Strict):
         if self.stopbits not in (1, 1.5, 2):
             raise ValueError(f"stopbits must be 1, 1.5 or 2, got {self.stopbits}")
         return self
+
+    def to_driver(self, name: str, signals: tuple[str, ...]) -> SerialReaderConfig:
+        """The serial reader driver's configuration: every frame is a sample of each of
+        `signals`. Raises `drivers.base.ConfigError` for settings the driver cannot use."""
+        return SerialReaderConfig(
+            name=name, port=self.port, signals=signals, reader=self.reader, baud=self.baud,
+            bytesize=self.bytesize, parity=self.parity, stopbits=self.stopbits, flow=self.flow,
+            framing=self.framing.to_driver(), pattern=self.pattern,
+            dedupe_window_s=self.dedupe_window, depart_after_s=self.depart_after)

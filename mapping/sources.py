@@ -5,15 +5,27 @@ Each protocol has its own source model, told apart by `protocol` (`modbus_tcp`, 
 `node` for OPC UA), which the protocol's driver parses (its errors are mapped back to the YAML
 position by the gateway). Secrets never live in the YAML: an OPC UA password comes from an
 environment variable or a file that the source names.
+
+Each source model is the one declaration of its driver's settings: `to_driver` turns it, with
+its signals, into the driver's configuration (drivers/settings.py).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, WithJsonSchema
 
+from drivers.settings import (
+    ModbusDeviceConfig,
+    ModbusSignal,
+    OpcUaDeviceConfig,
+    OpcUaSignal,
+    default_type,
+)
+from drivers.settings import OpcUaSecurity as DriverSecurity
 from mapping.filters import FilterSpec
 from mapping.serial_source import SerialSource
 from mapping.types import Duration, Id, Strict
@@ -51,6 +63,11 @@ class ModbusTcpSource(Strict):
     max_gap: int = Field(default=8, ge=0, le=2000,
                          description="unused registers/bits a merged read may bridge")
 
+    def to_driver(self, name: str, signals: tuple[ModbusSignal, ...]) -> ModbusDeviceConfig:
+        """The Modbus driver's configuration of this device."""
+        return ModbusDeviceConfig(name=name, host=self.host, port=self.port, unit_id=self.unit,
+                                  timeout_s=self.timeout, signals=signals, max_gap=self.max_gap)
+
 
 class ModbusRtuSource(Strict):
     """One unit on an RS-485 line; sources naming the same `port` share the bus (one lock)."""
@@ -67,6 +84,12 @@ class ModbusRtuSource(Strict):
         default=None, description="silence between frames; default 3.5 characters")
     max_gap: int = Field(default=8, ge=0, le=2000)
 
+    def to_driver(self, name: str, signals: tuple[ModbusSignal, ...]) -> ModbusDeviceConfig:
+        """The Modbus driver's configuration of this unit (the bus is the caller's: `port`
+        only names it in messages)."""
+        return ModbusDeviceConfig(name=name, host=self.port, port=1, unit_id=self.unit,
+                                  timeout_s=self.timeout, signals=signals, max_gap=self.max_gap)
+
 
 class OpcUaSecurity(Strict):
     """Secure channel settings; files are relative to the mapping file's folder."""
@@ -78,6 +101,13 @@ class OpcUaSecurity(Strict):
     private_key: str | None = Field(default=None, description="client private key (PEM)")
     trust: str | None = Field(
         default=None, description="folder of trusted server (or CA) certificates")
+
+    def to_driver(self, folder: Path) -> DriverSecurity:
+        """The driver's security settings, with the files resolved under `folder`."""
+        def under(value: str | None) -> str | None:
+            return None if value is None else str(folder / value)
+        return DriverSecurity(self.policy, self.mode, under(self.certificate),
+                              under(self.private_key), under(self.trust))
 
 
 class OpcUaSource(Strict):
@@ -93,6 +123,15 @@ class OpcUaSource(Strict):
     password_file: str | None = Field(default=None, description="file holding the password")
     timeout: Duration = 4.0
     keepalive: Duration = Field(default=2.0, description="server health probe period")
+
+    def to_driver(self, name: str, signals: tuple[OpcUaSignal, ...], *, folder: Path,
+                  password: str | None) -> OpcUaDeviceConfig:
+        """The OPC UA driver's configuration of this server: files resolved under `folder` (the
+        mapping file's), and the `password` read from where the source says."""
+        return OpcUaDeviceConfig(
+            name=name, endpoint=self.endpoint, signals=signals, mode=self.mode,
+            security=self.security.to_driver(folder), username=self.username,
+            password=password, timeout_s=self.timeout, keepalive_s=self.keepalive)
 
 
 Source = Annotated[
@@ -132,12 +171,17 @@ class Signal(Strict):
         """The protocol reference: the Modbus address or the OPC UA node."""
         return self.address or self.node or ""
 
+    def to_modbus(self, name: str) -> ModbusSignal:
+        """This signal as the Modbus driver polls it (an unset address fails the driver's
+        check of it)."""
+        address = self.address or ""
+        return ModbusSignal(name, address, self.type or default_type(address), self.interval,
+                            self.byte_order, self.word_order, self.scale, self.offset)
 
-def source_protocol(
-    source: ModbusTcpSource | ModbusRtuSource | OpcUaSource | SerialSource,
-) -> str:
-    """The protocol name a packet's `origin` carries: `modbus` or `opcua`."""
-    return source.protocol.split("_")[0]
+    def to_opcua(self, name: str) -> OpcUaSignal:
+        """This signal as the OPC UA driver watches it."""
+        return OpcUaSignal(name, self.node or "", self.interval, self.sampling,
+                           self.queue_size, self.deadband)
 
 
 SOURCE_ADAPTER: TypeAdapter[

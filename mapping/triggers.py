@@ -38,12 +38,11 @@ class CompiledTrigger:
 class TriggerState:
     """One trigger's memory inside one station."""
 
-    __slots__ = ("deadline", "level", "raw", "raw_since", "trigger")
+    __slots__ = ("deadline", "level", "raw", "trigger")
 
     def __init__(self, trigger: CompiledTrigger) -> None:
         self.trigger = trigger
         self.raw = False  # the condition itself, before the hold time
-        self.raw_since = NEVER
         self.level = False  # the trigger's output for level triggers
         self.deadline = NEVER
 
@@ -70,12 +69,11 @@ class TriggerState:
             return self.tick(now)
         self.raw = raw
         if not raw:
-            self.raw_since = self.deadline = NEVER
+            self.deadline = NEVER
             if self.level:
                 self.level = False
                 return RELEASED
             return UNCHANGED
-        self.raw_since = now
         if self.trigger.hold:
             self.deadline = now + self.trigger.hold
             return UNCHANGED

@@ -46,12 +46,6 @@ from simulators.scenario import CycleEvent, Scenario, run
 
 DEFAULT_UNIT_ID = 1
 
-COIL_BUSY = 0
-HR_GOOD = 0  # 2 registers, high word first
-HR_SCRAP = 2
-HR_ORDER = 3  # 2 registers, high word first
-HR_PLANNED = 5
-
 # Sizes of the simulated tables; the rest of the address space answers "illegal address".
 _BITS = 16
 _REGISTERS = 16

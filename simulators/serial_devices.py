@@ -30,8 +30,6 @@ class PtyPort:
         self.link = link
         self.master: int | None = None
         self.slave: int | None = None
-        self.sent_frames = 0
-        self.sent_bad = 0
         self.plug()
 
     @property
@@ -76,13 +74,11 @@ class PtyPort:
 
     def send(self, payload: str) -> None:
         self.write(frame_bytes(payload, self.framing))
-        self.sent_frames += 1
 
     def send_bad_checksum(self, payload: str) -> None:
         framed = bytearray(frame_bytes(payload, self.framing))
         framed[-1] ^= 0x5A  # the checksum byte
         self.write(bytes(framed))
-        self.sent_bad += 1
 
     def send_garbage(self, data: bytes) -> None:
         self.write(data)

@@ -282,7 +282,7 @@ class Link:
     @staticmethod
     def _on_socket_open(_c: Any, _u: Any, sock: Any) -> None:
         # Neither paho nor Mosquitto disables Nagle; with it, each small publish waits up to
-        # ~40 ms for the previous one's ACK (FIELD-NOTES: p50 6.7 ms -> 0.25 ms).
+        # ~40 ms for the previous one's ACK.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):

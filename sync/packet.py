@@ -338,9 +338,6 @@ class Packet(_Model):
     def seq(self) -> int:
         return int(self.sequence)
 
-    def data_json(self) -> dict[str, Any]:
-        return self.data.model_dump(mode="json", by_alias=True, exclude_none=True)
-
 
 @dataclass(frozen=True, slots=True)
 class Draft:
@@ -362,7 +359,7 @@ _LAST_SECOND: tuple[int, str] = (-1, "")
 
 
 def format_time(epoch_seconds: float) -> str:
-    """RFC 3339 UTC with milliseconds, as PACKET.md requires.
+    """RFC 3339 UTC with milliseconds, as docs/packet.md requires.
 
     Hot path (every packet): the date-time text of the last second is reused.
     """
@@ -497,7 +494,7 @@ def _strict_packet(obj: dict[str, Any]) -> tuple[Packet, dict[str, Any]]:
 def validate(obj: Any) -> tuple[Packet, dict[str, Any], str]:
     """Validate a decoded JSON object as a v1 packet, as the hub stores and forwards it.
 
-    Returns the packet, its canonical JSON-ready dict (PACKET.md's fields only: unknown ones
+    Returns the packet, its canonical JSON-ready dict (docs/packet.md's fields only: unknown ones
     are dropped at every level; free-form `epcis` and `scan.fields` stay as they are) and
     that dict's compact JSON text (UTF-8, non-ASCII kept). Raises `PacketError` naming the
     field(s) and what was expected; NUL characters (PostgreSQL text cannot hold them) and

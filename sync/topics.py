@@ -1,4 +1,4 @@
-"""The MQTT topic namespace of PACKET.md, in one place."""
+"""The MQTT topic namespace of docs/packet.md, in one place."""
 
 from __future__ import annotations
 
@@ -40,10 +40,6 @@ def up_events(gateway: str) -> str:
 
 def up_status(gateway: str) -> str:
     return f"{PREFIX}/up/{check_id('gateway', gateway)}/status"
-
-
-def up_device_status(gateway: str, device: str) -> str:
-    return f"{PREFIX}/up/{check_id('gateway', gateway)}/devices/{check_id('device', device)}/status"
 
 
 def down_ack(gateway: str) -> str:

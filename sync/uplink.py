@@ -1,6 +1,6 @@
 """The uplink: drains the edge outbox to the broker over MQTT 5; rows go only on the hub's ack.
 
-Delivery (ARCHITECTURE.md, "Delivery guarantees" 2-3): pending rows are published in seq order
+Delivery (docs/architecture.md, "Delivery guarantees" 2-3): pending rows are published in seq order
 with QoS 1. A PUBACK only means the broker took the message; the rows are deleted when the hub
 acknowledges on `keyop/v1/down/{gateway}/ack` the highest contiguous sequence it has stored.
 When that ack does not advance for `ack_timeout_s`, or after any reconnect, publishing restarts
@@ -84,7 +84,7 @@ class UplinkConfig:
     batch_max_events: int = 100
     """Most events in one batch message (a batch also stays under 64 KiB)."""
     inflight_max: int = 50
-    """MQTT messages awaiting PUBACK; FIELD-NOTES: keep 20-100 (paho rescans on every PUBACK)."""
+    """MQTT messages awaiting PUBACK; keep it within 20-100 (paho rescans them on each PUBACK)."""
     live_reserve: int = 8
     """In-flight slots the backlog lane leaves to fresh packets during a drain."""
     backoff_min_s: float = 0.5

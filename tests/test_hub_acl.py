@@ -36,7 +36,7 @@ from hub.acl import (
     password_hash,
     write,
 )
-from hub.config import ConfigError, HubConfig, hash_key, parse_config
+from hub.config import HubConfig, HubConfigError, hash_key, parse_config
 from hub.store import Store
 from sync import topics
 from sync.packet import MAX_EVENT_BYTES
@@ -222,11 +222,11 @@ def test_acl_rules_and_refusals(config: HubConfig, tmp_path: Path) -> None:
     assert "user edge-07\ntopic write keyop/v1/up/edge-07/#\ntopic read keyop/v1/down/edge-07/#" \
         in text
     assert "user bolt\ntopic read keyop/v1/sup/bolt/#" in text
-    with pytest.raises(ConfigError, match=r"gateways\.ed"):
+    with pytest.raises(HubConfigError, match=r"gateways\.ed"):
         parse_config("gateways: {'ed+ge': {}}")
-    with pytest.raises(ConfigError, match="suppliers"):
+    with pytest.raises(HubConfigError, match="suppliers"):
         parse_config("suppliers: {'ac#me': {}}")
-    with pytest.raises(ConfigError, match="both a gateway and a supplier"):
+    with pytest.raises(HubConfigError, match="both a gateway and a supplier"):
         accounts(parse_config("gateways: {acme: {site: p1}}\nsuppliers: {acme: {}}"), tmp_path)
 
 
@@ -350,7 +350,7 @@ def test_dynsec_config_denies_by_default_and_grants_each_role_its_own(
     assert f"plugin {dynsec.PLUGIN}\n" in snippet and "allow_anonymous false\n" in snippet
     assert not any(line.startswith(("password_file", "acl_file"))
                    for line in snippet.splitlines())
-    with pytest.raises(ConfigError, match="format 'xml'"):
+    with pytest.raises(HubConfigError, match="format 'xml'"):
         write(config, out, "xml")
 
 
@@ -496,7 +496,7 @@ def test_each_account_has_its_client_id(tmp_path: Path) -> None:
              "client id 'acme' is both a hub and a supplier"),
             (WORKERS.replace("keyop-hub-2: {}", "bolt: {}"),
              "broker username 'bolt' is both a hub and a supplier")):
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(HubConfigError, match=message):
             accounts(parse_config(text), tmp_path)
 
 
@@ -753,7 +753,7 @@ def test_planted_links_are_never_written_through(fmt: str, tmp_path: Path) -> No
     for name in outputs:
         (out / name).symlink_to(victim)
     config = parse_config(CONFIG)
-    with pytest.raises(ConfigError, match=r"supplier-bolt\.secret: cannot open secret file"):
+    with pytest.raises(HubConfigError, match=r"supplier-bolt\.secret: cannot open secret file"):
         write(config, out, fmt)
     (out / "secrets" / "supplier-bolt.secret").unlink()
     write(config, out, fmt)
@@ -781,9 +781,9 @@ def test_the_database_password_comes_from_a_file(tmp_path: Path) -> None:
              r"hub\.database_password_file: SQLite has no password"),
             (f'hub: {{database: "postgresql://u:pw@h/d", database_password_file: "{secret}"}}',
              r"hub\.database_password_file: hub\.database already holds a password")):
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(HubConfigError, match=message):
             parse_config(text)
-    with pytest.raises(ConfigError, match=r"db\.missing: cannot read secret"):
+    with pytest.raises(HubConfigError, match=r"db\.missing: cannot read secret"):
         parse_config(f'hub: {{database: "{url}", database_password_file: '
                      f'"{tmp_path / "db.missing"}"}}').hub.database_url()
 

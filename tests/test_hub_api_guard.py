@@ -19,7 +19,7 @@ from test_hub_store import incoming
 
 from hub.api import ApiContext
 from hub.api.auth import Keys
-from hub.config import ConfigError, HubConfig, hash_key, parse_config
+from hub.config import HubConfig, HubConfigError, hash_key, parse_config
 from hub.server import ApiServer
 from hub.store import Store
 
@@ -223,7 +223,8 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
 
 
 def test_trusted_proxies_must_be_addresses(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"api.trusted_proxies.0: .*'proxy.local' is not an IP"):
+    with pytest.raises(HubConfigError,
+                       match=r"api.trusted_proxies.0: .*'proxy.local' is not an IP"):
         parse_config("api: {trusted_proxies: [proxy.local]}", "x.yaml")
 
 
@@ -235,7 +236,7 @@ suppliers:
   acme: {{api_key_hash: "{hash_key(key)}"}}
   bolt: {{api_key_file: "{tmp_path / 'shared.key'}"}}
 """)
-    with pytest.raises(ConfigError, match=r"suppliers\.acme\.api_key_hash and "
+    with pytest.raises(HubConfigError, match=r"suppliers\.acme\.api_key_hash and "
                                           r"suppliers\.bolt\.api_key_file: the same API key"):
         Keys(suppliers)
     with_admin = parse_config(f"""
@@ -243,7 +244,7 @@ api: {{admin_key_file: "{tmp_path / 'shared.key'}"}}
 suppliers:
   acme: {{api_key_hash: "{hash_key(key)}"}}
 """)
-    with pytest.raises(ConfigError, match=r"suppliers\.acme\.api_key_hash and "
+    with pytest.raises(HubConfigError, match=r"suppliers\.acme\.api_key_hash and "
                                           r"api\.admin_key_file"):
         Keys(with_admin)
     # One account naming its key twice is no conflict.

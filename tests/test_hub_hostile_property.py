@@ -5,7 +5,7 @@ field is replaced by a hostile value (wrong type, out of range, impossible date,
 NaN or Infinity, NUL) or an unknown field is added. Whatever comes: the hub stays up, every good
 packet is stored exactly once and acknowledged, every hostile one is one dead letter whose
 reason names the field, an unknown field is dropped from what is stored, and no supplier ever
-receives a field PACKET.md does not define.
+receives a field docs/packet.md does not define.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sync import topics
 GOOD, BAD = "edge-good", "edge-bad"
 UNKNOWN = "zzUnknown"
 
-# Envelope and data fields PACKET.md defines: nothing else may reach a supplier.
+# Envelope and data fields docs/packet.md defines: nothing else may reach a supplier.
 ENVELOPE = {"specversion", "id", "source", "type", "subject", "time", "recordedtime", "sequence",
             "sourceepoch", "datacontenttype", "dataschema", "data"}
 DATA = {"kopVersion", "workOrder", "operation", "runId", "equipment", "state", "quantities",
@@ -121,7 +121,7 @@ routes:
 
 
 def leaked_fields(event: dict[str, Any]) -> set[str]:
-    """Fields of a supplier's copy that PACKET.md does not define."""
+    """Fields of a supplier's copy that docs/packet.md does not define."""
     found = set(event) - ENVELOPE
     data = event.get("data") or {}
     found |= {f"data.{k}" for k in set(data) - DATA}

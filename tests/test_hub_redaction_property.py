@@ -1,5 +1,5 @@
 """Property: for thousands of generated packets and supplier policies, no supplier's copy
-(MQTT payload or API event) holds a field PACKET.md does not define, a param it may not see,
+(MQTT payload or API event) holds a field docs/packet.md does not define, a param it may not see,
 the plant's signal origin, or, when the supplier is given a public station name, the station's
 equipment path."""
 
@@ -79,7 +79,7 @@ def check_params(event: dict[str, Any], params: dict[str, Any], policy: Supplier
 
 # -- packets of every type, unknown fields at every level -----------------------------------
 
-# PACKET.md's fields, written out here (not taken from hub.routing): `None` is a value kept as
+# docs/packet.md's fields, written out here (not taken from hub.routing): `None` is a value kept as
 # it is, `FREE` free-form JSON, a dict an object of exactly those fields, a one-item list a list
 # of such objects, `{"*": ...}` an object keyed by free names.
 FREE = "free-form"
@@ -108,7 +108,7 @@ SCHEMA: dict[str, Any] = {
         "gap": {"fromSequence": None, "toSequence": None, "reason": None},
         "tzOffset": None,
         "timeQuality": None,
-        # `origin` is PACKET.md's too, but never a supplier's: not listed, so never allowed.
+        # `origin` is docs/packet.md's too, but never a supplier's: not listed, so never allowed.
     },
 }
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from hub import retention as retention_module
-from hub.config import ConfigError, HubConfig, parse_config
+from hub.config import HubConfig, HubConfigError, parse_config
 from hub.retention import Retention
 from hub.schema import audit_log, dead_letters
 from hub.store import Store
@@ -63,10 +63,10 @@ def test_the_defaults_and_a_typo() -> None:
     settings = config("sqlite:///x.db").retention
     assert (settings.dead_letters_days, settings.audit_days, settings.interval_s) == (
         30, 90, 3600)
-    with pytest.raises(ConfigError, match=r"retention.yaml:3:\d+: retention.audit_day: "
+    with pytest.raises(HubConfigError, match=r"retention.yaml:3:\d+: retention.audit_day: "
                                           "unknown key 'audit_day'"):
         config("sqlite:///x.db", "retention: {audit_day: 10}")
-    with pytest.raises(ConfigError, match=r"retention\.interval_s"):
+    with pytest.raises(HubConfigError, match=r"retention\.interval_s"):
         config("sqlite:///x.db", "retention: {interval_s: 0}")
 
 

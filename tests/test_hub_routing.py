@@ -18,8 +18,8 @@ from gateway.broker import PrivateBroker
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.config import (
-    ConfigError,
     HubConfig,
+    HubConfigError,
     SupplierConfig,
     hash_key,
     load_config,
@@ -150,7 +150,7 @@ def test_state_document() -> None:
 
 def test_unknown_supplier_in_a_route_is_named() -> None:
     text = "suppliers:\n  acme: {}\nroutes:\n  - supplier: acmee\n    work_orders: [WO-1]\n"
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(HubConfigError) as error:
         parse_config(text, "hub.yaml")
     message = str(error.value)
     assert "hub.yaml:4:5: routes.0.supplier" in message
@@ -160,7 +160,7 @@ def test_unknown_supplier_in_a_route_is_named() -> None:
 def test_typo_key_is_named_with_file_and_path(tmp_path: Path) -> None:
     path = tmp_path / "hub.yaml"
     path.write_text("hub:\n  id: hub\n  databse: sqlite:///x.db\nmqtt: {port: 1883}\n")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(HubConfigError) as error:
         load_config(path)
     assert f"{path}:3:3: hub.databse: unknown key 'databse'" in str(error.value)
 
@@ -177,7 +177,7 @@ def test_typo_key_is_named_with_file_and_path(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_say_where_and_what(text: str, expected: str) -> None:
-    with pytest.raises(ConfigError, match=r"^x\.yaml") as error:
+    with pytest.raises(HubConfigError, match=r"^x\.yaml") as error:
         parse_config(text, "x.yaml")
     assert expected in str(error.value)
 
@@ -190,7 +190,7 @@ def test_example_config_loads() -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"nothere\.yaml: cannot read"):
+    with pytest.raises(HubConfigError, match=r"nothere\.yaml: cannot read"):
         load_config(tmp_path / "nothere.yaml")
 
 

@@ -4,7 +4,7 @@ Each hostile value the hub must refuse is refused with the field named; good pac
 unchanged; unknown fields are dropped from the canonical body; and a property test mutates one
 field of a valid packet to a hostile value and checks that the event is either refused naming
 that field, or accepted with a canonical body that re-validates to the same packet and holds no
-field PACKET.md does not define.
+field docs/packet.md does not define.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def model_paths(node: Any, dump: Any, loc: tuple[Any, ...] = ()) -> list[tuple[A
 
 def assert_canonical(packet: pk.Packet, canonical: dict[str, Any], body: str) -> None:
     """The body is the canonical dict's compact JSON, re-validates to the same packet (and
-    the same body), and holds only fields PACKET.md defines."""
+    the same body), and holds only fields docs/packet.md defines."""
     assert body == pydantic_core.to_json(canonical).decode()
     again = validate_event(pydantic_core.from_json(body, allow_inf_nan=False))
     assert again[0] == packet and again[2] == body
@@ -455,7 +455,7 @@ def _get(node: Any, path: tuple[Any, ...]) -> Any:
     return node
 
 
-# Model objects, where a key PACKET.md does not define may be added (not the free-form ones,
+# Model objects, where a key docs/packet.md does not define may be added (not the free-form ones,
 # nor `params`, where a new key is a new parameter).
 OBJECTS = sorted({(name, path) for name, path in TARGETS
                   if isinstance(_get(BASES[name], path), dict)

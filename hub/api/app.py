@@ -16,7 +16,7 @@ from hub.api.limits import Limits
 
 
 def create_app(context: ApiContext) -> FastAPI:
-    """The supplier API over one hub's store. Raises ConfigError when a key file is unreadable
+    """The supplier API over one hub's store. Raises HubConfigError when a key file is unreadable
     or two accounts share a key."""
     keys = Keys(context.config)
     audit = AuditBuffer(context)

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hub.config import ConfigError, HubConfig, hash_key, read_secret
+from hub.config import HubConfig, HubConfigError, hash_key, read_secret
 
 ADMIN = "*admin*"  # never a supplier id (ids match ^[a-z0-9][a-z0-9-]*$)
 
@@ -20,7 +20,7 @@ _bearer = HTTPBearer(auto_error=False, description="the supplier's API key")
 class Keys:
     """Key hash -> principal (a supplier id, or ADMIN).
 
-    Raises ConfigError when two accounts have the same key (naming both): a key must say who
+    Raises HubConfigError when two accounts have the same key (naming both): a key must say who
     is calling, and a supplier must never hold the admin's.
     """
 
@@ -42,7 +42,7 @@ class Keys:
         for digest, who, field in found:
             other = self._by_hash.get(digest)
             if other is not None and other != who:
-                raise ConfigError(f"{where[digest]} and {field}: the same API key for two "
+                raise HubConfigError(f"{where[digest]} and {field}: the same API key for two "
                                   "accounts (give each account its own key)")
             self._by_hash[digest] = who
             where.setdefault(digest, field)
