@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from mapping import yamlsrc
+from common import yamlsrc
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
 from mapping.types import ID_PATTERN, Duration
