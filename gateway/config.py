@@ -25,7 +25,8 @@ from pydantic import (
 from common import yamlsrc
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
-from mapping.types import ID_PATTERN, Duration
+from mapping.types import Duration
+from sync.packet import ID_PATTERN
 
 
 class _Strict(BaseModel):

@@ -26,8 +26,7 @@ from pydantic import (
 from sqlalchemy.engine import url as sa_url
 
 from common import yamlsrc
-
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+from sync.packet import ID_PATTERN
 
 
 class ConfigError(ValueError):
