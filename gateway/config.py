@@ -229,7 +229,7 @@ def read_api_token(config: GatewayConfig) -> str | None:
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read gateway.yaml; raise `MappingError` (file:line:col problems) when it is wrong."""
-    doc: yamlsrc.Document = read_document(path)
+    doc: yamlsrc.Document = read_document(path, "gateway.yaml")
     if not isinstance(doc.value, dict):
         raise MappingError([doc.problem((), "gateway config must be a YAML mapping")])
     try:

@@ -324,7 +324,9 @@ def compile_document(doc: Document) -> CompiledMapping:
     )
 
 
-def read_document(path: str | FsPath) -> Document:
+def read_document(path: str | FsPath, kind: str = "a mapping file") -> Document:
+    """Read a YAML file keyop is configured by (a mapping, gateway.yaml) with the located loader;
+    `kind` names it in what it may not hold."""
     file = str(path)
     try:
         raw = FsPath(path).read_bytes()
@@ -337,7 +339,7 @@ def read_document(path: str | FsPath) -> Document:
     except UnicodeDecodeError as error:
         raise MappingError([Problem(file, 1, 1, f"not UTF-8 text ({error.reason})")]) from None
     try:
-        return yamlsrc.load(text, file)
+        return yamlsrc.load(text, file, kind)
     except LocatedError as error:
         raise MappingError(error.problems) from None
 
