@@ -22,10 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from mapping import yamlsrc
+from common import yamlsrc
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
-from mapping.types import ID_PATTERN, Duration
+from mapping.types import Duration
+from sync.packet import ID_PATTERN
 
 
 class _Strict(BaseModel):
@@ -228,7 +229,7 @@ def read_api_token(config: GatewayConfig) -> str | None:
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read gateway.yaml; raise `MappingError` (file:line:col problems) when it is wrong."""
-    doc: yamlsrc.Document = read_document(path)
+    doc: yamlsrc.Document = read_document(path, "gateway.yaml")
     if not isinstance(doc.value, dict):
         raise MappingError([doc.problem((), "gateway config must be a YAML mapping")])
     try:

@@ -8,7 +8,6 @@ instead of filling memory.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from common.heap import settle_heap
 from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
@@ -52,20 +52,6 @@ class GatewayStats:
     packets_emitted: int = 0
     driver_restarts: int = 0
     commit_failures: int = 0
-
-
-def settle_heap() -> None:
-    """Tune the cyclic garbage collector for the steady state, once everything long-lived
-    (modules, config, compiled mapping, outbox, drivers) exists.
-
-    Frozen, those objects are not rescanned by every full collection; a young generation of
-    50,000 lets the many short-lived objects of each packet (samples, drafts, rows, JSON) die
-    before they are promoted (`keyop bench e2e --hub acker` shows the CPU per packet). The hub
-    does the same for itself. Cyclic garbage made of frozen objects (e.g. a mapping replaced
-    by a reload) is not collected: a few kB a reload.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def uplink_config(config: GatewayConfig) -> UplinkConfig:
