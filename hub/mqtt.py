@@ -16,11 +16,12 @@ other's turn with the GIL (a hub process is bound by it at about one core).
   database commit (`ack`), so a hub that dies mid-batch gets it again from its broker session
   instead of waiting for the edge's resend timeout.
 - The TCP connect runs in a worker thread (it blocks); everything else on the loop. A lost
-  connection is retried after 1 s, then with doubling waits up to 30 s; after a connection that
-  lived under 10 s, or one taken over by another with the same client id (reason 0x8E), the
-  waits keep growing. A takeover (0x8E, or three such short connections in a row: Mosquitto
-  2.0.11 closes the older connection without saying why) is logged at ERROR naming the client
-  id: two holders of one id must not fight over it fast and unseen.
+  connection is retried after 1 s, then after waits drawn with full jitter under a cap that
+  doubles up to 30 s (`common.backoff`); after a connection that lived under 10 s, or one taken
+  over by another with the same client id (reason 0x8E), the cap keeps growing. A takeover
+  (0x8E, or three such short connections in a row: Mosquitto 2.0.11 closes the older
+  connection without saying why) is logged at ERROR naming the client id: two holders of one
+  id must not fight over it fast and unseen.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from common.backoff import Backoff
 from hub.config import MqttSection, read_secret
 from hub.mqtt_client import FastClient
 from hub.mqtt_properties import publish_properties
@@ -185,7 +187,7 @@ class HubMqtt:
         self._close_socket()
 
     async def _stay_connected(self) -> None:
-        retry_s = _RETRY_MIN_S
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
         while not self._closing.is_set():
             self._lost.clear()
             self._established = False
@@ -198,10 +200,10 @@ class HubMqtt:
             # Not straight back after a short-lived connection or a takeover: that would take
             # the session from another holder of the client id, which takes it back, and so
             # on, each takeover costing the hub its in-flight work.
-            retry_s = _RETRY_MIN_S if self._established and not self._backoff else retry_s
+            if self._established and not self._backoff:
+                backoff.reset()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), retry_s)
-            retry_s = min(2 * retry_s, _RETRY_MAX_S)
+                await asyncio.wait_for(self._closing.wait(), backoff.next())
 
     async def _connect(self) -> bool:
         """Open the TCP connection (in a thread) and send CONNECT; False when that failed."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from ulid import ULID
 
+from common.backoff import Backoff
 from edge_store import Outbox, OutboxError, OutboxWorker, Row, worker_for
 from sync import topics
 from sync.mqtt_link import (
@@ -222,7 +222,7 @@ class Uplink:
         # Everything before the first pending row was acknowledged in an earlier run.
         start = stats.last_seq if stats.first_pending_seq is None else stats.first_pending_seq - 1
         self.acked_seq = self.deleted_upto = self.sent_upto = start
-        failures = 0
+        backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s)
         ever_connected = False
         down_since: float | None = None
         try:
@@ -230,7 +230,6 @@ class Uplink:
                 try:
                     link = await self._connect()
                 except (OSError, UplinkError, TimeoutError) as error:
-                    failures += 1
                     if down_since is None:
                         down_since = time.monotonic()
                         log.error(
@@ -240,13 +239,13 @@ class Uplink:
                         )
                     else:
                         log.debug("uplink: connect retry failed", extra={"error": str(error)})
-                    await self._backoff(failures)
+                    await self._pause(backoff.next())
                     continue
                 if down_since is not None:
                     log.info(
                         "uplink: connection recovered",
                         extra={"outage_s": round(time.monotonic() - down_since, 3),
-                               "attempts": failures},
+                               "attempts": backoff.failures},
                     )
                     down_since = None
                 else:
@@ -270,10 +269,9 @@ class Uplink:
                 # right after CONNACK (a flapping broker, a twin gateway with our client id)
                 # keeps escalating the backoff instead of spinning.
                 if down_since - connected_at < self.config.backoff_max_s:
-                    failures += 1
-                    await self._backoff(failures)
+                    await self._pause(backoff.next())
                 else:
-                    failures = 0
+                    backoff.reset()
         finally:
             self.connected = False
             self._running = False
@@ -281,11 +279,8 @@ class Uplink:
 
     # --- connection ---------------------------------------------------------------------------
 
-    async def _backoff(self, failures: int) -> None:
-        """Exponential backoff with full jitter; returns early on stop."""
-        cfg = self.config
-        cap = min(cfg.backoff_max_s, cfg.backoff_min_s * 2 ** min(failures - 1, 30))
-        delay = random.uniform(cfg.backoff_min_s, cap)
+    async def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds before the next connect; returns early on stop."""
         try:
             await asyncio.wait_for(self._stop.wait(), delay)
         except TimeoutError:

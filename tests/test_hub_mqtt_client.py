@@ -227,7 +227,8 @@ def test_the_in_flight_window_follows_the_brokers_receive_maximum(tmp_path: Path
 
 def test_an_unreachable_broker_is_reported_once_per_outage(
         caplog: pytest.LogCaptureFixture) -> None:
-    """Retries go on (1 s, then doubling), but only the first failed connect is a warning."""
+    """Retries go on (1 s, then growing jittered waits), but only the first failed connect is
+    a warning."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # nothing listens there once this is closed
