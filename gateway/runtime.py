@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from common.mqtt_tls import Tls
 from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
@@ -25,7 +26,6 @@ from gateway.control import MappingControl
 from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
 from mapping.engine import CompiledMapping, Engine
-from sync.mqtt_link import Tls
 from sync.packet import Draft, render
 from sync.uplink import Uplink, UplinkConfig
 

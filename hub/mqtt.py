@@ -15,7 +15,8 @@ other's turn with the GIL (a hub process is bound by it at about one core).
 - Manual acknowledgement of ingested messages: the hub PUBACKs an event message only after the
   database commit (`ack`), so a hub that dies mid-batch gets it again from its broker session
   instead of waiting for the edge's resend timeout.
-- The TCP connect runs in a worker thread (it blocks); everything else on the loop. A lost
+- The TCP connect and the TLS handshake (`mqtt.tls`, `common.mqtt_tls`) run in a worker
+  thread (they block); everything else on the loop. A lost
   connection is retried after 1 s, then after waits drawn with full jitter under a cap that
   doubles up to 30 s (`common.backoff`); after a connection that lived under 10 s, or one taken
   over by another with the same client id (reason 0x8E), the cap keeps growing. A takeover
@@ -44,6 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from common.backoff import Backoff
+from common.mqtt_tls import open_socket
 from hub.config import MqttSection, read_secret
 from hub.mqtt_client import FastClient
 from hub.mqtt_properties import publish_properties
@@ -113,6 +115,7 @@ class HubMqtt:
         self._paused = False  # `inbox` is full: the socket is not read
         self._misc: asyncio.TimerHandle | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._tls = config.tls.settings() if config.tls is not None else None
 
         client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -206,10 +209,11 @@ class HubMqtt:
                 await asyncio.wait_for(self._closing.wait(), backoff.next())
 
     async def _connect(self) -> bool:
-        """Open the TCP connection (in a thread) and send CONNECT; False when that failed."""
-        address = (self.config.host, self.config.port)
+        """Open the TCP (and TLS) connection in a thread, send CONNECT; False when that failed."""
+        config = self.config
         try:
-            sock = await asyncio.to_thread(socket.create_connection, address, _CONNECT_TIMEOUT_S)
+            sock = await asyncio.to_thread(open_socket, config.host, config.port,
+                                           _CONNECT_TIMEOUT_S, self._tls)
         except OSError as error:
             # Said once per outage; the retries after it stay quiet until the next CONNACK.
             level = logging.DEBUG if self._unreachable else logging.WARNING

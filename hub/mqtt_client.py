@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from collections import deque
 from typing import Any, Literal
 
@@ -63,8 +64,10 @@ class FastClient(mqtt.Client):
         self._next_socket = sock
 
     def buffered(self) -> int:
-        """Bytes read from the socket that paho has not consumed yet."""
-        return len(self._read_buffer) - self._read_pos
+        """Bytes read from the socket that paho has not consumed yet (with TLS, also records
+        already decrypted in the SSL object)."""
+        pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+        return len(self._read_buffer) - self._read_pos + pending
 
     def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
                 properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
@@ -107,7 +110,8 @@ class FastClient(mqtt.Client):
             return
         try:
             sent = self._sock.send(buffer)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            # Retried with the same bytes first (and maybe more after them), as TLS requires.
             return
         except OSError:
             # The connection is gone: paho closes the socket and reports the loss.

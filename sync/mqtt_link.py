@@ -22,13 +22,16 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from common.mqtt_tls import Tls
+
+__all__ = ["ConnectRefused", "Link", "LinkLost", "Tls", "UplinkError", "publish_props"]
 
 log = logging.getLogger("sync.uplink")
 
@@ -51,47 +54,6 @@ class ConnectRefused(UplinkError):
 
 class LinkLost(UplinkError):
     """The connection ended while something was waiting on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tls:
-    """TLS towards the broker: CA bundle, optional client certificate, optional server name."""
-
-    ca_file: str | None = None
-    """PEM bundle of the CAs to trust; None: the system's trust store."""
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name: str | None = None
-    """The name the broker's certificate must carry (and SNI), when it differs from `host`."""
-
-    def context(self) -> ssl.SSLContext:
-        """A client context that verifies the broker's certificate and host name."""
-        context = (_NamedContext(ssl.PROTOCOL_TLS_CLIENT) if self.server_name
-                   else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-        if isinstance(context, _NamedContext):
-            context.server_name = self.server_name
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        if self.ca_file:
-            context.load_verify_locations(cafile=self.ca_file)
-        else:
-            context.load_default_certs()
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-class _NamedContext(ssl.SSLContext):
-    """paho passes the host it dials as `server_hostname`; this verifies another name instead
-    (a broker reached by IP address or through a tunnel whose certificate names its DNS name)."""
-
-    server_name: str | None = None
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.server_name:
-            kwargs["server_hostname"] = self.server_name
-        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def publish_props(content_type: str, user: list[tuple[str, str]] | None = None) -> Properties:
