@@ -2,7 +2,7 @@
 
 paho has no network thread here (the uplink's way, sync/mqtt_link.py): the socket is registered
 with `add_reader`, what paho writes in one turn of the loop goes out in one `send`
-(hub/mqtt_client.py), a writer is registered only while the kernel's buffer is full, and a 1 s
+(common/paho_fast.py), a writer is registered only while the kernel's buffer is full, and a 1 s
 timer runs paho's keepalive. With a network thread, paho's thread and the loop handed every
 burst of messages and PUBACKs across with `call_soon_threadsafe`, each side waiting for the
 other's turn with the GIL (a hub process is bound by it at about one core).
@@ -46,8 +46,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from common.backoff import Backoff
 from common.mqtt_tls import open_socket
+from common.paho_fast import FastClient
 from hub.config import MqttSection, read_secret
-from hub.mqtt_client import FastClient
 from hub.mqtt_properties import publish_properties
 from sync import topics
 
@@ -334,10 +334,9 @@ class HubMqtt:
         self._established = True
         self._connected_at = time.monotonic()
         self._unreachable = False
-        # paho's setter refuses a connected client; paho resends what is in flight after this
-        # callback returns, under the new window.
+        # paho resends what is in flight after this callback returns, under the new window.
         allowed = getattr(_properties, "ReceiveMaximum", 65_535) if _properties else 65_535
-        client._max_inflight_messages = max(1, min(self.inflight_max, allowed))
+        self.client.set_window(max(1, min(self.inflight_max, allowed)))
         log.info(
             "hub connected to broker",
             extra={"host": self.config.host, "port": self.config.port,
