@@ -95,7 +95,7 @@ def test_publishes_behind_a_small_window_all_go_out_in_order_and_survive_a_broke
 
     async def scenario() -> None:
         hub = HubMqtt(config, "hub-window", asyncio.get_running_loop())
-        hub.inflight_max = 3
+        hub.connection.inflight_max = 3
         hub.client.set_window(3)
         hub.start()
         try:
