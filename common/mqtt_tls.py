@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,26 @@ class Tls:
         if self.cert_file:
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
+
+
+class TlsSettings(BaseModel):
+    """`mqtt.tls` of gateway.yaml and hub.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
+    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
+    key_file: str | None = Field(default=None, description="client key (PEM)")
+    server_name: str | None = Field(
+        default=None, description="name the broker certificate must carry, if not `host`")
+
+    def tls(self, resolve: Callable[[str], str] | None = None) -> Tls:
+        """The connection's TLS; `resolve` turns each file name into the path to open."""
+        def path(value: str | None) -> str | None:
+            return value if value is None or resolve is None else resolve(value)
+
+        return Tls(ca_file=path(self.ca_file), cert_file=path(self.cert_file),
+                   key_file=path(self.key_file), server_name=self.server_name)
 
 
 class _NamedContext(ssl.SSLContext):

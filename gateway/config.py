@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.mqtt_tls import TlsSettings
 from mapping import yamlsrc
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
@@ -76,14 +77,6 @@ class OutboxSettings(_Strict):
         description="hard cap on the SQLite file; past it appends meet 'disk full' and follow "
         "the policy (keep it above max_bytes: the file holds pages, index and free space)",
     )
-
-
-class TlsSettings(_Strict):
-    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
-    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
-    key_file: str | None = Field(default=None, description="client key (PEM)")
-    server_name: str | None = Field(
-        default=None, description="name the broker certificate must carry, if not `host`")
 
 
 class MqttSettings(_Strict):

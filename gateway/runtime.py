@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from common.mqtt_tls import Tls
 from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
@@ -73,13 +72,8 @@ def uplink_config(config: GatewayConfig) -> UplinkConfig:
     """The uplink's settings from gateway.yaml; credentials are read here (env or file)."""
     mqtt = config.settings.mqtt
     username, password = config.mqtt_credentials()
-    tls = None
-    if mqtt.tls is not None:
-        def path(value: str | None) -> str | None:
-            return None if value is None else str(config.resolve(value))
-
-        tls = Tls(ca_file=path(mqtt.tls.ca_file), cert_file=path(mqtt.tls.cert_file),
-                  key_file=path(mqtt.tls.key_file), server_name=mqtt.tls.server_name)
+    tls = (mqtt.tls.tls(lambda name: str(config.resolve(name)))
+           if mqtt.tls is not None else None)
     return UplinkConfig(
         host=mqtt.host,
         port=mqtt.port,

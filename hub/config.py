@@ -26,7 +26,7 @@ from pydantic import (
 )
 from sqlalchemy.engine import url as sa_url
 
-from common.mqtt_tls import Tls
+from common.mqtt_tls import TlsSettings
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
@@ -92,20 +92,6 @@ class HubWorkerAccount(_Strict):
     )
 
 
-class MqttTlsSection(_Strict):
-    """TLS towards the broker (the edge's `mqtt.tls` has the same fields)."""
-
-    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
-    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
-    key_file: str | None = Field(default=None, description="client key (PEM)")
-    server_name: str | None = Field(
-        default=None, description="name the broker certificate must carry, if not `host`")
-
-    def settings(self) -> Tls:
-        return Tls(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file,
-                   server_name=self.server_name)
-
-
 class MqttSection(_Strict):
     """The broker connection (MQTT 5, persistent session)."""
 
@@ -117,7 +103,7 @@ class MqttSection(_Strict):
     # The hub's broker password is read from this file (never written in hub.yaml).
     password_file: str | None = None
     # TLS towards the broker; none: plain TCP.
-    tls: MqttTlsSection | None = None
+    tls: TlsSettings | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # Messages wait in the broker session while the hub is away (the edge outbox is the real
     # buffer; this only saves resends).

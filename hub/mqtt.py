@@ -98,7 +98,7 @@ class HubMqtt:
         self.connection = connection = MqttClient(
             loop, config.client_id, inflight_max=INFLIGHT_MAX, manual_ack=True,
             username=config.username, password=password,
-            tls=config.tls.settings() if config.tls is not None else None,
+            tls=config.tls.tls() if config.tls is not None else None,
             connect_timeout_s=_CONNECT_TIMEOUT_S,
         )
         self.client = connection.client

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from factories import outbox_entry
 
-from common.mqtt_tls import Tls
+from common.mqtt_tls import Tls, TlsSettings
 from edge_store import Outbox
 from gateway.broker import PrivateBroker
 from gateway.config import CredentialsError, load_gateway_config
-from hub.config import MqttSection, MqttTlsSection
+from hub.config import MqttSection
 from hub.mqtt import HubMqtt
 from sync import topics
 from sync.uplink import Uplink, UplinkConfig
@@ -141,8 +141,8 @@ def test_the_hub_over_tls_with_client_certificate_server_name_and_password_file(
              f"allow_anonymous false\npassword_file {passwd}\n")
 
     def section(port: int, server_name: str | None) -> MqttSection:
-        tls = MqttTlsSection(ca_file=str(pki / "ca.pem"), cert_file=str(pki / "client.pem"),
-                             key_file=str(pki / "client.key"), server_name=server_name)
+        tls = TlsSettings(ca_file=str(pki / "ca.pem"), cert_file=str(pki / "client.pem"),
+                          key_file=str(pki / "client.key"), server_name=server_name)
         return MqttSection(host="127.0.0.1", port=port, client_id="hub-tls", username="hub",
                            password_file=str(tmp_path / "hub.secret"), tls=tls)
 
