@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from common import yamlsrc
+from common.mqtt_tls import TlsSettings
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
 from mapping.types import Duration
@@ -77,14 +78,6 @@ class OutboxSettings(_Strict):
         description="hard cap on the SQLite file; past it appends meet 'disk full' and follow "
         "the policy (keep it above max_bytes: the file holds pages, index and free space)",
     )
-
-
-class TlsSettings(_Strict):
-    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
-    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
-    key_file: str | None = Field(default=None, description="client key (PEM)")
-    server_name: str | None = Field(
-        default=None, description="name the broker certificate must carry, if not `host`")
 
 
 class MqttSettings(_Strict):

@@ -25,7 +25,6 @@ from gateway.control import MappingControl
 from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
 from mapping.engine import CompiledMapping, Engine
-from sync.mqtt_link import Tls
 from sync.packet import Draft, render
 from sync.uplink import Uplink, UplinkConfig
 
@@ -58,13 +57,8 @@ def uplink_config(config: GatewayConfig) -> UplinkConfig:
     """The uplink's settings from gateway.yaml; credentials are read here (env or file)."""
     mqtt = config.settings.mqtt
     username, password = config.mqtt_credentials()
-    tls = None
-    if mqtt.tls is not None:
-        def path(value: str | None) -> str | None:
-            return None if value is None else str(config.resolve(value))
-
-        tls = Tls(ca_file=path(mqtt.tls.ca_file), cert_file=path(mqtt.tls.cert_file),
-                  key_file=path(mqtt.tls.key_file), server_name=mqtt.tls.server_name)
+    tls = (mqtt.tls.tls(lambda name: str(config.resolve(name)))
+           if mqtt.tls is not None else None)
     return UplinkConfig(
         host=mqtt.host,
         port=mqtt.port,

@@ -26,6 +26,7 @@ from pydantic import (
 from sqlalchemy.engine import url as sa_url
 
 from common import yamlsrc
+from common.mqtt_tls import TlsSettings
 from sync.packet import ID_PATTERN
 
 
@@ -100,6 +101,8 @@ class MqttSection(_Strict):
     username: str | None = None
     # The hub's broker password is read from this file (never written in hub.yaml).
     password_file: str | None = None
+    # TLS towards the broker; none: plain TCP.
+    tls: TlsSettings | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # Messages wait in the broker session while the hub is away (the edge outbox is the real
     # buffer; this only saves resends).

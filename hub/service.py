@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.heap import settle_heap
+from common.mqtt_properties import publish_properties
 from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
@@ -31,7 +32,6 @@ from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
 from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound
-from hub.mqtt_properties import publish_properties
 from hub.retention import Retention
 from hub.scheduler import Job, run_jobs
 from hub.server import ApiServer
