@@ -52,7 +52,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-_PACKED_TEMPLATE = PackedProperties(PacketTypes.PUBLISH).__dict__
+_PACKED_TEMPLATE = PackedProperties(PacketTypes.PUBLISH).__dict__  # type: ignore[no-untyped-call]
 
 
 @functools.lru_cache(maxsize=64)

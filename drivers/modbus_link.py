@@ -101,7 +101,8 @@ class _Link:
         self._ever_connected = False
         self._fault: str | None = None
 
-    def _new_client(self) -> ModbusBaseClient:
+    def new_client(self) -> ModbusBaseClient:
+        """A new, unconnected client, configured as this link uses it."""
         raise NotImplementedError
 
     def _refused(self) -> str:
@@ -129,7 +130,7 @@ class _Link:
         if loop.time() < self._next_connect:
             raise LinkDown(self._fault or f"comm_lost: not connected to {self.name}")
         self.drop()
-        client = self._new_client()
+        client = self.new_client()
         started = loop.time()
         ok = await client.connect()
         if not ok or not client.connected:
@@ -178,7 +179,7 @@ class TcpLink(_Link):
         self.host, self.port = host, port
         self._answered = False
 
-    def _new_client(self) -> ModbusBaseClient:
+    def new_client(self) -> ModbusBaseClient:
         self._answered = False
         return fast_responses(AsyncModbusTcpClient(
             self.host,
@@ -242,7 +243,7 @@ class SerialBus(_Link):
         if self._users <= 0:
             self.drop()
 
-    def _new_client(self) -> ModbusBaseClient:
+    def new_client(self) -> ModbusBaseClient:
         baudrate, bytesize, parity, stopbits = self.settings
         return fast_responses(AsyncModbusSerialClient(
             self.name,

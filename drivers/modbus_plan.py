@@ -228,7 +228,8 @@ def batch_decoder(read: Read) -> BatchDecoder:
 
     def mixed(values: Sequence[int] | Sequence[bool]) -> Sequence[Value]:
         found = unpack(pack(*values[:words])) + tuple(dec(values, at) for dec, at in others)
-        return order(found)
+        decoded: Sequence[Value] = order(found)
+        return decoded
 
     return mixed
 

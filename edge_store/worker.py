@@ -361,7 +361,7 @@ def _owner(units: list[_Append], index: int) -> int:
 
 def worker_for(outbox: Outbox) -> OutboxWorker:
     """The outbox's worker, started on the running loop at first use (one per outbox)."""
-    worker = outbox.worker
+    worker: OutboxWorker | None = outbox.worker
     if worker is None or worker.loop is not asyncio.get_running_loop():
         if worker is not None:
             worker.stop()

@@ -31,7 +31,7 @@ TIMED_SAMPLES = 100_000
 def bench_mapping_document(stations: int) -> dict[str, Any]:
     """The example mapping with `stations` copies of its press station."""
     doc = yamlsrc.load(CONFIG.read_text(), "bench.yaml")
-    base = doc.value
+    base: dict[str, Any] = doc.value
     template_station = base["stations"]["press-1"]
     template_signals = base["signals"]
     signals: dict[str, Any] = {}

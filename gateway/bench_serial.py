@@ -15,7 +15,8 @@ from typing import Any
 
 from drivers.base import Quality
 from drivers.framing import FramingSpec, frame_bytes
-from drivers.serial_reader import SerialReaderConfig, SerialReaderDriver
+from drivers.serial_reader import SerialReaderDriver
+from drivers.settings import SerialReaderConfig
 from simulators.serial_devices import PtyPort
 
 _CTX = multiprocessing.get_context("fork")

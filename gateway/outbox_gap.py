@@ -15,7 +15,8 @@ from ulid import ULID
 
 from edge_store.outbox import GAP_PRIORITY, Entry, GapEntry
 from gateway.config import GatewayConfig
-from mapping.engine import EARLIEST_TRUSTED_TIME, CompiledMapping
+from mapping.engine import CompiledMapping
+from mapping.station import EARLIEST_TRUSTED_TIME
 from sync.packet import Draft, format_sequence, render
 
 GAP_TYPE = "keyop.outbox.gap"

@@ -51,7 +51,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -160,8 +160,9 @@ def accounts(config: HubConfig, out: Path) -> list[Account]:
 def _check_unique(found: Sequence[Account]) -> None:
     """One account per username and per client id: a shared client id would let two accounts
     take each other's sessions."""
-    for key, what in ((lambda a: a.username, "broker username"),
-                      (lambda a: a.client_id, "client id")):
+    keys: tuple[tuple[Callable[[Account], str], str], ...] = (
+        (lambda a: a.username, "broker username"), (lambda a: a.client_id, "client id"))
+    for key, what in keys:
         seen: dict[str, Account] = {}
         for account in found:
             other = seen.setdefault(key(account), account)

@@ -140,7 +140,7 @@ class Alerts:
                     if not self.context.visible_state(supplier, state):
                         continue
                     # All of this supplier's rows, or none of them.
-                    made = [self._row(state, supplier, kind, active[kind], found, due, now)
+                    made = [self.alert_row(state, supplier, kind, active[kind], found, due, now)
                             for kind in KINDS
                             if status.get((*key, kind, supplier), False) != active[kind]]
                     rows.extend(made)
@@ -154,7 +154,7 @@ class Alerts:
                 if closed is None:
                     continue
                 try:
-                    rows.append(self._row(closed, supplier, kind, False, None, None, now))
+                    rows.append(self.alert_row(closed, supplier, kind, False, None, None, now))
                 except BAD_ROW as error:
                     self._skip(work_order, operation, supplier, error)
         if rows:
@@ -188,7 +188,7 @@ class Alerts:
             work_order, operation, whom, reason(error),
             extra={"work_order": work_order, "operation": operation, "supplier": supplier})
 
-    def _row(self, state: Any, supplier: str, kind: str, active: bool,
+    def alert_row(self, state: Any, supplier: str, kind: str, active: bool,
              found: Estimate | None, due: float | None, now: float) -> dict[str, Any]:
         document = self.context.state_for(supplier, state)
         data: dict[str, Any] = {

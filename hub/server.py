@@ -34,6 +34,11 @@ class ApiServer:
         self._server: EmbeddedServer | None = None
         self._app: FastAPI | None = None
 
+    @property
+    def app(self) -> FastAPI | None:
+        """The FastAPI application, once `start` has made it."""
+        return self._app
+
     async def start(self) -> bool:
         """Bind the listening socket; False (logged at ERROR) when the address is taken.
 

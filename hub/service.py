@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.heap import settle_heap
@@ -27,6 +26,7 @@ from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.api.auth import Keys
 from hub.config import HubConfig, HubConfigError, load_config
+from hub.db_errors import transient
 from hub.fanout import FanOut
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
@@ -257,7 +257,7 @@ class HubService:
 
         An event the database refuses (a constraint, a value the driver cannot bind) is
         pulled out of the batch into the dead letters, and the rest commits (`_isolate`).
-        Only an unreachable or overloaded database holds a batch back (`_transient`).
+        Only an unreachable or overloaded database holds a batch back (`hub.db_errors.transient`).
         """
         assert self.store is not None
         failing = False
@@ -265,7 +265,7 @@ class HubService:
             try:
                 result = await self._isolate(batch.incoming, batch.refused, batch.letters)
             except Exception as error:  # _isolate raises transient ones only
-                if not _transient(error):
+                if not transient(error):
                     raise
                 if not failing:
                     # Log the transition once; quiet while it lasts (STYLE "Errors and logs").
@@ -293,7 +293,7 @@ class HubService:
             return await asyncio.to_thread(self.store.store_batch, items, refused=refused,
                                            letters=letters)
         except Exception as error:  # any refusal of one event is isolated
-            if _transient(error) or not items:
+            if transient(error) or not items:
                 raise
             if len(items) > 1:
                 middle = len(items) // 2
@@ -411,29 +411,6 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines()[0] if text else type(error).__name__)[:500]
 
 
-# PostgreSQL error classes that say the server or the connection is the problem, not the
-# data: connection (08), resources (53), operator intervention (57), transaction rollback (40:
-# deadlock, serialization), lock not available (55), system error (58), internal (XX).
-_TRANSIENT_SQLSTATES = frozenset({"08", "53", "57", "40", "55", "58", "XX"})
-
-
-def _transient(error: BaseException) -> bool:
-    """Whether a store error means "the database is away or busy, try again" rather than
-    "the database will never take this data"."""
-    if not isinstance(error, SQLAlchemyError):
-        return False
-    if isinstance(error, sa.exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        state = getattr(error.orig, "sqlstate", None)
-        if isinstance(state, str) and state:
-            return state[:2] in _TRANSIENT_SQLSTATES
-        if isinstance(error, sa.exc.OperationalError):
-            # SQLite: locked, busy, disk I/O or full are transient; "too big" is the data.
-            text = str(error.orig).lower()
-            return not ("too big" in text or "too many" in text)
-        return isinstance(error, sa.exc.InterfaceError)
-    return isinstance(error, (sa.exc.TimeoutError, sa.exc.DisconnectionError))
 
 
 async def run_hub(config: HubConfig, stop: asyncio.Event) -> None:

@@ -155,7 +155,7 @@ class _Parser:
                 if a is None or b is None:
                     return False
                 try:
-                    return compare(a, b)
+                    return bool(compare(a, b))
                 except TypeError:
                     return False
 

@@ -154,11 +154,15 @@ class PlcStation:
 
     @property
     def good(self) -> int:
-        return int(self.values["PartCount"])  # type: ignore[call-overload]
+        count = self.values["PartCount"]
+        assert isinstance(count, int)
+        return count
 
     @property
     def scrap(self) -> int:
-        return int(self.values["RejectCount"])  # type: ignore[call-overload]
+        count = self.values["RejectCount"]
+        assert isinstance(count, int)
+        return count
 
     def _set(self, name: str, value: object) -> None:
         self.values[name] = value

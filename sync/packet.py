@@ -158,7 +158,8 @@ def _param_value(value: Any) -> bool | int | float | str | None:
     problem = param_problem(value)
     if problem is not None:
         raise ValueError(problem)
-    return value
+    checked: bool | int | float | str | None = value  # param_problem checked its type
+    return checked
 
 
 def _text(max_length: int, min_length: int = 0) -> Any:

@@ -183,6 +183,11 @@ class Uplink:
 
     # --- public API -------------------------------------------------------------------------
 
+    @property
+    def link(self) -> MqttClient | None:
+        """The MQTT connection in use now (None between connections)."""
+        return self._link
+
     def wake(self) -> None:
         """New rows were committed: publish them now (call from the event loop thread)."""
         self._wake.set()

@@ -191,7 +191,7 @@ def test_one_bad_operation_does_not_stop_the_evaluation_or_the_publishing(
     with store.engine.begin() as conn:
         conn.execute(alerts_table.update().values(body="not json")
                      .where(alerts_table.c.pk == min(r.pk for r in store.unpublished_alerts())))
-    store.add_alerts([{**alerts._row(store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")],
+    store.add_alerts([{**alerts.alert_row(store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")],
                                      "acme", "stalled", True, None, None, T0 + 330),
                        }])
     sent: list[str] = []

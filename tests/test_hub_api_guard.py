@@ -48,8 +48,8 @@ class Served:
 
     @property
     def limits(self) -> Any:
-        assert self.server._app is not None
-        return self.server._app.state.limits
+        assert self.server.app is not None
+        return self.server.app.state.limits
 
     def close(self) -> None:
         assert self._loop is not None and self._stop is not None

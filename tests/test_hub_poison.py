@@ -28,8 +28,8 @@ from test_hub_store import EPOCH, SOURCE, make_event
 
 from gateway.broker import PrivateBroker
 from hub.config import parse_config
+from hub.db_errors import transient
 from hub.log_throttle import RepeatedWarnings
-from hub.service import _transient
 from hub.store import Store
 from sync import topics
 
@@ -157,22 +157,22 @@ def test_dead_letters_are_bounded(hub_db_url: str) -> None:
 # -- error classes --------------------------------------------------------------------------
 
 
-def test_only_an_unreachable_or_busy_database_is_transient() -> None:
+def test_only_an_unreachable_or_busy_database_istransient() -> None:
     def sqlite_error(text: str) -> sa.exc.OperationalError:
         return sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError(text))
 
     def pg_error(sqlstate: str, kind: type[sa.exc.DBAPIError]) -> sa.exc.DBAPIError:
         return kind("INSERT", {}, psycopg.errors.lookup(sqlstate)("refused"))
 
-    assert _transient(sqlite_error("database is locked"))
-    assert _transient(sqlite_error("disk I/O error"))
-    assert not _transient(sqlite_error("string or blob too big"))
-    assert _transient(pg_error("08006", sa.exc.OperationalError))  # connection failure
-    assert _transient(pg_error("40P01", sa.exc.OperationalError))  # deadlock
-    assert not _transient(pg_error("22003", sa.exc.DataError))  # numeric out of range
-    assert not _transient(pg_error("23514", sa.exc.IntegrityError))  # check violation
-    assert not _transient(OverflowError("Python int too large to convert to SQLite INTEGER"))
-    assert not _transient(ValueError("odd"))
+    assert transient(sqlite_error("database is locked"))
+    assert transient(sqlite_error("disk I/O error"))
+    assert not transient(sqlite_error("string or blob too big"))
+    assert transient(pg_error("08006", sa.exc.OperationalError))  # connection failure
+    assert transient(pg_error("40P01", sa.exc.OperationalError))  # deadlock
+    assert not transient(pg_error("22003", sa.exc.DataError))  # numeric out of range
+    assert not transient(pg_error("23514", sa.exc.IntegrityError))  # check violation
+    assert not transient(OverflowError("Python int too large to convert to SQLite INTEGER"))
+    assert not transient(ValueError("odd"))
 
 
 def test_repeated_warnings_are_counted_not_repeated(caplog: pytest.LogCaptureFixture) -> None:

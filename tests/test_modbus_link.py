@@ -47,7 +47,7 @@ def test_every_link_client_decodes_registers_with_them() -> None:
     async def body() -> None:
         tcp = TcpLink("127.0.0.1", 502, timeout_s=1.0, backoff=Backoff())
         rtu = SerialBus("/dev/null-modbus", parity="E")
-        for client in (tcp._new_client(), rtu._new_client()):
+        for client in (tcp.new_client(), rtu.new_client()):
             table = client.ctx.framer.decoder.pdu_table
             assert table[3][1] is _HoldingRegisters and table[4][1] is _InputRegisters
             assert table[1][1].__name__ == "ReadCoilsResponse"  # the others stay pymodbus'

@@ -61,7 +61,7 @@ def test_rtu_with_even_parity_reads_every_type_with_the_minimal_requests() -> No
                     "raw": -32767, "c": True}
             await col.wait_for(lambda s: want.items() <= good_values(s).items())
             await col.wait_for(lambda s: len(driver.cycle_ms) >= 3)
-            client = bus._client
+            client = bus.ready()
             assert client is not None
             port = client.ctx.transport.sync_serial  # type: ignore[union-attr]
             opened = (port.parity, port.baudrate, port.stopbits, client.comm_params.parity)

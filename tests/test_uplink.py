@@ -261,7 +261,7 @@ def test_birth_is_retained_and_will_fires_on_abrupt_loss(
             assert birth["lastSequence"] == pk.format_sequence(1)
             assert birth["version"] == "0.1.0" and birth["ts"].endswith("Z")
             # Kill the TCP connection under paho: no DISCONNECT, so the broker sends the will.
-            link = uplink._link
+            link = uplink.link
             assert link is not None
             link.client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
             assert await until(lambda: len(hub.status) >= 3)
