@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import MqttSection
 from hub.mqtt import HubMqtt
 from hub.mqtt_client import FastClient, plain_puback_reason

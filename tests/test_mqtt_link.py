@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from sync.mqtt_link import Link, publish_props
 
 pytestmark = pytest.mark.timeout(30)

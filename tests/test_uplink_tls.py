@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from factories import outbox_entry
 
+from devstack.mosquitto import PrivateBroker
 from edge_store import Outbox
-from gateway.broker import PrivateBroker
 from gateway.config import CredentialsError, load_gateway_config
 from sync.mqtt_link import Tls
 from sync.uplink import Uplink, UplinkConfig

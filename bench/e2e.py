@@ -22,12 +22,12 @@ import numpy as np
 import sqlalchemy as sa
 import yaml
 
+from devstack.mosquitto import PrivateBroker
+from devstack.stack import wait_hub_online
 from drivers.base import Quality, Sample
 from edge_store.outbox import Outbox
 from edge_store.writer import GroupWriter
-from gateway.broker import PrivateBroker
 from gateway.runtime import Pipeline, settle_heap
-from gateway.stack import wait_hub_online
 from mapping import yamlsrc
 from mapping.engine import Engine
 from mapping.load import compile_document
@@ -99,7 +99,7 @@ def _hub_counts(url: str) -> tuple[int, int, int]:
 def _start_hub(work: Path, port: int) -> subprocess.Popen[bytes]:
     with (work / "hub.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING", "hub", "-c",
+            [sys.executable, "-m", "cli", "--log-level", "WARNING", "hub", "-c",
              str(_hub_config(work, port))],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work)
 
@@ -114,7 +114,7 @@ async def run_bench_e2e(packets: int, rate: float | None = None,
     hub_process = _start_hub(work, broker.port) if hub == "real" else None
     acker = None
     if hub == "acker":
-        from gateway.bench_drain import Acker
+        from bench.drain import Acker
 
         acker = Acker(broker.host, broker.port, outbox.epoch)
     writer = GroupWriter(outbox)

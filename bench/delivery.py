@@ -6,7 +6,7 @@
   the drain; prints the counts and the live packets' latency during the drain (`live_p95_s`).
 - `drain --backlog N`: N packets committed while the broker is away, then the broker comes
   back and the backlog drains in batches while live packets keep flowing; prints
-  `drain_packets_per_s`, `live_latency_ms_p95` and `rss_mb_peak` (see `gateway.bench_drain`).
+  `drain_packets_per_s`, `live_latency_ms_p95` and `rss_mb_peak` (see `bench.drain`).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ def run_delivery_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.bench == "drain":
-        from gateway.bench_drain import run_bench_drain
+        from bench.drain import run_bench_drain
 
         return asyncio.run(run_bench_drain(workdir, backlog=args.backlog,
                                            live_rate=args.live_rate, hub=args.hub))
     if args.scenario == "kill":
-        from gateway.bench_faults import run_kill_loop
+        from bench.faults import run_kill_loop
 
         result = asyncio.run(run_kill_loop(workdir, kills=args.kills, packets=args.packets))
     else:
@@ -65,8 +65,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def run_outage(workdir: Path, scenario: str, outage: float) -> dict[str, Any]:
     """Broker or hub away for `outage` seconds at ~100 packets/s, then back and drained."""
-    from gateway.bench_faults import FaultRig, live_latencies, percentile
-    from gateway.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
+    from bench.faults import FaultRig, live_latencies, percentile
+    from devstack.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
 
     rig = FaultRig(workdir, cycle_s=0.01)
     started = time.monotonic()

@@ -234,7 +234,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
                   ) -> dict[str, Any]:
     import numpy as np
 
-    from gateway.broker import PrivateBroker
+    from devstack.mosquitto import PrivateBroker
     from hub.service import HubService
 
     if split_roles and workers < 2:

@@ -116,7 +116,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from gateway.record import replay_file
+    from cli.record import replay_file
 
     try:
         count = replay_file(args.mapping, args.recording)
@@ -128,8 +128,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    from cli.record import record
     from gateway.logs import setup_logging
-    from gateway.record import record
 
     setup_logging(args.log_level)
     loaded = _load_gateway(args, "record")
@@ -158,7 +158,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from devstack.demo import run_demo
     from gateway.logs import setup_logging
 
     setup_logging(args.log_level, stream=sys.stderr)
@@ -166,21 +166,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gateway.bench import run_bench_e2e
+    from bench.e2e import run_bench_e2e
     from gateway.logs import setup_logging
 
     setup_logging(args.log_level)
     if args.bench == "serial":
         import logging
 
-        from gateway.bench_serial import run_bench_serial
+        from bench.serial import run_bench_serial
 
         logging.getLogger("drivers.serial_reader").setLevel(logging.ERROR)  # 5% are bad on purpose
         result = run_bench_serial(args.frames)
         print(json.dumps(result))
         return EXIT_OK if result["rejected"] == result["injected_bad"] else EXIT_FAILED
     if args.bench == "mapping":
-        from gateway.bench_mapping import run_bench_mapping
+        from bench.mapping import run_bench_mapping
 
         print(json.dumps(run_bench_mapping(args.stations, args.samples,
                                            polls_per_part=args.polls_per_part)))
@@ -190,19 +190,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return EXIT_OK if result["lost"] == 0 and result["duplicates"] == 0 else EXIT_FAILED
     if args.bench in ("modbus-poll", "opcua-subscribe", "reconnect"):
-        from gateway.bench_drivers import run_driver_bench
+        from bench.drivers import run_driver_bench
 
         driver_result = run_driver_bench(args)
         print(json.dumps(driver_result))
         return EXIT_OK
     if args.bench == "hub":
-        from gateway.bench_hub import run_hub_bench
+        from bench.hub import run_hub_bench
 
         hub_result = run_hub_bench(args)
         print(json.dumps(hub_result))
         return EXIT_OK if hub_result["stored"] == hub_result["packets"] else EXIT_FAILED
     if args.bench in ("drain", "faults"):
-        from gateway.bench_delivery import run_delivery_bench
+        from bench.delivery import run_delivery_bench
 
         delivery = run_delivery_bench(args)
         print(json.dumps(delivery))
@@ -270,14 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--rate", type=float, default=None, help="packets/s offered (default: max)")
     e2e.add_argument("--hub", choices=["real", "acker"], default="real",
                      help="acker: a subscriber that acks at once (the gateway's own figures)")
-    from gateway.bench_drivers import add_driver_benches
+    from bench.drivers import add_driver_benches
 
     add_driver_benches(bench_sub)
-    from gateway.bench_delivery import add_delivery_benches
-    from gateway.outbox_cli import add_outbox_command
+    from bench.delivery import add_delivery_benches
+    from cli.outbox import add_outbox_command
 
     add_delivery_benches(bench_sub)
-    from gateway.bench_hub import add_hub_bench
+    from bench.hub import add_hub_bench
 
     add_hub_bench(bench_sub)
     bench.set_defaults(func=cmd_bench)
