@@ -22,13 +22,14 @@ import numpy as np
 import sqlalchemy as sa
 import yaml
 
+from common import yamlsrc
+from common.heap import settle_heap
 from devstack.mosquitto import PrivateBroker
 from devstack.stack import wait_hub_online
 from drivers.base import Quality, Sample
 from edge_store.outbox import Outbox
 from edge_store.writer import GroupWriter
-from gateway.runtime import Pipeline, settle_heap
-from mapping import yamlsrc
+from gateway.runtime import Pipeline
 from mapping.engine import Engine
 from mapping.load import compile_document
 from sync.uplink import Uplink, UplinkConfig

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from common import yamlsrc
 from drivers.base import Quality, Sample
-from mapping import yamlsrc
 from mapping.engine import Engine
 from mapping.load import compile_document
 

@@ -13,13 +13,10 @@ request must also carry `Authorization: Bearer <token>` (401 otherwise).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
-import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,7 +26,9 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.http_server import EmbeddedServer, listen
 from gateway.config import CredentialsError, is_loopback, read_api_token
 from gateway.control import MappingControl
 from gateway.metrics import registry_for
@@ -38,11 +37,6 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def create_app(gateway: Gateway, control: MappingControl, token: str | None = None) -> FastAPI:
@@ -151,55 +145,37 @@ class LocalGuard:
             given.strip().encode(), self.token)
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside the gateway's loop: the gateway handles SIGINT/SIGTERM itself, so the
-    server must not replace those handlers (it would swallow the gateway's stop)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class LocalApi:
-    def __init__(self, server: _EmbeddedServer | None, task: asyncio.Task[None] | None) -> None:
+    def __init__(self, server: EmbeddedServer | None) -> None:
         self.server = server
-        self.task = task
 
 
 def start_local_api(gateway: Gateway) -> LocalApi:
     settings = gateway.config.settings.api
     if not settings.enabled:
-        return LocalApi(None, None)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return LocalApi(None)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listen(settings.host, settings.port)
     except OSError as error:
-        sock.close()
         log.error("local API not started: cannot bind", extra={
             "host": settings.host, "port": settings.port, "error": str(error)})
-        return LocalApi(None, None)
+        return LocalApi(None)
     try:
         token = read_api_token(gateway.config)
     except CredentialsError as error:
         sock.close()
         log.error("local API not started: %s", error)
-        return LocalApi(None, None)
-    port = int(sock.getsockname()[1])
+        return LocalApi(None)
     # No proxy in front of this API: X-Forwarded-For is never believed.
     config = uvicorn.Config(create_app(gateway, gateway.control, token), log_level="warning",
                             access_log=False, lifespan="off", proxy_headers=False)
-    server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="local-api")
-    log.info("local API listening", extra={"host": settings.host, "port": port})
-    gateway.api_port = port
-    return LocalApi(server, task)
+    server = EmbeddedServer(sock, config)
+    server.start("local-api")
+    log.info("local API listening", extra={"host": settings.host, "port": server.port})
+    gateway.api_port = server.port
+    return LocalApi(server)
 
 
 async def stop_local_api(api: LocalApi) -> None:
-    if api.server is None or api.task is None:
-        return
-    api.server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(api.task, 5)
+    if api.server is not None:
+        await api.server.stop()

@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from mapping import yamlsrc
+from common import yamlsrc
+from common.mqtt_tls import TlsSettings
 from mapping.errors import MappingError
 from mapping.load import read_document, validation_problems
-from mapping.types import ID_PATTERN, Duration
+from mapping.types import Duration
+from sync.packet import ID_PATTERN
 
 
 class _Strict(BaseModel):
@@ -76,14 +78,6 @@ class OutboxSettings(_Strict):
         description="hard cap on the SQLite file; past it appends meet 'disk full' and follow "
         "the policy (keep it above max_bytes: the file holds pages, index and free space)",
     )
-
-
-class TlsSettings(_Strict):
-    ca_file: str | None = Field(default=None, description="PEM CA bundle (none: system CAs)")
-    cert_file: str | None = Field(default=None, description="client certificate (PEM)")
-    key_file: str | None = Field(default=None, description="client key (PEM)")
-    server_name: str | None = Field(
-        default=None, description="name the broker certificate must carry, if not `host`")
 
 
 class MqttSettings(_Strict):
@@ -228,7 +222,7 @@ def read_api_token(config: GatewayConfig) -> str | None:
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read gateway.yaml; raise `MappingError` (file:line:col problems) when it is wrong."""
-    doc: yamlsrc.Document = read_document(path)
+    doc: yamlsrc.Document = read_document(path, "gateway.yaml")
     if not isinstance(doc.value, dict):
         raise MappingError([doc.problem((), "gateway config must be a YAML mapping")])
     try:

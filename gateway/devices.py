@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from common.yamlsrc import Document
 from drivers.base import ConfigError, Driver
 from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, parse_signal
 from drivers.modbus_link import SerialBus
@@ -24,7 +25,6 @@ from mapping.errors import MappingError, Problem
 from mapping.load import signal_position
 from mapping.serial_source import SerialSource
 from mapping.sources import ModbusRtuSource, ModbusTcpSource, OpcUaSource, Signal
-from mapping.yamlsrc import Document
 
 _MODBUS_ONLY = ("address", "type", "scale", "offset")
 _OPCUA_ONLY = ("node", "sampling", "deadband")

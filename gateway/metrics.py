@@ -1,20 +1,21 @@
 """Prometheus metrics of one gateway process, read from the live objects when scraped.
 
-Pipeline, outbox, uplink and driver counters already exist as plain attributes (the status API,
-tests and benchmarks read them); this collector turns them into metric families at scrape
-time, so the sampling and commit paths pay nothing for metrics. Served at `GET /metrics` of the
-local API (loopback by default, like the rest of it).
+Pipeline, outbox, uplink and driver counters are plain attributes; this collector reads them
+when scraped (common/metrics.py). Served at `GET /metrics` of the local API (loopback by
+default, like the rest of it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common import metrics
 from drivers.base import DriverCounters
 
 if TYPE_CHECKING:
@@ -57,36 +58,27 @@ class GatewayCollector(Collector):
         gateway = self.gateway
         source = gateway.config.source
         pipeline, uplink = gateway.pipeline, gateway.uplink
+        label = ("source", source)
+        one = partial(metrics.one, label)
         if pipeline is not None:
-            for name, text, attribute in _PIPELINE:
-                yield _one(CounterMetricFamily, name, text, source,
-                           getattr(pipeline.stats, attribute))
+            yield from metrics.of_attributes(label, CounterMetricFamily, _PIPELINE,
+                                             pipeline.stats)
         if uplink is not None:
             outbox = uplink.outbox
-            yield _one(GaugeMetricFamily, "keyop_outbox_pending_packets",
-                       "packets stored and not yet acknowledged by the hub", source,
-                       outbox.pending_count)
-            yield _one(GaugeMetricFamily, "keyop_outbox_last_seq",
-                       "the highest sequence committed in this epoch", source, outbox.last_seq)
-            yield _one(GaugeMetricFamily, "keyop_outbox_full",
-                       "1 while the last append found a bound or the disk full", source,
-                       1 if outbox.full else 0)
-            for name, text, attribute in _OUTBOX_COUNTERS:
-                yield _one(CounterMetricFamily, name, text, source, getattr(outbox, attribute))
-            yield _one(GaugeMetricFamily, "keyop_uplink_connected",
-                       "1 while the MQTT session is up", source, 1 if uplink.connected else 0)
-            yield _one(GaugeMetricFamily, "keyop_uplink_acked_seq",
-                       "the highest sequence the hub acknowledged", source, uplink.acked_seq)
-            for name, text, attribute in _UPLINK_COUNTERS:
-                yield _one(CounterMetricFamily, name, text, source, getattr(uplink, attribute))
+            yield one(GaugeMetricFamily, "keyop_outbox_pending_packets",
+                      "packets stored and not yet acknowledged by the hub", outbox.pending_count)
+            yield one(GaugeMetricFamily, "keyop_outbox_last_seq",
+                      "the highest sequence committed in this epoch", outbox.last_seq)
+            yield one(GaugeMetricFamily, "keyop_outbox_full",
+                      "1 while the last append found a bound or the disk full",
+                      1 if outbox.full else 0)
+            yield from metrics.of_attributes(label, CounterMetricFamily, _OUTBOX_COUNTERS, outbox)
+            yield one(GaugeMetricFamily, "keyop_uplink_connected",
+                      "1 while the MQTT session is up", 1 if uplink.connected else 0)
+            yield one(GaugeMetricFamily, "keyop_uplink_acked_seq",
+                      "the highest sequence the hub acknowledged", uplink.acked_seq)
+            yield from metrics.of_attributes(label, CounterMetricFamily, _UPLINK_COUNTERS, uplink)
         yield from driver_metrics(_counters(gateway.drivers))
-
-
-def _one(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, text: str,
-         source: str, value: float) -> Metric:
-    family = kind(name, text, labels=["source"])
-    family.add_metric([source], value)
-    return family
 
 
 def _counters(drivers: Iterable[object]) -> list[DriverCounters]:
@@ -132,9 +124,6 @@ def driver_metrics(snapshots: Iterable[DriverCounters]) -> Iterator[Metric]:
 
 
 def registry_for(gateway: Gateway) -> CollectorRegistry:
-    """A registry of its own (never the global one: tests run several gateways in one
-    process)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway))
-    return registry
+    """The gateway's own registry (common.metrics.private_registry)."""
+    return metrics.private_registry(GatewayCollector(gateway))
 

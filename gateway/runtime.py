@@ -8,7 +8,6 @@ instead of filling memory.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from common.heap import settle_heap
 from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
@@ -25,7 +25,6 @@ from gateway.control import MappingControl
 from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
 from mapping.engine import CompiledMapping, Engine
-from sync.mqtt_link import Tls
 from sync.packet import Draft, render
 from sync.uplink import Uplink, UplinkConfig
 
@@ -54,31 +53,12 @@ class GatewayStats:
     commit_failures: int = 0
 
 
-def settle_heap() -> None:
-    """Tune the cyclic garbage collector for the steady state, once everything long-lived
-    (modules, config, compiled mapping, outbox, drivers) exists.
-
-    Frozen, those objects are not rescanned by every full collection; a young generation of
-    50,000 lets the many short-lived objects of each packet (samples, drafts, rows, JSON) die
-    before they are promoted (`keyop bench e2e --hub acker` shows the CPU per packet). The hub
-    does the same for itself. Cyclic garbage made of frozen objects (e.g. a mapping replaced
-    by a reload) is not collected: a few kB a reload.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def uplink_config(config: GatewayConfig) -> UplinkConfig:
     """The uplink's settings from gateway.yaml; credentials are read here (env or file)."""
     mqtt = config.settings.mqtt
     username, password = config.mqtt_credentials()
-    tls = None
-    if mqtt.tls is not None:
-        def path(value: str | None) -> str | None:
-            return None if value is None else str(config.resolve(value))
-
-        tls = Tls(ca_file=path(mqtt.tls.ca_file), cert_file=path(mqtt.tls.cert_file),
-                  key_file=path(mqtt.tls.key_file), server_name=mqtt.tls.server_name)
+    tls = (mqtt.tls.tls(lambda name: str(config.resolve(name)))
+           if mqtt.tls is not None else None)
     return UplinkConfig(
         host=mqtt.host,
         port=mqtt.port,

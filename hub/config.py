@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,7 +25,9 @@ from pydantic import (
 )
 from sqlalchemy.engine import url as sa_url
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+from common import yamlsrc
+from common.mqtt_tls import TlsSettings
+from sync.packet import ID_PATTERN
 
 
 class HubConfigError(ValueError):
@@ -100,6 +101,8 @@ class MqttSection(_Strict):
     username: str | None = None
     # The hub's broker password is read from this file (never written in hub.yaml).
     password_file: str | None = None
+    # TLS towards the broker; none: plain TCP.
+    tls: TlsSettings | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # Messages wait in the broker session while the hub is away (the edge outbox is the real
     # buffer; this only saves resends).
@@ -312,40 +315,40 @@ class HubConfig(_Strict):
 _INNER_LOC = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.S)
 
 
-def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The YAML node at a pydantic error location, for its line and column."""
-    node = root
+def _position(doc: yamlsrc.Document, loc: tuple[Any, ...]) -> tuple[int, int]:
+    """Line and column of a pydantic error location: the key itself when the whole path
+    exists (an unknown key is best shown there), else the value of the deepest part that does
+    (a missing key is reported at the mapping that lacks it)."""
+    path: yamlsrc.Path = ()
     for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == str(part):
-                    # An unknown key is best shown at the key itself.
-                    node = key if part == loc[-1] else value
-                    break
-            else:
-                return node
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return node
-            node = node.value[part]
+        for candidate in (part, str(part)):
+            if (*path, candidate) in doc.positions:
+                path = (*path, candidate)
+                break
         else:
-            return node
-    return node
+            return doc.positions.get((*path, "__value__")) or doc.locate(path)
+    return doc.locate(path)
+
+
+def _yaml_problem(problem: yamlsrc.Problem) -> str:
+    where = "" if problem.path is None else f" {'.'.join(map(str, problem.path)) or '(top)'}:"
+    message = problem.message.removeprefix("YAML: ")
+    return f"{problem.file}:{problem.line}:{problem.column}:{where} not valid YAML: {message}"
 
 
 def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
     """Validate hub.yaml text; `name` prefixes every error message."""
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        raise HubConfigError(f"{name}: not valid YAML: {error}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise HubConfigError(f"{name}: expected a mapping at the top, got {type(raw).__name__}")
+        # A due time may be written as a bare YAML timestamp (`due: 2026-12-01T16:00:00Z`).
+        doc = yamlsrc.load(text, name, kind="hub.yaml", timestamps=True)
+    except yamlsrc.LocatedError as error:
+        raise HubConfigError("\n".join(_yaml_problem(p) for p in error.problems)) from None
+    if not isinstance(doc.value, dict):
+        line, column = doc.locate(())
+        raise HubConfigError(f"{name}:{line}:{column}: (top): expected a mapping at the top, "
+                          f"got {type(doc.value).__name__}")
     try:
-        return HubConfig.model_validate(raw)
+        return HubConfig.model_validate(doc.value)
     except ValidationError as error:
         lines = []
         for item in error.errors():
@@ -357,11 +360,10 @@ def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
                 loc = tuple(int(p) if p.isdigit() else p for p in inner[1].split("."))
                 message = inner[2]
             where = ".".join(str(p) for p in loc) or "(top)"
-            node = _node_at(root, loc)
-            mark = f":{node.start_mark.line + 1}:{node.start_mark.column + 1}" if node else ""
+            line, column = _position(doc, loc)
             if item["type"] == "extra_forbidden":
                 message = f"unknown key {str(loc[-1])!r}"
-            lines.append(f"{name}{mark}: {where}: {message}")
+            lines.append(f"{name}:{line}:{column}: {where}: {message}")
         raise HubConfigError("\n".join(lines)) from None
 
 

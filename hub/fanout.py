@@ -40,12 +40,12 @@ from typing import Any
 import pydantic_core
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.mqtt_properties import packed_properties
 from hub import routing
 from hub.badrows import BAD_ROW, reason
 from hub.config import HubConfig
 from hub.log_throttle import RepeatedWarnings
 from hub.mqtt import HubMqtt
-from hub.mqtt_properties import packed_properties
 from hub.state import CLOSED_STATES, state_document
 from hub.store import Store, StoredPacket
 from sync import topics

@@ -1,19 +1,21 @@
 """Prometheus metrics of one hub process, read from the live service when scraped.
 
-The counters already exist as plain attributes of the service (tests and benchmarks read them);
-this collector turns them into metric families at scrape time, so nothing on the ingest path
-pays for the metrics. The fan-out lag per supplier comes from the store (one small query).
+The counters are plain attributes of the service; this collector reads them when scraped
+(common/metrics.py). The fan-out lag per supplier comes from the store (one small query).
 Served at `GET /metrics` of the hub API, behind the operator's admin key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from common import metrics
 
 if TYPE_CHECKING:
     from hub.service import HubService
@@ -45,15 +47,9 @@ class HubCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         service = self.service
         hub_id = service.config.hub.id
-
-        def one(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
-                text: str, value: float) -> Metric:
-            family = kind(name, text, labels=["hub"])
-            family.add_metric([hub_id], value)
-            return family
-
-        for name, text, attribute in _INGEST_COUNTERS:
-            yield one(CounterMetricFamily, name, text, getattr(service, attribute))
+        label = ("hub", hub_id)
+        one = partial(metrics.one, label)
+        yield from metrics.of_attributes(label, CounterMetricFamily, _INGEST_COUNTERS, service)
         mqtt, fanout = service.mqtt, service.fanout
         roles = GaugeMetricFamily("keyop_hub_role", "1 for each role this process takes "
                                   "(hub.ingest, hub.fanout)", labels=["hub", "role"])
@@ -135,8 +131,6 @@ class HubCollector(Collector):
 
 
 def registry_for(service: HubService) -> CollectorRegistry:
-    """A registry of its own (never the global one: tests run several hubs in one process)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(service))
-    return registry
+    """The hub process's own registry (common.metrics.private_registry)."""
+    return metrics.private_registry(HubCollector(service))
 

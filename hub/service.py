@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import signal
@@ -21,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.heap import settle_heap
+from common.mqtt_properties import publish_properties
 from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
@@ -31,7 +32,6 @@ from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
 from hub.metrics import registry_for
 from hub.mqtt import HubMqtt, Inbound
-from hub.mqtt_properties import publish_properties
 from hub.retention import Retention
 from hub.scheduler import Job, run_jobs
 from hub.server import ApiServer
@@ -128,7 +128,7 @@ class HubService:
         self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router)
                                 if roles.fanout else None)
         mqtt.start()
-        _settle_heap()
+        settle_heap()
         log.info("hub started", extra={"hub": self.config.hub.id,
                                        "database": store.url.render_as_string(),
                                        "ingest": roles.ingest, "fanout": roles.fanout})
@@ -404,19 +404,6 @@ class HubService:
                 extra={"source": gap.source, "epoch": gap.epoch,
                        "from_seq": gap.first, "to_seq": gap.last},
             )
-
-
-def _settle_heap() -> None:
-    """Tune the cyclic garbage collector for a long-running ingest loop.
-
-    Everything built so far (modules, config, engine, router) lives as long as the hub: frozen,
-    the collector's full passes stop rescanning it. Each batch allocates tens of thousands of
-    short-lived dicts; with the default young-generation threshold (700) many are promoted
-    before they die and older generations are collected over and over. Measured with
-    `keyop bench hub`: the collector's time fell from about 13 % of the hub's CPU to 1-2 %.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _first_line(error: BaseException) -> str:

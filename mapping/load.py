@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from mapping import yamlsrc
+from common import yamlsrc
+from common.yamlsrc import Document, LocatedError, Path
 from mapping.engine import CompiledMapping, SignalOrigin
 from mapping.errors import MappingError, Problem
 from mapping.expr import ExpressionError, compile_expression
@@ -33,7 +34,6 @@ from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source
 from mapping.station import ABORT, ALARM_PREFIX, COMPLETE, PAUSE, START, CompiledStation
 from mapping.triggers import CompiledTrigger
 from mapping.types import Id, SignalName
-from mapping.yamlsrc import Document, Path
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
@@ -324,7 +324,9 @@ def compile_document(doc: Document) -> CompiledMapping:
     )
 
 
-def read_document(path: str | FsPath) -> Document:
+def read_document(path: str | FsPath, kind: str = "a mapping file") -> Document:
+    """Read a YAML file keyop is configured by (a mapping, gateway.yaml) with the located loader;
+    `kind` names it in what it may not hold."""
     file = str(path)
     try:
         raw = FsPath(path).read_bytes()
@@ -336,7 +338,10 @@ def read_document(path: str | FsPath) -> Document:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise MappingError([Problem(file, 1, 1, f"not UTF-8 text ({error.reason})")]) from None
-    return yamlsrc.load(text, file)
+    try:
+        return yamlsrc.load(text, file, kind)
+    except LocatedError as error:
+        raise MappingError(error.problems) from None
 
 
 def load_mapping(path: str | FsPath) -> tuple[Document, CompiledMapping]:

@@ -35,7 +35,7 @@ _.old_dvalue
 _.set_current_datavalue
 
 # Methods a library calls: asyncua's observer and user manager, paho's client internals
-# (hub/mqtt_client.py overrides them), uvicorn's server.
+# (common/paho_fast.py overrides them), uvicorn's server.
 _.observe_request
 _.get_user
 _._update_inflight

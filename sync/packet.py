@@ -35,8 +35,11 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json; charset=utf-8"
 MAX_EVENT_BYTES = 64 * 1024
 SEQUENCE_DIGITS = 20
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
-SOURCE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[a-z0-9][a-z0-9-]{0,63}$"
+# An id (site, gateway, supplier, station, hub): an MQTT username and a topic level, so
+# nothing that could widen a subscription or an ACL ('+', '#', '/').
+_ID = r"[a-z0-9][a-z0-9-]{0,63}"
+ID_PATTERN = rf"^{_ID}$"
+SOURCE_PATTERN = rf"^{_ID}/{_ID}$"
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 TIME_PATTERN = (r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?"
                 r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from sync.packet import ID_PATTERN
+
 PREFIX = "keyop/v1"
 HUB_SHARE_GROUP = "keyop-hub"
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_ID = re.compile(ID_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

@@ -14,8 +14,8 @@ window), ahead of their turn. The hub orders by sequence and acks the contiguous
 early copies only cut the live latency; when the backlog lane reaches the live lane's first
 row, the two merge.
 
-Threads: the loop (which also runs paho, see `sync.mqtt_link`) and the outbox worker thread.
-The reconnect loop is `Uplink.run`: one fresh paho client per connection, so no paho-side replay
+Threads: the loop (which also runs paho, see `common.mqtt`) and the outbox worker thread.
+The reconnect loop is `Uplink.run`: one fresh MQTT client per connection, so no paho-side replay
 mixes with our own resend from acked + 1.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,18 +34,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from ulid import ULID
 
+from common.backoff import Backoff
+from common.mqtt import ConnectionLost, ConnectRefused, MqttClient, MqttError
+from common.mqtt_properties import publish_properties
+from common.mqtt_tls import Tls
 from edge_store import Outbox, OutboxError, OutboxWorker, Row, worker_for
 from sync import topics
-from sync.mqtt_link import (
-    ConnectRefused,
-    Link,
-    LinkLost,
-    Tls,
-    UplinkError,
-    publish_props,
-)
 from sync.packet import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE,
@@ -55,7 +51,7 @@ from sync.packet import (
     format_time,
 )
 
-__all__ = ["ConnectRefused", "LinkLost", "Tls", "Uplink", "UplinkConfig", "UplinkError"]
+__all__ = ["Tls", "Uplink", "UplinkConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +80,7 @@ class UplinkConfig:
     batch_max_events: int = 100
     """Most events in one batch message (a batch also stays under 64 KiB)."""
     inflight_max: int = 50
-    """MQTT messages awaiting PUBACK; keep it within 20-100 (paho rescans them on each PUBACK)."""
+    """MQTT messages awaiting PUBACK (paho sends at most the broker's Receive Maximum of them)."""
     live_reserve: int = 8
     """In-flight slots the backlog lane leaves to fresh packets during a drain."""
     backoff_min_s: float = 0.5
@@ -166,7 +162,8 @@ class Uplink:
         self.connected = False
         self.on_ack: Callable[[int], None] | None = None
         """Called on the loop with the new acked seq whenever the hub's ack advances."""
-        self._link: Link | None = None
+        self._link: MqttClient | None = None
+        self._session = ""  # this connection's id, in its status messages (and will)
         self._worker: OutboxWorker | None = None
         self._fresh: deque[Row] = deque()
         self._live: tuple[int, int] | None = None  # (first, last) sent ahead on the live lane
@@ -222,15 +219,14 @@ class Uplink:
         # Everything before the first pending row was acknowledged in an earlier run.
         start = stats.last_seq if stats.first_pending_seq is None else stats.first_pending_seq - 1
         self.acked_seq = self.deleted_upto = self.sent_upto = start
-        failures = 0
+        backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s)
         ever_connected = False
         down_since: float | None = None
         try:
             while not self._stop.is_set():
                 try:
                     link = await self._connect()
-                except (OSError, UplinkError, TimeoutError) as error:
-                    failures += 1
+                except (OSError, MqttError, TimeoutError) as error:
                     if down_since is None:
                         down_since = time.monotonic()
                         log.error(
@@ -240,13 +236,13 @@ class Uplink:
                         )
                     else:
                         log.debug("uplink: connect retry failed", extra={"error": str(error)})
-                    await self._backoff(failures)
+                    await self._pause(backoff.next())
                     continue
                 if down_since is not None:
                     log.info(
                         "uplink: connection recovered",
                         extra={"outage_s": round(time.monotonic() - down_since, 3),
-                               "attempts": failures},
+                               "attempts": backoff.failures},
                     )
                     down_since = None
                 else:
@@ -270,10 +266,9 @@ class Uplink:
                 # right after CONNACK (a flapping broker, a twin gateway with our client id)
                 # keeps escalating the backoff instead of spinning.
                 if down_since - connected_at < self.config.backoff_max_s:
-                    failures += 1
-                    await self._backoff(failures)
+                    await self._pause(backoff.next())
                 else:
-                    failures = 0
+                    backoff.reset()
         finally:
             self.connected = False
             self._running = False
@@ -281,11 +276,8 @@ class Uplink:
 
     # --- connection ---------------------------------------------------------------------------
 
-    async def _backoff(self, failures: int) -> None:
-        """Exponential backoff with full jitter; returns early on stop."""
-        cfg = self.config
-        cap = min(cfg.backoff_max_s, cfg.backoff_min_s * 2 ** min(failures - 1, 30))
-        delay = random.uniform(cfg.backoff_min_s, cap)
+    async def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds before the next connect; returns early on stop."""
         try:
             await asyncio.wait_for(self._stop.wait(), delay)
         except TimeoutError:
@@ -302,46 +294,39 @@ class Uplink:
             )
         return json.dumps(body, separators=(",", ":")).encode()
 
-    async def _connect(self) -> Link:
+    async def _connect(self) -> MqttClient:
         cfg = self.config
-        loop = asyncio.get_running_loop()
-        # reconnect_on_failure=False: paho's thread ends with the connection and this class
-        # reconnects, so backoff, logging and resend-from-ack stay in one visible place.
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
+        link = MqttClient(
+            asyncio.get_running_loop(), cfg.client_id, inflight_max=cfg.inflight_max,
+            window=cfg.inflight_max, queue_offline=False, username=cfg.username,
+            password=cfg.password, tls=cfg.tls, connect_timeout_s=cfg.connect_timeout_s,
         )
-        client.max_inflight_messages_set(cfg.inflight_max)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            client.tls_set_context(cfg.tls.context())
         # A session id per connection: the hub ignores a late will of an older connection.
-        session = str(ULID())
+        self._session = session = str(ULID())
         will_props = Properties(PacketTypes.WILLMESSAGE)
         will_props.ContentType = STATUS_CONTENT_TYPE
         will_props.PayloadFormatIndicator = 1
-        client.will_set(
+        link.client.will_set(
             self._status_topic, self._status(False, session), qos=1, retain=True,
             properties=will_props,
         )
-        link = Link(loop, client, session, self._on_ack, self._wake.set, self._ack_topic)
+        link.on_message = self._on_message
+        link.on_subscribe = _check_subscription
+        link.on_refused = _log_refused
+        link.on_lost = self._wake.set
         connect_props = Properties(PacketTypes.CONNECT)
         connect_props.SessionExpiryInterval = int(cfg.session_expiry_s)
         # clean_start=False always, also on the first connect of a process: the broker-side
         # session holds the ack subscription and the acks the hub sent while we were away
         # (or restarting), which saves resending what the hub already has. Stale acks of an
         # older epoch are filtered out by `_on_ack`.
-        # connect blocks (TCP, TLS handshake): a worker thread; then the loop serves the socket.
-        await asyncio.to_thread(
-            client.connect, cfg.host, cfg.port, int(cfg.keepalive_s),
-            clean_start=False, properties=connect_props,
-        )
+        link.configure(cfg.host, cfg.port, int(cfg.keepalive_s), clean_start=False,
+                       properties=connect_props)
+        await link.open()  # TCP and TLS in a worker thread; then the loop serves the socket
         try:
-            link.attach()
             reason = await asyncio.wait_for(link.connack, cfg.connect_timeout_s)
+            if reason is None:
+                raise ConnectionLost("connection closed before CONNACK")
             if reason.is_failure:
                 raise ConnectRefused(reason)
         except BaseException:
@@ -350,23 +335,21 @@ class Uplink:
         self._link = link
         return link
 
-    async def _close_link(self, link: Link, *, clean: bool) -> None:
+    async def _close_link(self, link: MqttClient, *, clean: bool) -> None:
         """End a connection; a clean stop says offline first (a clean DISCONNECT sends no will)."""
         self.connected = False
         if clean:
             confirmed = False
             try:
-                link.publish(
-                    self._status_topic, self._status(False, link.session),
-                    publish_props(STATUS_CONTENT_TYPE), retain=True,
-                )
+                link.publish(self._status_topic, self._status(False, self._session),
+                             retain=True, properties=publish_properties(STATUS_CONTENT_TYPE))
                 confirmed = await link.wait_all_acked(self.config.stop_timeout_s)
-            except LinkLost:
+            except MqttError:
                 pass
             if not confirmed:
                 log.warning("uplink: offline status not confirmed before disconnect")
             link.disconnect()
-        link.close()
+        link.close_socket()
         if self._link is link:
             self._link = None
 
@@ -394,16 +377,14 @@ class Uplink:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def _serve(self, link: Link) -> None:
+    async def _serve(self, link: MqttClient) -> None:
         """Publish until the connection is lost or stop is requested."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         assert self._worker is not None
-        link.subscribe(self._ack_topic)
-        link.publish(
-            self._status_topic, self._status(True, link.session),
-            publish_props(STATUS_CONTENT_TYPE), retain=True,
-        )
+        link.subscribe([(self._ack_topic, 1)])
+        link.publish(self._status_topic, self._status(True, self._session), retain=True,
+                     properties=publish_properties(STATUS_CONTENT_TYPE))
         self.connected = True
         # Whatever was in flight on the old connection may be lost: start again after the ack.
         if self.sent_upto > self.acked_seq:
@@ -465,7 +446,7 @@ class Uplink:
         self._live = None
         self._ack_deadline = None
 
-    async def _publish_backlog(self, link: Link, room: int) -> bool:
+    async def _publish_backlog(self, link: MqttClient, room: int) -> bool:
         """Read the next backlog chunk from the outbox and publish it; merge lanes at the end."""
         assert self._worker is not None
         upto = self._live[0] - 1 if self._live else _NO_LIMIT
@@ -489,7 +470,7 @@ class Uplink:
             return True
         return False
 
-    async def _publish_live(self, link: Link) -> bool:
+    async def _publish_live(self, link: MqttClient) -> bool:
         """Send fresh rows ahead of the backlog, within their own bound."""
         cfg = self.config
         fresh = self._fresh
@@ -535,7 +516,7 @@ class Uplink:
         self.resends += 1
         self._restart_from_ack()
 
-    async def _publish(self, link: Link, rows: list[Row], *, live: bool) -> None:
+    async def _publish(self, link: MqttClient, rows: list[Row], *, live: bool) -> None:
         """Publish `rows` (consecutive seqs) as batch messages; advance `sent_upto` unless live."""
         cfg = self.config
         limit = cfg.inflight_max if live else cfg.inflight_max - cfg.live_reserve
@@ -558,8 +539,8 @@ class Uplink:
                 return
             payload, props = _message(group)
             try:
-                link.publish(self._events_topic, payload, props)
-            except LinkLost:
+                link.publish(self._events_topic, payload, properties=props)
+            except MqttError:
                 return
             if not live:
                 self.sent_upto = group[-1].seq
@@ -572,6 +553,22 @@ class Uplink:
                 await self._publish_live(link)
 
     # --- acknowledgements ---------------------------------------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self._ack_topic:
+            log.debug("uplink: message on an unexpected topic", extra={"topic": message.topic})
+            return
+        try:
+            ack = json.loads(message.payload)
+            epoch, text = ack["sourceepoch"], ack["sequence"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("uplink: malformed hub ack ignored",
+                        extra={"payload": bytes(message.payload[:200])})
+            return
+        if not isinstance(text, str) or not text.isdigit() or not isinstance(epoch, str):
+            log.warning("uplink: hub ack with a bad sequence ignored", extra={"sequence": text})
+            return
+        self._on_ack(epoch, text)
 
     def _on_ack(self, epoch: str, text: str) -> None:
         if epoch != self.epoch:
@@ -634,14 +631,14 @@ def _message(group: list[Row]) -> tuple[bytes, Properties]:
         if len(body) > MAX_EVENT_BYTES:
             log.error("uplink: event exceeds the 64 KiB cap", extra={"seq": seq,
                                                                      "bytes": len(body)})
-        return body, publish_props(CONTENT_TYPE, user)
+        return body, publish_properties(CONTENT_TYPE, user)
     first, last = group[0].seq, group[-1].seq
     payload = b"[" + b",".join(row.body for row in group) + b"]"
     user = [
         ("sequence", f"{format_sequence(first)}-{format_sequence(last)}"),
         ("count", str(len(group))),
     ]
-    return payload, publish_props(BATCH_CONTENT_TYPE, user)
+    return payload, publish_properties(BATCH_CONTENT_TYPE, user)
 
 
 def _kind_of(body: bytes, seq: int) -> str:
@@ -651,3 +648,15 @@ def _kind_of(body: bytes, seq: int) -> str:
     except (ValueError, KeyError, TypeError):
         log.warning("uplink: outbox row is not a JSON event", extra={"seq": seq})
         return ""
+
+
+def _check_subscription(reasons: list[ReasonCode]) -> None:
+    failed = [str(r) for r in reasons if r.is_failure]
+    if failed:
+        # Without the ack subscription nothing is ever deleted: loud, but keep publishing.
+        log.error("uplink: ack subscription refused", extra={"reasons": failed})
+
+
+def _log_refused(reason: ReasonCode) -> None:
+    # Not fatal: the row stays until the hub acks it and the ack timeout resends it.
+    log.warning("uplink: broker refused a publish", extra={"reason": str(reason)})

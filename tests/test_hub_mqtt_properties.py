@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hub.mqtt_properties import packed_properties, publish_properties
+from common.mqtt_properties import packed_properties, publish_properties
 from sync.packet import BATCH_CONTENT_TYPE, CONTENT_TYPE
 
 

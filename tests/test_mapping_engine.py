@@ -139,7 +139,7 @@ def test_counter_rollover_reset_and_preset(bits: int, readings: list[int], delta
 
 
 def test_reload_keeps_state_of_unchanged_stations_and_resets_changed_ones() -> None:
-    from mapping import yamlsrc
+    from common import yamlsrc
     from mapping.load import compile_document
 
     rec = Recorder()
@@ -161,7 +161,7 @@ def test_reload_keeps_state_of_unchanged_stations_and_resets_changed_ones() -> N
 
 
 def test_scanned_code_sets_order_and_planned_quantity() -> None:
-    from mapping import yamlsrc
+    from common import yamlsrc
     from mapping.load import compile_document
 
     text = CONFIG.read_text().replace(
@@ -266,7 +266,7 @@ def test_a_run_never_counts_beyond_what_a_packet_holds() -> None:
 
 
 def _scan_engine(pattern: str) -> Engine:
-    from mapping import yamlsrc
+    from common import yamlsrc
     from mapping.load import compile_document
 
     text = CONFIG.read_text().replace(
@@ -300,7 +300,7 @@ def test_a_planned_group_of_other_digits_gives_no_planned_quantity() -> None:
 
 
 def test_params_and_reasons_a_packet_cannot_carry_are_left_out() -> None:
-    from mapping import yamlsrc
+    from common import yamlsrc
     from mapping.load import compile_document
 
     text = (CONFIG.read_text()

@@ -1,4 +1,4 @@
-"""The uplink's MQTT link with paho served from the event loop (no network thread)."""
+"""The MQTT adapter (common/mqtt.py) with paho served from the event loop (no network thread)."""
 
 from __future__ import annotations
 
@@ -12,30 +12,26 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from common.mqtt import MqttClient
+from common.mqtt_properties import publish_properties
 from devstack.mosquitto import PrivateBroker
-from sync.mqtt_link import Link, publish_props
 
 pytestmark = pytest.mark.timeout(30)
 
 
 async def _open(broker: PrivateBroker, *, keepalive: int = 15,
-                inflight: int = 20) -> tuple[Link, list[tuple[str, str]]]:
-    """A connected, attached link; `acks` collects what arrives on its ack topic."""
+                inflight: int = 20) -> MqttClient:
+    """A connected client served by the loop, as the uplink opens one."""
     loop = asyncio.get_running_loop()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="link-test",
-                         protocol=mqtt.MQTTv5, reconnect_on_failure=False)
-    client.max_inflight_messages_set(inflight)
-    acks: list[tuple[str, str]] = []
-    link = Link(loop, client, "s1", lambda e, s: acks.append((e, s)), lambda: None,
-                "keyop/v1/down/link-test/ack")
+    link = MqttClient(loop, "link-test", inflight_max=inflight, window=inflight,
+                      queue_offline=False)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
-    await asyncio.to_thread(client.connect, broker.host, broker.port, keepalive,
-                            clean_start=True, properties=props)
-    link.attach()
+    link.configure(broker.host, broker.port, keepalive, clean_start=True, properties=props)
+    assert await link.open()
     reason = await asyncio.wait_for(link.connack, 10)
-    assert not reason.is_failure
-    return link, acks
+    assert reason is not None and not reason.is_failure
+    return link
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> bool:
@@ -72,22 +68,25 @@ def test_no_network_thread_and_a_full_socket_buffer_drains(broker: PrivateBroker
 
     async def main() -> bool:
         threads = set(threading.enumerate())
-        link, _acks = await _open(broker, inflight=count)
+        link = await _open(broker, inflight=count)
         try:
             assert not [t for t in threading.enumerate() if t not in threads
                         and t.name.startswith("paho")]
             sock = link.client.socket()
             assert isinstance(sock, socket.socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            props = publish_props("application/octet-stream")
+            props = publish_properties("application/octet-stream")
             for _ in range(count):
-                link.publish("t/burst", b"x" * size, props)
-            # The kernel could not take ~6 MB at once: paho holds the rest for the writer.
+                link.publish("t/burst", b"x" * size, properties=props)
+            # Sent at the end of this turn of the loop: the kernel cannot take ~6 MB at once,
+            # so the rest waits for the writer.
+            assert link.client.want_write()
+            await asyncio.sleep(0)
             assert link.client.want_write()
             return await link.wait_all_acked(20)
         finally:
             link.disconnect()
-            link.close()
+            link.close_socket()
 
     try:
         assert asyncio.run(main())
@@ -102,7 +101,7 @@ def test_keepalive_runs_on_the_loop_and_a_dead_socket_is_noticed(
     broker: PrivateBroker,
 ) -> None:
     async def main() -> None:
-        link, _acks = await _open(broker, keepalive=1)
+        link = await _open(broker, keepalive=1)
         pongs: list[str] = []
         link.client.on_log = lambda _c, _u, _level, text: pongs.append(text)
         try:
@@ -115,6 +114,6 @@ def test_keepalive_runs_on_the_loop_and_a_dead_socket_is_noticed(
             assert await _until(link.lost.is_set, 5)
             assert link.client.socket() is None
         finally:
-            link.close()
+            link.close_socket()
 
     asyncio.run(main())

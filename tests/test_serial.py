@@ -277,8 +277,8 @@ def test_bench_serial_counts_every_injected_bad_frame() -> None:
 
 def test_a_scan_on_a_real_pty_sets_the_station_context(tmp_path: Path) -> None:
     """Mapping + driver together: a scanner on a pty, the assembly mapping's station."""
+    from common import yamlsrc
     from gateway.devices import build_drivers
-    from mapping import yamlsrc
     from mapping.engine import Engine
     from mapping.load import compile_document
 
@@ -310,8 +310,8 @@ def test_a_scan_on_a_real_pty_sets_the_station_context(tmp_path: Path) -> None:
 
 
 def test_scanner_driven_by_the_scenario_gives_each_order_context_once(tmp_path: Path) -> None:
+    from common import yamlsrc
     from gateway.devices import build_drivers
-    from mapping import yamlsrc
     from mapping.engine import Engine
     from mapping.load import compile_document
     from simulators import scenario as sc

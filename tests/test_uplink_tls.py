@@ -1,9 +1,11 @@
-"""The uplink over TLS (CA, client certificate, server name) and with a username/password, against
-a real Mosquitto configured for each; credentials read from env variables or a file."""
+"""The uplink and the hub over TLS (CA, client certificate, server name) and with a
+username/password, against a real Mosquitto configured for each; credentials read from env
+variables or a file."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,13 @@ from typing import Any
 import pytest
 from factories import outbox_entry
 
+from common.mqtt_tls import Tls, TlsSettings
 from devstack.mosquitto import PrivateBroker
 from edge_store import Outbox
 from gateway.config import CredentialsError, load_gateway_config
-from sync.mqtt_link import Tls
+from hub.config import MqttSection
+from hub.mqtt import HubMqtt
+from sync import topics
 from sync.uplink import Uplink, UplinkConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,3 +125,54 @@ def test_username_and_password_from_env_or_file(
     monkeypatch.delenv("KEYOP_TEST_PASSWORD")
     with pytest.raises(CredentialsError, match="KEYOP_TEST_PASSWORD"):
         load_gateway_config(config_file).mqtt_credentials()
+
+
+def test_the_hub_over_tls_with_client_certificate_server_name_and_password_file(
+        pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub's connection shares the edge's TLS: it subscribes, publishes and receives over
+    it; a certificate check that fails is an unreachable broker, retried."""
+    passwd = tmp_path / "passwd"
+    secret = "hub-secret-0123456789"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "hub", secret],
+                   check=True, capture_output=True)
+    (tmp_path / "hub.secret").write_text(secret + "\n")
+    extra = AS_ROOT + (f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
+             f"keyfile {pki / 'server.key'}\nrequire_certificate true\n"
+             f"allow_anonymous false\npassword_file {passwd}\n")
+
+    def section(port: int, server_name: str | None) -> MqttSection:
+        tls = TlsSettings(ca_file=str(pki / "ca.pem"), cert_file=str(pki / "client.pem"),
+                          key_file=str(pki / "client.key"), server_name=server_name)
+        return MqttSection(host="127.0.0.1", port=port, client_id="hub-tls", username="hub",
+                           password_file=str(tmp_path / "hub.secret"), tls=tls)
+
+    async def round_trip(config: MqttSection) -> bytes:
+        hub = HubMqtt(config, "hub-tls", asyncio.get_running_loop())
+        hub.start()
+        try:
+            await asyncio.to_thread(hub.subscribed.wait, 10)
+            assert hub.subscribed.is_set()
+            # Its own ingest subscription hands the hub what it publishes on an up topic.
+            await asyncio.wait_for(hub.publish(topics.up_events(GATEWAY), b"over tls"), 10)
+            message = await asyncio.wait_for(hub.inbox.get(), 10)
+            hub.ack([message])
+            return message.payload
+        finally:
+            await hub.close(grace_s=1.0)
+
+    async def refused(config: MqttSection) -> bool:
+        hub = HubMqtt(config, "hub-tls", asyncio.get_running_loop())
+        hub.start()
+        try:
+            await asyncio.sleep(1.5)
+            return hub.subscribed.is_set()
+        finally:
+            await hub.close(grace_s=0.5)
+
+    with PrivateBroker(workdir=tmp_path / "broker", extra_config=extra) as broker:
+        assert asyncio.run(round_trip(section(broker.port, SERVER_NAME))) == b"over tls"
+        # The certificate names SERVER_NAME, not 127.0.0.1.
+        with caplog.at_level(logging.WARNING, logger="hub.mqtt"):
+            assert not asyncio.run(refused(section(broker.port, None)))
+        assert any("certificate" in str(getattr(r, "error", "")) for r in caplog.records
+                   if r.getMessage().startswith("hub cannot reach"))

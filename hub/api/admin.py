@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.api.auth import admin
 from hub.api.orders import OrderId, _context
-from hub.config import ID_PATTERN
+from sync.packet import ID_PATTERN
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.context import ApiContext
-from hub.api.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hub.config import HubConfig, HubConfigError, hash_key, read_secret
 
-ADMIN = "*admin*"  # never a supplier id (ids match ^[a-z0-9][a-z0-9-]*$)
+ADMIN = "*admin*"  # never a supplier id (ids match sync.packet.ID_PATTERN)
 
 _bearer = HTTPBearer(auto_error=False, description="the supplier's API key")
 

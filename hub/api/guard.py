@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.auth import Keys
 from hub.api.limits import Limits, retry_after
-from hub.api.types import ASGIApp, Message, Receive, Scope, Send
 
 NO_CREDENTIALS = "credentials required (Authorization: Bearer <API key>)"
 UNKNOWN_KEY = "unknown API key"

@@ -1,4 +1,5 @@
-"""Safe YAML reading that remembers where every key and value stood.
+"""Safe YAML reading that remembers where every key and value stood: the one loader of every
+YAML file keyop reads (mappings, gateway.yaml, hub.yaml).
 
 PyYAML's safe composer builds the node tree; we turn it into plain Python values ourselves so
 that we can (a) keep a `path → (line, column)` index for error messages, (b) refuse duplicate
@@ -13,9 +14,31 @@ from typing import Any
 
 import yaml
 
-from mapping.errors import MappingError, Problem
-
 Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a file, where it stands: `file:line:col: message`."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+    # The key path of the node the problem is about, when it is about one (not printed: each
+    # file kind words its messages itself, hub.yaml's as `file:line:col: key.path: message`).
+    path: Path | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class LocatedError(Exception):
+    """A file that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column))
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 _CORE_TAGS = {
     "tag:yaml.org,2002:str",
@@ -26,6 +49,7 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:map",
     "tag:yaml.org,2002:seq",
 }
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 MAX_NODES = 100_000
 
 
@@ -51,27 +75,29 @@ class Document:
 
 
 class _Builder:
-    def __init__(self, file: str, loader: yaml.SafeLoader) -> None:
+    def __init__(self, file: str, loader: yaml.SafeLoader, kind: str, timestamps: bool) -> None:
         self.file = file
+        self.kind = kind
+        self.tags = (_CORE_TAGS | {_TIMESTAMP_TAG}) if timestamps else _CORE_TAGS
         self.loader = loader
         self.positions: dict[Path, tuple[int, int]] = {}
         self.problems: list[Problem] = []
         self.seen: set[int] = set()
 
-    def _at(self, node: yaml.Node, message: str) -> None:
+    def _at(self, node: yaml.Node, path: Path, message: str) -> None:
         mark = node.start_mark
-        self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, message))
+        self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, message, path))
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         if id(node) in self.seen:
-            self._at(node, "anchors and aliases are not allowed in a mapping file")
+            self._at(node, path, f"anchors and aliases are not allowed in {self.kind}")
             return None
         self.seen.add(id(node))
         if len(self.seen) > MAX_NODES:
-            raise MappingError([Problem(self.file, 1, 1, f"more than {MAX_NODES} YAML nodes")])
+            raise LocatedError([Problem(self.file, 1, 1, f"more than {MAX_NODES} YAML nodes")])
         self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
-        if node.tag not in _CORE_TAGS:
-            self._at(node, f"tag {node.tag!r} is not allowed (plain YAML values only)")
+        if node.tag not in self.tags:
+            self._at(node, path, f"tag {node.tag!r} is not allowed (plain YAML values only)")
             return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -83,14 +109,14 @@ class _Builder:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
-                self._at(key_node, "keys must be plain scalars")
+                self._at(key_node, path, "keys must be plain scalars")
                 continue
             key = str(self.loader.construct_object(key_node))
             if key == "<<":
-                self._at(key_node, "merge keys ('<<') are not allowed in a mapping file")
+                self._at(key_node, path, f"merge keys ('<<') are not allowed in {self.kind}")
                 continue
             if key in result:
-                self._at(key_node, f"duplicate key {key!r}")
+                self._at(key_node, (*path, key), f"duplicate key {key!r}")
                 continue
             child = (*path, key)
             self.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -104,23 +130,30 @@ class _Builder:
         return result
 
 
-def load(text: str, file: str) -> Document:
-    """Parse YAML text safely; raise `MappingError` with positions for anything refused."""
+def load(
+    text: str, file: str, kind: str = "a mapping file", *, timestamps: bool = False
+) -> Document:
+    """Parse YAML text safely; raise `LocatedError` with positions for anything refused.
+
+    `kind` names the file in messages about what it may not hold ("anchors and aliases are not
+    allowed in hub.yaml"). With `timestamps`, a bare YAML timestamp becomes a `datetime`
+    instead of being refused.
+    """
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise MappingError([Problem(file, line, column, f"YAML: {error.problem}")]) from None
+        raise LocatedError([Problem(file, line, column, f"YAML: {error.problem}")]) from None
     except yaml.YAMLError as error:
-        raise MappingError([Problem(file, 1, 1, f"YAML: {error}")]) from None
+        raise LocatedError([Problem(file, 1, 1, f"YAML: {error}")]) from None
     finally:
         loader.dispose()
     if node is None:
         return Document(file, {}, {(): (1, 1)})
-    builder = _Builder(file, loader)
+    builder = _Builder(file, loader, kind, timestamps)
     value = builder.build(node, ())
     if builder.problems:
-        raise MappingError(builder.problems)
+        raise LocatedError(builder.problems)
     return Document(file, value, builder.positions)

@@ -1,4 +1,4 @@
-"""MQTT 5 PUBLISH properties for the hub's messages, built once and packed once."""
+"""MQTT 5 PUBLISH properties for the edge's and the hub's messages, built once and packed once."""
 
 from __future__ import annotations
 

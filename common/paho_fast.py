@@ -1,4 +1,5 @@
-"""paho's `Client` with the hub's hot spots made cheap (paho-mqtt 2.2.0 internals).
+"""The one module that relies on paho-mqtt's private members: its `Client` with the hot spots
+made cheap (paho-mqtt 2.2.0 internals, pinned in pyproject.toml).
 
 Measured in `keyop bench hub` (GIL samples, PostgreSQL, 50 suppliers, ~1 fan-out message per
 packet):
@@ -17,20 +18,23 @@ packet):
   writability while `want_write()`.
 - The in-flight window: on every PUBACK paho walks its whole list of unacknowledged messages
   to find the first one still queued behind the window (~20 steps at the window of 20: 7 % of
-  the hub's time). The queued ones are kept in a FIFO of their own instead.
+  the hub's time). The queued ones are kept in a FIFO of their own instead. paho ignores the
+  broker's Receive Maximum and its setter refuses a connected client: `set_window` sets it.
 - Connecting: `socket.create_connection` blocks, so it runs in a worker thread and the
   connected socket is handed in with `use_socket`; paho's `reconnect()` then runs on the owner's
   thread, which never races a publish against the CONNECT.
 
-These override private methods of paho 2.2.0, pinned in pyproject.toml;
-tests/test_hub_mqtt_client.py checks them against paho's own paths, so an upgrade that changes
-them fails there first.
+No other module of the project touches paho's private members (`PAHO_PRIVATE` lists the ones
+used here). tests/test_paho_fast.py fails first on a paho upgrade: it checks the version these
+overrides were checked against, that the members still exist, that the overrides agree with
+paho's own paths, and that no other module uses them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from collections import deque
 from typing import Any, Literal
 
@@ -39,6 +43,16 @@ from paho.mqtt.enums import MessageState, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+PAHO_CHECKED = "2.2.0"
+"""The paho-mqtt version these overrides were written and checked against."""
+PAHO_PRIVATE = (
+    "_create_socket_connection", "_do_on_publish", "_handle_pubackcomp", "_in_packet",
+    "_inflight_messages", "_loop_rc_handle", "_max_inflight_messages",
+    "_messages_reconnect_reset_out", "_out_message_mutex", "_out_messages", "_send_publish",
+    "_sock", "_sock_close", "_sock_recv", "_sock_send", "_update_inflight",
+)
+"""The private members of `paho.mqtt.client.Client` that `FastClient` reads or overrides."""
 
 _CHUNK = 65_536
 NO_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -62,9 +76,26 @@ class FastClient(mqtt.Client):
         """The TCP connection the next `reconnect()` speaks MQTT on (connected by the caller)."""
         self._next_socket = sock
 
+    @property
+    def window(self) -> int:
+        """Most QoS 1 and 2 messages in flight at once (the rest wait in the FIFO)."""
+        return int(self._max_inflight_messages)
+
+    def set_window(self, size: int) -> None:
+        """Set the in-flight window, also while connected (paho's setter refuses that); what
+        is queued goes out under it when paho next updates its window (after a CONNACK or a
+        PUBACK)."""
+        self._max_inflight_messages = size
+
+    def queued(self) -> int:
+        """Message ids in the FIFO behind the in-flight window (some may be settled)."""
+        return len(self._queued)
+
     def buffered(self) -> int:
-        """Bytes read from the socket that paho has not consumed yet."""
-        return len(self._read_buffer) - self._read_pos
+        """Bytes read from the socket that paho has not consumed yet (with TLS, also records
+        already decrypted in the SSL object)."""
+        pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+        return len(self._read_buffer) - self._read_pos + pending
 
     def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
                 properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
@@ -107,7 +138,8 @@ class FastClient(mqtt.Client):
             return
         try:
             sent = self._sock.send(buffer)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            # Retried with the same bytes first (and maybe more after them), as TLS requires.
             return
         except OSError:
             # The connection is gone: paho closes the socket and reports the loss.
