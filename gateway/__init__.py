@@ -1,1 +1,1 @@
-"""The edge daemon and the `keyop` command line: the only package that wires the others."""
+"""The edge daemon: config, wiring, driver supervision, local API, metrics, mapping reload."""

@@ -6,7 +6,7 @@ Each line names something that is read by a library, by name, or by a person at 
 # mypy: ignore-errors
 
 # Counters read by name: gateway/metrics.py and hub/metrics.py export them with getattr, and
-# gateway/bench_drivers.py samples the link's wait with getattr.
+# bench/drivers.py samples the link's wait with getattr.
 _.driver_restarts
 _.commit_failures
 _.acks_sent

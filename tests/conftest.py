@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("drivers", "mapping", "edge_store", "common", "sync", "hub", "gateway",
-            "simulators")
+# The production rooms: the two daemons, what they share, and the simulators they are tested on.
+PRODUCTION = ("drivers", "mapping", "edge_store", "common", "sync", "hub", "gateway",
+              "simulators")
+# The tool rooms: the `keyop` command line, the benchmarks, the development stack.
+TOOLS = ("cli", "bench", "devstack")
+PACKAGES = PRODUCTION + TOOLS
+# The edge daemon's rooms; they never import the hub.
+EDGE = ("drivers", "mapping", "edge_store", "sync", "gateway")
 
 # What each package may import from the project (its own package is always allowed).
 ALLOWED: dict[str, set[str]] = {
@@ -20,7 +26,19 @@ ALLOWED: dict[str, set[str]] = {
     "sync": {"edge_store", "common"},
     "hub": {"sync.packet", "sync.topics", "common"},
     "simulators": {"drivers.framing", "sync.packet"},
-    "gateway": set(PACKAGES),
+    "gateway": {"drivers", "mapping", "edge_store", "common", "sync"},
+    "devstack": set(PRODUCTION),
+    "bench": {*PRODUCTION, "devstack"},
+    "cli": set(PACKAGES),
+}
+# (who, the rooms they never import), each rule read from the imports themselves and checked
+# against ALLOWED, so widening the table cannot quietly break one.
+FORBIDDEN: dict[str, tuple[tuple[str, ...], set[str]]] = {
+    "production rooms never import the tools": (PRODUCTION, set(TOOLS)),
+    "the edge never imports the hub": (EDGE, {"hub"}),
+    "nothing imports the command line": (tuple(p for p in PACKAGES if p != "cli"), {"cli"}),
+    "only the tools import the edge daemon": (
+        tuple(p for p in PRODUCTION if p != "gateway"), {"gateway"}),
 }
 # The engine's modules stay pure: no I/O, no clock, no randomness.
 PURE = ("engine", "station", "triggers", "expr", "filters", "materials", "replay")
@@ -61,14 +79,19 @@ def test_packages_import_only_what_the_architecture_allows(package: str) -> None
     assert not wrong, "\n".join(wrong)
 
 
-def test_nothing_outside_gateway_imports_gateway() -> None:
+@pytest.mark.parametrize("rule", FORBIDDEN)
+def test_rooms_never_import_what_a_rule_forbids(rule: str) -> None:
+    importers, forbidden = FORBIDDEN[rule]
+    in_table = [f"ALLOWED[{p!r}] lets it import {a}" for p in importers
+                for a in sorted(ALLOWED[p]) if a.split(".")[0] in forbidden]
     offenders = [
-        f"{path.relative_to(ROOT)}"
-        for package in PACKAGES if package != "gateway"
-        for path in (ROOT / package).rglob("*.py")
-        if any(_project(name) == "gateway" for name in _imports(path))
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package in importers
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for name in sorted(_imports(path))
+        if _project(name) in forbidden
     ]
-    assert not offenders
+    assert not in_table + offenders, "\n".join(in_table + offenders)
 
 
 @pytest.mark.parametrize("module", PURE)

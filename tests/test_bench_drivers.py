@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.bench_drivers import bench_modbus_poll
+from bench.drivers import bench_modbus_poll
 
 
 @pytest.mark.parametrize("consumer", ["batch", "sample"])

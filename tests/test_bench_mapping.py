@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.bench_mapping import run_bench_mapping
+from bench.mapping import run_bench_mapping
 
 
 def test_bench_mapping_reports_its_figures() -> None:

@@ -14,7 +14,7 @@ CONFIG = ROOT / "config"
 
 
 def keyop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=60, cwd=cwd)
 
 

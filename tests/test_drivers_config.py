@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.drivers import bench_modbus_poll, bench_opcua_subscribe, bench_reconnect
 from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDriver
-from gateway.bench_drivers import bench_modbus_poll, bench_opcua_subscribe, bench_reconnect
 from gateway.devices import build_drivers
 from mapping.errors import MappingError
 from mapping.load import load_mapping
@@ -134,7 +134,7 @@ signals:
 
 def test_the_example_configs_pass_keyop_check() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check", "config/mapping-opcua.yaml",
+        [sys.executable, "-m", "cli", "check", "config/mapping-opcua.yaml",
          "config/mapping.yaml"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import outcome, settle
-from gateway.stack import Stack
+from devstack.demo import outcome, settle
+from devstack.stack import Stack
 from simulators import scenario as sc
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ from factories import progress_draft
 from test_uplink import FakeHub, until
 from ulid import ULID
 
+from devstack.mosquitto import PrivateBroker
 from edge_store import Entry, GroupWriter, Outbox
-from gateway.broker import PrivateBroker
 from sync import packet as pk
 from sync.uplink import Uplink, UplinkConfig
 

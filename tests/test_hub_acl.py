@@ -21,8 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from test_hub_service import wait_until
 from test_hub_store import EPOCH, make_event
 
-from gateway import cli
-from gateway.broker import PrivateBroker, free_port
+from cli.main import main as keyop
+from devstack.mosquitto import PrivateBroker, free_port
 from hub import dynsec
 from hub.acl import (
     MESSAGE_SIZE_LIMIT,
@@ -360,7 +360,7 @@ def test_cli_formats_share_the_accounts_secrets(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # The default format is dynsec: the only one that keeps other accounts out of the hub's
     # share group (test_only_the_hub_takes_shares_of_the_ingest).
-    assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out)]) == 0
+    assert keyop(["hub", "acl", "-c", str(path), "--out", str(out)]) == 0
     assert (out / "dynamic-security.json").exists() and not (out / "passwd").exists()
     conf = (out / "mosquitto.conf").read_text()
     assert "plugin_opt_config_file" in conf and "\nacl_file" not in conf
@@ -368,7 +368,7 @@ def test_cli_formats_share_the_accounts_secrets(tmp_path: Path) -> None:
     assert "\nmax_inflight_messages 100\n" in conf
     assert f"\nmessage_size_limit {MESSAGE_SIZE_LIMIT}\n" in conf
     before = {p.name: p.read_text() for p in (out / "secrets").iterdir()}
-    assert cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format",
+    assert keyop(["hub", "acl", "-c", str(path), "--out", str(out), "--format",
                      "acl-file"]) == 0
     assert {p.name: p.read_text() for p in (out / "secrets").iterdir()} == before
     doc = json.loads((out / "dynamic-security.json").read_text())
@@ -380,7 +380,7 @@ def test_cli_formats_share_the_accounts_secrets(tmp_path: Path) -> None:
     assert "\nmax_inflight_messages 100\n" in conf
     assert f"\nmessage_size_limit {MESSAGE_SIZE_LIMIT}\n" in conf
     with pytest.raises(SystemExit):
-        cli.main(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "xml"])
+        keyop(["hub", "acl", "-c", str(path), "--out", str(out), "--format", "xml"])
 
 
 def test_dynsec_rules_come_from_the_shared_model(config: HubConfig, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_hub_service import GATEWAY, RunningHub
 from test_hub_store import EPOCH, incoming, make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import hash_key, parse_config
 from hub.store import Store
 from sync import topics

@@ -22,7 +22,7 @@ from test_hub_service import Client, RunningHub, wait_until
 from test_hub_store import make_event
 from ulid import ULID
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import parse_config
 from hub.schema import packets
 from sync import topics

@@ -22,7 +22,7 @@ from test_hub_service import (
 )
 from test_hub_store import make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.schema import (
     alerts,
     assignments,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_hub_service import wait_until
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub import identity
 from hub.config import HubConfig, parse_config
 from hub.identity import lease_names

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import MqttSection
 from hub.mqtt import HubMqtt
 from sync import topics

@@ -26,7 +26,7 @@ from test_hub_service import (
 )
 from test_hub_store import EPOCH, SOURCE, make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import parse_config
 from hub.db_errors import transient
 from hub.log_throttle import RepeatedWarnings

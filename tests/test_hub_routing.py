@@ -14,7 +14,7 @@ from factories import BASE_TIME, progress_draft, render_event
 from test_hub_service import GATEWAY, Client, RunningHub, events_by_id, wait_until
 from test_hub_store import make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.config import (

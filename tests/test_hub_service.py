@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CONTENT_TYPE_LATEST
 from test_hub_store import EPOCH, SOURCE, make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import HubConfig, parse_config
 from hub.fanout import Sent, settle_cursors
 from hub.mqtt import PublishError

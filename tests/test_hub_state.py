@@ -23,7 +23,7 @@ from test_hub_service import (
 )
 from test_hub_store import EPOCH, EPOCH2, incoming, make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.schema import op_state, packets, source_progress
 from hub.state import state_document
 from hub.store import Incoming, Store

@@ -28,7 +28,7 @@ from test_hub_service import (
 )
 from test_hub_store import make_event
 
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 from hub.config import HubConfigError
 from hub.supervisor import Backoff, Supervisor
 from sync import topics

@@ -108,7 +108,7 @@ def test_good_packets_pass_unchanged(event: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("seq", [1, 2, 49, 50, 1000])
 def test_benchmark_packets_are_accepted_unchanged(seq: int) -> None:
-    from gateway.bench_hub import _render
+    from bench.hub import _render
 
     raw = _render("gw-1", seq, 50)
     [obj] = decode_events(raw)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.record import replay_file
+from cli.record import replay_file
 from mapping.errors import MappingError
 from mapping.load import load_mapping
 

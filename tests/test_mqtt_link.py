@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 
 from common.mqtt import MqttClient
 from common.mqtt_properties import publish_properties
-from gateway.broker import PrivateBroker
+from devstack.mosquitto import PrivateBroker
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,10 +18,10 @@ import pytest
 from asyncua import ua
 from test_modbus_sim_driver import Collector, arun, good_values
 
+from devstack.mosquitto import free_port
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, sample_batches
 from drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaSecurity, OpcUaSignal
 from drivers.opcua_nodes import parse_node, quality_of
-from gateway.broker import free_port
 from gateway.config import (
     ApiSettings,
     GatewayConfig,

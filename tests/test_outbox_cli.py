@@ -27,7 +27,7 @@ def _setup(tmp_path: Path, packets: int) -> Path:
 
 
 def _keyop(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "--log-level", "ERROR", *args],
+    return subprocess.run([sys.executable, "-m", "cli", "--log-level", "ERROR", *args],
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 

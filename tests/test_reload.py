@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway.demo import outcome, settle
-from gateway.stack import SOURCE, Stack
+from devstack.demo import outcome, settle
+from devstack.stack import SOURCE, Stack
 from simulators import scenario as sc
 
 pytestmark = pytest.mark.slow

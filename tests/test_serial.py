@@ -268,7 +268,7 @@ def test_fuzz_ten_thousand_frames_no_crash_bad_counted_good_delivered_once() -> 
 
 
 def test_bench_serial_counts_every_injected_bad_frame() -> None:
-    from gateway.bench_serial import run_bench_serial
+    from bench.serial import run_bench_serial
 
     result = run_bench_serial(2_000)
     assert result["rejected"] == result["injected_bad"] > 0

@@ -16,8 +16,8 @@ import pytest
 from factories import outbox_entry
 from ulid import ULID
 
+from devstack.mosquitto import PrivateBroker
 from edge_store import Entry, GroupWriter, Outbox
-from gateway.broker import PrivateBroker
 from sync import packet as pk
 from sync import topics
 from sync.uplink import Uplink, UplinkConfig

@@ -14,8 +14,8 @@ import pytest
 from factories import outbox_entry
 
 from common.mqtt_tls import Tls, TlsSettings
+from devstack.mosquitto import PrivateBroker
 from edge_store import Outbox
-from gateway.broker import PrivateBroker
 from gateway.config import CredentialsError, load_gateway_config
 from hub.config import MqttSection
 from hub.mqtt import HubMqtt

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from drivers.base import Driver, Sample
     from drivers.modbus import ModbusDriver
 
-# The protocol libraries are imported inside each benchmark: `keyop` builds its parser with
-# `add_driver_benches` on every call, and that must stay cheap.
+# The protocol libraries are imported inside each benchmark, so importing this module (the tests
+# do, for one benchmark) stays cheap.
 
 log = logging.getLogger(__name__)
 
@@ -407,45 +407,3 @@ async def bench_reconnect(*, down_s: float, rounds: int) -> dict[str, Any]:
         "opcua": summary(opcua),
         "goal_met": all(r["beyond_backoff_s"] < 2.0 for r in (*modbus, *opcua)),
     }
-
-
-def _interval(text: str) -> float:
-    text = text.strip()
-    if text.endswith("ms"):
-        return float(text[:-2]) / 1000
-    if text.endswith("s"):
-        return float(text[:-1])
-    return float(text)
-
-
-def run_driver_bench(args: Any) -> dict[str, Any]:
-    """Dispatch `keyop bench <name>` for the driver benchmarks; returns the JSON result."""
-    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-    if args.bench == "modbus-poll":
-        return asyncio.run(bench_modbus_poll(devices=args.devices, registers=args.registers,
-                                             interval_s=_interval(args.interval),
-                                             duration_s=args.duration,
-                                             consumer=args.consumer))
-    if args.bench == "opcua-subscribe":
-        return asyncio.run(bench_opcua_subscribe(items=args.items,
-                                                 sampling_s=_interval(args.sampling),
-                                                 duration_s=args.duration))
-    return asyncio.run(bench_reconnect(down_s=args.down, rounds=args.rounds))
-
-
-def add_driver_benches(bench_sub: Any) -> None:
-    """Register the driver benchmarks on `keyop bench`'s subparsers."""
-    poll = bench_sub.add_parser("modbus-poll", help="Modbus polling: requests, cycle, CPU")
-    poll.add_argument("--devices", type=int, default=20)
-    poll.add_argument("--registers", type=int, default=500)
-    poll.add_argument("--interval", default="1s")
-    poll.add_argument("--duration", type=float, default=30.0)
-    poll.add_argument("--consumer", choices=("sample", "batch"), default="batch",
-                      help="queue samples per request (as the gateway does) or one by one")
-    sub = bench_sub.add_parser("opcua-subscribe", help="OPC UA subscription: CPU, lag")
-    sub.add_argument("--items", type=int, default=1000)
-    sub.add_argument("--sampling", default="100ms")
-    sub.add_argument("--duration", type=float, default=30.0)
-    rec = bench_sub.add_parser("reconnect", help="device return → first good sample")
-    rec.add_argument("--down", type=float, default=3.0, help="seconds the device stays off")
-    rec.add_argument("--rounds", type=int, default=3)

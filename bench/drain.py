@@ -27,10 +27,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from ulid import ULID
 
+from bench.e2e import GATEWAY_ID, SOURCE, _start_hub
+from devstack.mosquitto import PrivateBroker
+from devstack.stack import wait_hub_online
 from edge_store import Entry, GroupWriter, Outbox
-from gateway.bench import GATEWAY_ID, SOURCE, _start_hub
-from gateway.broker import PrivateBroker
-from gateway.stack import wait_hub_online
 from sync import topics
 from sync.packet import Draft, format_sequence, render
 from sync.uplink import Uplink, UplinkConfig
@@ -192,7 +192,7 @@ async def run_bench_drain(workdir: Path, *, backlog: int, live_rate: float = 100
         latencies = [acker.received[s] - t for s, t in committed_at.items()
                      if s in acker.received]
     else:
-        from gateway.bench_faults import live_latencies
+        from bench.faults import live_latencies
 
         latencies = live_latencies(workdir / "hub.db", wall1)
     latencies.sort()

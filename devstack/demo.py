@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devstack.stack import SOURCE, Delivery, Stack
 from edge_store.outbox import Outbox
-from gateway.stack import SOURCE, Delivery, Stack
 from hub.store import Store
 from simulators import scenario as sc
 

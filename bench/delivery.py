@@ -6,67 +6,62 @@
   the drain; prints the counts and the live packets' latency during the drain (`live_p95_s`).
 - `drain --backlog N`: N packets committed while the broker is away, then the broker comes
   back and the backlog drains in batches while live packets keep flowing; prints
-  `drain_packets_per_s`, `live_latency_ms_p95` and `rss_mb_peak` (see `gateway.bench_drain`).
+  `drain_packets_per_s`, `live_latency_ms_p95` and `rss_mb_peak` (see `bench.drain`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def add_delivery_benches(bench_sub: Any) -> None:
-    faults = bench_sub.add_parser("faults", help="fault runs with real processes, counted")
-    faults.add_argument("--scenario", choices=["kill", "broker-outage", "hub-outage"],
-                        default="kill")
-    faults.add_argument("--kills", type=int, default=20)
-    faults.add_argument("--packets", type=int, default=10_000)
-    faults.add_argument("--outage", type=float, default=60.0, help="seconds")
-    faults.add_argument("--workdir", type=Path, default=None)
-    drain = bench_sub.add_parser("drain", help="time the drain of a backlog after an outage")
-    drain.add_argument("--backlog", type=int, default=1_000_000)
-    drain.add_argument("--live-rate", type=float, default=100.0,
-                       help="live packets/s during the drain")
-    drain.add_argument("--hub", choices=["acker", "real"], default="acker",
-                       help="acker: a minimal subscriber that acks each batch (the edge's own "
-                       "limit); real: `keyop hub` (the hub's ingest limit)")
-    drain.add_argument("--workdir", type=Path, default=None)
-
-
-def run_delivery_bench(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"keyop-bench-{args.bench}-"))
+@contextlib.contextmanager
+def _workdir(name: str, workdir: Path | None) -> Iterator[Path]:
+    """`workdir`, or a temporary folder removed after the run."""
+    if workdir is not None:
+        yield workdir
+        return
+    temporary = Path(tempfile.mkdtemp(prefix=f"keyop-bench-{name}-"))
     try:
-        return _run(args, workdir)
-    finally:
-        if args.workdir is None:  # a million-packet outbox is a gigabyte: do not leave it
-            shutil.rmtree(workdir, ignore_errors=True)
+        yield temporary
+    finally:  # a million-packet outbox is a gigabyte: do not leave it
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    if args.bench == "drain":
-        from gateway.bench_drain import run_bench_drain
+def run_drain(workdir: Path | None, *, backlog: int, live_rate: float, hub: str
+              ) -> dict[str, Any]:
+    """`keyop bench drain`: the backlog's drain after an outage, with live packets flowing."""
+    from bench.drain import run_bench_drain
 
-        return asyncio.run(run_bench_drain(workdir, backlog=args.backlog,
-                                           live_rate=args.live_rate, hub=args.hub))
-    if args.scenario == "kill":
-        from gateway.bench_faults import run_kill_loop
+    with _workdir("drain", workdir) as work:
+        return asyncio.run(run_bench_drain(work, backlog=backlog, live_rate=live_rate, hub=hub))
 
-        result = asyncio.run(run_kill_loop(workdir, kills=args.kills, packets=args.packets))
-    else:
-        result = asyncio.run(run_outage(workdir, args.scenario, args.outage))
+
+def run_faults(workdir: Path | None, *, scenario: str, kills: int, packets: int,
+               outage: float) -> dict[str, Any]:
+    """`keyop bench faults`: the kill loop or an outage; `ok` when nothing was lost or
+    stored twice."""
+    from bench.faults import run_kill_loop
+
+    with _workdir("faults", workdir) as work:
+        if scenario == "kill":
+            result = asyncio.run(run_kill_loop(work, kills=kills, packets=packets))
+        else:
+            result = asyncio.run(run_outage(work, scenario, outage))
     result["ok"] = result["lost"] == 0 and result["duplicates_in_store"] == 0
     return result
 
 
 async def run_outage(workdir: Path, scenario: str, outage: float) -> dict[str, Any]:
     """Broker or hub away for `outage` seconds at ~100 packets/s, then back and drained."""
-    from gateway.bench_faults import FaultRig, live_latencies, percentile
-    from gateway.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
+    from bench.faults import FaultRig, live_latencies, percentile
+    from devstack.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
 
     rig = FaultRig(workdir, cycle_s=0.01)
     started = time.monotonic()

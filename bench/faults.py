@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.stack import SOURCE, Stack
+from devstack.stack import SOURCE, Stack
 from simulators import scenario as sc
 
 GAP_TYPE = "keyop.outbox.gap"

@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+from cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, print_problems
 
 
 def add_outbox_command(sub: Any) -> None:
@@ -54,8 +52,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     try:
         config = load_gateway_config(args.config)
     except MappingError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
+        print_problems(error)
         return EXIT_CONFIG
     if not config.outbox_path.exists():
         print(f"keyop outbox: no outbox at {config.outbox_path}", file=sys.stderr)

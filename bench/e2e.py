@@ -24,12 +24,12 @@ import yaml
 
 from common import yamlsrc
 from common.heap import settle_heap
+from devstack.mosquitto import PrivateBroker
+from devstack.stack import wait_hub_online
 from drivers.base import Quality, Sample
 from edge_store.outbox import Outbox
 from edge_store.writer import GroupWriter
-from gateway.broker import PrivateBroker
 from gateway.runtime import Pipeline
-from gateway.stack import wait_hub_online
 from mapping.engine import Engine
 from mapping.load import compile_document
 from sync.uplink import Uplink, UplinkConfig
@@ -100,7 +100,7 @@ def _hub_counts(url: str) -> tuple[int, int, int]:
 def _start_hub(work: Path, port: int) -> subprocess.Popen[bytes]:
     with (work / "hub.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING", "hub", "-c",
+            [sys.executable, "-m", "cli", "--log-level", "WARNING", "hub", "-c",
              str(_hub_config(work, port))],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work)
 
@@ -115,7 +115,7 @@ async def run_bench_e2e(packets: int, rate: float | None = None,
     hub_process = _start_hub(work, broker.port) if hub == "real" else None
     acker = None
     if hub == "acker":
-        from gateway.bench_drain import Acker
+        from bench.drain import Acker
 
         acker = Acker(broker.host, broker.port, outbox.epoch)
     writer = GroupWriter(outbox)

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import PrivateBroker, free_port, wait_for_port
+from devstack.mosquitto import PrivateBroker, free_port, wait_for_port
 from simulators.modbus_device import PressDevice
 from sync import topics
 
@@ -213,7 +213,7 @@ class Stack:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--log-level", self.log_level, *args],
+            [sys.executable, "-m", "cli", "--log-level", self.log_level, *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )

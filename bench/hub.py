@@ -234,7 +234,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
                   ) -> dict[str, Any]:
     import numpy as np
 
-    from gateway.broker import PrivateBroker
+    from devstack.mosquitto import PrivateBroker
     from hub.service import HubService
 
     if split_roles and workers < 2:
@@ -338,37 +338,3 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         "fanout_messages_per_s": round(fanout.published / fanout_s),
         "ack_latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
     }
-
-
-def add_hub_bench(bench_sub: Any) -> None:
-    """Register `keyop bench hub` on the CLI's bench subparsers."""
-    hub = bench_sub.add_parser("hub", help="hub ingest → store → route → fan-out, measured")
-    hub.add_argument("--packets", type=int, default=100_000)
-    hub.add_argument("--suppliers", type=int, default=50)
-    hub.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
-                     help="postgres: KEYOP_BENCH_POSTGRES_URL, KEYOP_TEST_POSTGRES_URL or "
-                     f"{DEFAULT_POSTGRES}, in a schema of its own dropped after")
-    hub.add_argument("--gateways", type=int, default=4)
-    hub.add_argument("--batch", type=int, default=50, help="events per MQTT message")
-    hub.add_argument("--window", type=int, default=500,
-                     help="packets per gateway published but not yet acknowledged by the hub")
-    hub.add_argument("--workers", type=int, default=1,
-                     help="hub worker processes sharing the ingest (use with --db postgres)")
-    hub.add_argument("--split-roles", action="store_true",
-                     help="this process only fans out, the extra workers only ingest "
-                     "(hub.yaml hub.ingest / hub.fanout)")
-    hub.add_argument("--hostile", type=float, default=0.0, metavar="PCT",
-                     help="this share of the packets are hostile (wrong types, out of range, "
-                     "impossible dates, huge strings, NaN): each must become a dead letter")
-    hub.add_argument("--supplier-batch", action="store_true",
-                     help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
-
-
-def run_hub_bench(args: Any) -> dict[str, Any]:
-    """`keyop bench hub` from parsed arguments."""
-    if args.split_roles and args.workers < 2:
-        raise SystemExit("keyop bench hub: --split-roles needs --workers 2 or more")
-    return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
-                         batch=args.batch, window=args.window,
-                         supplier_batch=args.supplier_batch, workers=args.workers,
-                         split_roles=args.split_roles, hostile=args.hostile)

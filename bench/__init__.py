@@ -1,0 +1,1 @@
+"""The benchmarks behind `keyop bench`: each measures one path and returns its figures."""

@@ -1,0 +1,37 @@
+"""`keyop hub [run|acl] -c hub.yaml`: the collaboration hub and its broker accounts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cli.exits import EXIT_FAILED
+
+
+def add_hub_command(sub: Any) -> None:
+    """Register `keyop hub ...` on the CLI's subparsers."""
+    hub = sub.add_parser("hub", help="run the collaboration hub")
+    hub.add_argument("hub_command", nargs="?", choices=["run", "acl"], default="run",
+                     help="run: the hub; acl: write Mosquitto broker accounts")
+    hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
+    hub.add_argument("--out", type=Path, default=Path("broker-acl"),
+                     help="acl: folder for the broker files and generated secrets")
+    hub.add_argument("--format", choices=["dynsec", "acl-file"], default="dynsec",
+                     help="acl: a Dynamic Security plugin config (default; binds client ids, "
+                          "refuses a forbidden SUBSCRIBE in the SUBACK), or passwd + acl_file")
+    hub.set_defaults(func=cmd_hub)
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from hub.service import main as hub_main
+
+    if args.hub_command == "run" or args.hub_command is None:
+        setup_logging(args.log_level)
+        return hub_main(args.config)
+    if args.hub_command == "acl":
+        from hub.acl import main as acl_main
+
+        return acl_main(args.config, args.out, args.format)
+    return EXIT_FAILED

@@ -1,0 +1,64 @@
+"""`keyop`: the command line of the edge daemon, the hub, the authoring tools and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cli.bench import add_bench_command
+from cli.commands import cmd_check, cmd_demo, cmd_record, cmd_replay, cmd_run, cmd_schema
+from cli.hub import add_hub_command
+from cli.outbox import add_outbox_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyop", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the edge gateway")
+    run.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    run.set_defaults(func=cmd_run)
+
+    add_hub_command(sub)
+
+    check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_check)
+
+    replay = sub.add_parser("replay", help="run a mapping over a recording; print packets")
+    replay.add_argument("mapping", type=Path)
+    replay.add_argument("recording", type=Path)
+    replay.set_defaults(func=cmd_replay)
+
+    record = sub.add_parser("record", help="capture live samples as JSON lines")
+    record.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    record.add_argument("--out", required=True, type=Path)
+    record.add_argument("--duration", type=float, default=60.0, help="seconds")
+    record.set_defaults(func=cmd_record)
+
+    schema = sub.add_parser("schema", help="print a JSON Schema")
+    schema.add_argument("what", choices=["packet", "mapping"])
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="simulator + gateway + hub + a supplier's feed")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run, then print a JSON summary (default: until Ctrl-C)")
+    demo.add_argument("--broker", default=None, help="HOST:PORT of a broker to use instead")
+    demo.add_argument("--workdir", type=Path, default=None, help="keep files here")
+    demo.set_defaults(func=cmd_demo)
+
+    add_bench_command(sub)
+    add_outbox_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The development stack: a private Mosquitto, the multi-process stack, `keyop demo`."""
