@@ -25,6 +25,7 @@ from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
 from hub.api.auth import Keys
+from hub.badrows import reason
 from hub.config import HubConfig, HubConfigError, load_config
 from hub.db_errors import transient
 from hub.fanout import FanOut
@@ -270,7 +271,7 @@ class HubService:
                 if not failing:
                     # Log the transition once; quiet while it lasts (STYLE "Errors and logs").
                     log.error("hub store failed, batch held and retried: %s",
-                              _first_line(error), extra={"packets": len(batch.incoming)})
+                              reason(error), extra={"packets": len(batch.incoming)})
                     failing = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _DB_RETRY_S)
@@ -302,20 +303,20 @@ class HubService:
                 return result
             item = items[0]
             packet = item.packet
-            reason = f"the hub store refused it: {_first_line(error)}"
+            why = f"the hub store refused it: {reason(error)}"
             if not isinstance(error, SQLAlchemyError):
-                log.exception("hub store refused a packet: %s", reason,
+                log.exception("hub store refused a packet: %s", why,
                               extra={"source": packet.source, "sequence": packet.sequence})
             topic = topics.up_events(topics.gateway_of(packet.source))
             body = (item.body or json.dumps(item.raw)).encode("utf-8", "backslashreplace")
             result = await asyncio.to_thread(
                 self.store.store_batch, [],
                 refused=[*refused, (packet.source, packet.sourceepoch, packet.seq)],
-                letters=[*letters, DeadLetter(topic, reason, body)])
+                letters=[*letters, DeadLetter(topic, why, body)])
             # Counted once committed: a transient failure above retries the whole batch.
             self.store_refusals += 1
             self.dead_letters += 1
-            self._warn(topic, reason, 1)
+            self._warn(topic, why, 1)
             return result
 
     def _validate(self, message: Inbound, batch: _Batch) -> None:
@@ -404,11 +405,6 @@ class HubService:
                 extra={"source": gap.source, "epoch": gap.epoch,
                        "from_seq": gap.first, "to_seq": gap.last},
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:500]
 
 
 
