@@ -281,7 +281,8 @@ class _Parser:
         kind = self.kinds.get(name)
         wanted = _EDGE_KIND.get(function)
         if wanted is not None and kind is not None and kind != wanted:
-            hint = f" (for a number, compare it: {name} > 0)" if kind == "number" else ""
+            hint = (f" (for a number, compare it: {name} > 0)"
+                    if kind == "number" and wanted == "bool" else "")
             raise ExpressionError(f"{function}() needs {kind_words(wanted)} signal, {name!r} is "
                                   f"{kind_words(kind)}{hint}", at)
         return _Node(_edge(function, name), "bool", function, pos)

@@ -31,6 +31,7 @@ class Listener:
         self.lock = threading.Lock()
         self.events: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
+        self.three = threading.Event()  # the test's three packets have arrived
         subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="listener",
                                   protocol=mqtt.MQTTv5)
@@ -45,6 +46,8 @@ class Listener:
         with self.lock:
             self.raw.append(bytes(message.payload))
             self.events += pk.decode_many(bytes(message.payload))
+            if len(self.events) >= 3:
+                self.three.set()
 
     def close(self) -> None:
         self.client.disconnect()
@@ -67,10 +70,7 @@ def test_local_params_are_stored_but_never_published(broker: PrivateBroker,
     async def main() -> None:
         uplink = Uplink(config, outbox)
         task = asyncio.create_task(uplink.run())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while len(listener.events) < 3 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(listener.three.wait, 10)
         await asyncio.wait_for(uplink.stop(), 10)
         await task
 
