@@ -183,7 +183,7 @@ class Signal(Strict):
     def to_opcua(self, name: str) -> OpcUaSignal:
         """This signal as the OPC UA driver watches it."""
         return OpcUaSignal(name, self.node or "", self.interval, self.sampling,
-                           self.queue_size, self.deadband)
+                           self.queue_size, self.deadband, self.type)
 
 
 def value_kind(signal: Signal, source: object) -> str | None:
