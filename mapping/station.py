@@ -262,7 +262,8 @@ class StationRuntime:
                     self._count(0, delta, out)
 
     def _at(self, deadline: float, now: float, time: float) -> None:
-        """A timed event carries the instant its time elapsed, not the tick that noticed it."""
+        """A timed event carries the instant its time elapsed, not the tick that noticed it
+        (the state it reports held since then: callers pass a later instant when not)."""
         self._now, self._time = deadline, time - (now - deadline)
 
     def on_time(self, now: float, time: float, out: list[Draft]) -> None:
@@ -286,11 +287,13 @@ class StationRuntime:
         interval = self.spec.progress.interval
         if interval and now >= run.progress_at + interval and (
             run.good, run.scrap) != (run.progress_good, run.progress_scrap):
-            self._at(run.progress_at + interval, now, time)
+            # Due at the interval's end, or at the last count if that came later: the
+            # quantities it reports are those since then.
+            self._at(max(run.progress_at + interval, run.last_count), now, time)
             self._progress(run, None, out)
         keepalive = self._keepalive
         if keepalive and now >= run.emitted_at + keepalive:
-            self._at(run.emitted_at + keepalive, now, time)
+            self._at(max(run.emitted_at + keepalive, run.last_count), now, time)
             self._progress(run, None, out)
 
     def _timers_run(self, run: Run) -> bool:
