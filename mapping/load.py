@@ -96,6 +96,13 @@ _FIELD_ADVICE = {
 }
 
 
+def _allowed(item: Any) -> list[str]:
+    """The values an enumerated field accepts, from pydantic's `literal_error`."""
+    if item["type"] != "literal_error":
+        return []
+    return re.findall(r"'([^']*)'", str((item.get("ctx") or {}).get("expected", "")))
+
+
 def _pattern_message(item: Any) -> str:
     pattern = (item.get("ctx") or {}).get("pattern", "")
     words = _PATTERN_WORDS.get(pattern)
@@ -131,7 +138,8 @@ def validation_problems(
             message = f"{shown}: {text}"
             given = item.get("input")
             if isinstance(given, str | int | float | bool) and kind != "value_error":
-                message += f" (got {given!r})"
+                hint = _suggest(given, _allowed(item)) if isinstance(given, str) else ""
+                message += f" (got {given!r}{hint.replace(' (', ', ').rstrip(')')})"
         found.setdefault(loc, []).append((kind, doc.problem(where, message)))
     # A union (`start: "expr"` or a mapping) fails once per branch; when a branch says something
     # specific at or below a place, the other branch's "should be a string" there is noise.

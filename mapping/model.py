@@ -13,6 +13,12 @@ from pydantic import ConfigDict, Field, model_validator
 from mapping.sources import Signal, Source
 from mapping.types import Duration, Id, SignalName, Strict
 
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+# ISA-95 (IEC 62264) equipment hierarchy levels.
+EquipmentLevel = Literal["Enterprise", "Site", "Area", "WorkCenter", "ProductionLine",
+                         "ProcessCell", "ProductionUnit", "StorageZone", "WorkCell", "Unit",
+                         "WorkUnit", "StorageUnit", "EquipmentModule", "ControlModule"]
+
 
 class Plant(Strict):
     """Where this line sits in the ISA-95 hierarchy; goes into every packet's equipment path."""
@@ -33,7 +39,7 @@ class EquipmentRef(Strict):
 
     cell: Id | None = None
     path: str | None = None
-    level: str = "WorkCell"
+    level: EquipmentLevel = "WorkCell"
 
 
 class OrderContext(Strict):
@@ -98,9 +104,6 @@ class TriggerSpec(Strict):
 
 
 Trigger = str | TriggerSpec
-
-
-Severity = Literal["info", "warning", "minor", "major", "critical"]
 
 
 class PauseSpec(Strict):
