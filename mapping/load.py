@@ -91,7 +91,7 @@ _PATTERN_WORDS = {
 }
 # Keys that are refused with advice, not just as unknown.
 _FIELD_ADVICE = {
-    "password": "a password does not belong in a mapping: use password_file (a file holding "
+    "password": "a password does not belong in this file: use password_file (a file holding "
                 "it) or password_env (an environment variable holding it)",
 }
 

@@ -68,3 +68,17 @@ def test_a_never_true_start_is_a_warning(tmp_path: Path,
     err = capsys.readouterr().err
     assert (f"{path}:22:33: warning: stations.mill-1.start: can never be true: 'mill.status' "
             "cannot be 3 and 4 at once") in err.splitlines()
+
+
+def test_a_password_in_gateway_yaml_gets_advice(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[2] / "config"
+    (tmp_path / "mapping.yaml").write_text((root / "mapping.yaml").read_text())
+    text = (root / "gateway.yaml").read_text().replace(
+        "  keepalive: 15s\n", "  keepalive: 15s\n  username: edge-07\n  password: hunter2\n")
+    (tmp_path / "gateway.yaml").write_text(text)
+    assert main(["check", str(tmp_path / "gateway.yaml")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path / 'gateway.yaml'}:17:3: mqtt.password: a password does not belong in this "
+        "file: use password_file (a file holding it) or password_env (an environment "
+        "variable holding it)"]
