@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path as FsPath
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,7 +16,7 @@ from common import yamlsrc
 from common.yamlsrc import Document, LocatedError, Path
 from mapping.engine import CompiledMapping, SignalOrigin
 from mapping.errors import MappingError, Problem
-from mapping.expr import SIGNAL_NAME, ExpressionError, compile_expression, kind_words
+from mapping.expr import ExpressionError, compile_expression, kind_words
 from mapping.filters import SignalFilter
 from mapping.materials import CompiledMaterialPoint
 from mapping.model import (
@@ -45,114 +43,12 @@ from mapping.station import (
 )
 from mapping.triggers import CompiledTrigger
 from mapping.types import Id, SignalName
-from sync.packet import ID_PATTERN
+from mapping.validation import suggest, validation_problems, value_path
+
+__all__ = ["compile_document", "load_mapping", "read_document", "signal_position",
+           "validation_problems"]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-
-
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _value_path(doc: Document, path: Path) -> Path:
-    value = (*path, "__value__")
-    return value if value in doc.positions else path
-
-
-def _document_path(value: Any, loc: tuple[str | int, ...], keep_last: bool) -> Path:
-    """The part of pydantic's error location that exists in the YAML.
-
-    pydantic puts union branch names and discriminator tags into locations
-    (`sources.plc.modbus_tcp.port`); they name no YAML node and are dropped. With `keep_last`,
-    the final key stays even though it is absent (a missing or an unknown field).
-    """
-    node, path = value, []
-    for index, part in enumerate(loc):
-        last = index == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif last and keep_last:
-            path.append(part)
-    return tuple(path)
-
-
-# What a pattern means, in the words a person expects instead of the regular expression.
-_PATTERN_WORDS = {
-    ID_PATTERN: "an id is 1 to 64 lowercase letters, digits and '-', starting with a letter "
-                "or digit",
-    f"^{SIGNAL_NAME}$": "a signal name is letters, digits, '_' and '.', starting with a letter "
-                        "or '_'",
-    r"^opc\.tcp://": "an OPC UA endpoint starts with opc.tcp://",
-}
-# Keys that are refused with advice, not just as unknown.
-_FIELD_ADVICE = {
-    "password": "a password does not belong in this file: use password_file (a file holding "
-                "it) or password_env (an environment variable holding it)",
-}
-
-
-def _allowed(item: Any) -> list[str]:
-    """The values an enumerated field accepts, from pydantic's `literal_error`."""
-    if item["type"] != "literal_error":
-        return []
-    return re.findall(r"'([^']*)'", str((item.get("ctx") or {}).get("expected", "")))
-
-
-def _pattern_message(item: Any) -> str:
-    pattern = (item.get("ctx") or {}).get("pattern", "")
-    words = _PATTERN_WORDS.get(pattern)
-    return words if words is not None else f"does not have the expected form ({pattern})"
-
-
-_TYPE_ERRORS = frozenset({"string_type", "int_type", "float_type", "bool_type", "model_type",
-                          "dict_type", "int_parsing", "float_parsing", "model_attributes_type"})
-
-
-def validation_problems(
-    doc: Document, error: ValidationError, prefix: Path = ()
-) -> list[Problem]:
-    """Turn pydantic's errors into `file:line:col` problems pointing at the offending YAML."""
-    found: dict[Path, list[tuple[str, Problem]]] = {}
-    for item in error.errors():
-        kind = item["type"]
-        raw: tuple[str | int, ...] = (*prefix, *item["loc"])
-        is_key = bool(raw) and raw[-1] == "[key]"
-        if is_key:
-            raw = raw[:-1]
-        loc = _document_path(doc.value, raw, keep_last=kind in ("extra_forbidden", "missing"))
-        shown = ".".join(str(p) for p in loc)
-        if kind == "extra_forbidden":
-            advice = _FIELD_ADVICE.get(str(loc[-1])) if loc else None
-            where, message = loc, f"{shown}: {advice or f'unknown field {loc[-1]!r}'}"
-        elif kind == "missing":
-            where, message = loc[:-1], f"{shown}: required field is missing"
-        else:
-            where = loc if is_key else _value_path(doc, loc)
-            text = (_pattern_message(item) if kind == "string_pattern_mismatch"
-                    else item["msg"].removeprefix("Value error, "))
-            message = f"{shown}: {text}"
-            given = item.get("input")
-            if isinstance(given, str | int | float | bool) and kind != "value_error":
-                hint = _suggest(given, _allowed(item)) if isinstance(given, str) else ""
-                message += f" (got {given!r}{hint.replace(' (', ', ').rstrip(')')})"
-        found.setdefault(loc, []).append((kind, doc.problem(where, message)))
-    # A union (`start: "expr"` or a mapping) fails once per branch; when a branch says something
-    # specific at or below a place, the other branch's "should be a string" there is noise.
-    specific_at = [loc for loc, entries in found.items()
-                   if any(kind not in _TYPE_ERRORS for kind, _ in entries)]
-    problems: list[Problem] = []
-    for loc, entries in found.items():
-        for kind, problem in entries:
-            noise = kind in _TYPE_ERRORS and any(
-                other[: len(loc)] == loc for other in specific_at)
-            if not noise and problem not in problems:
-                problems.append(problem)
-    return problems
 
 
 class _Checker:
@@ -179,7 +75,7 @@ class _Checker:
         self.warnings: list[Problem] = []
 
     def at(self, path: Path, message: str, offset: int = 0, *, warning: bool = False) -> None:
-        line, column = self.doc.locate(_value_path(self.doc, path))
+        line, column = self.doc.locate(value_path(self.doc, path))
         if warning:
             self.warnings.append(Problem(self.doc.file, line, column + offset,
                                          f"warning: {message}"))
@@ -197,7 +93,7 @@ class _Checker:
     def signal_ref(self, path: Path, name: str) -> None:
         if name not in self.signal_names:
             field = ".".join(str(p) for p in path)
-            self.at(path, f"{field}: unknown signal {name!r}{_suggest(name, self.signal_names)}")
+            self.at(path, f"{field}: unknown signal {name!r}{suggest(name, self.signal_names)}")
 
     def check_signals(self) -> None:
         for name, signal in self.signals.items():
@@ -205,7 +101,7 @@ class _Checker:
                 self.at(
                     ("signals", name, "source"),
                     f"signals.{name}.source: unknown source {signal.source!r}"
-                    f"{_suggest(signal.source, self.source_names)}",
+                    f"{suggest(signal.source, self.source_names)}",
                 )
 
     def timezone(self) -> ZoneInfo | None:
@@ -334,7 +230,7 @@ class _Checker:
         return CompiledMaterialPoint(point_id, spec, self.equipment_path(spec.equipment, point_id))
 
     def _quoted(self, path: Path) -> int:
-        line, column = self.doc.locate(_value_path(self.doc, path))
+        line, column = self.doc.locate(value_path(self.doc, path))
         try:
             text = FsPath(self.doc.file).read_text().splitlines()[line - 1]
         except (OSError, IndexError):
@@ -441,6 +337,6 @@ def load_mapping(path: str | FsPath) -> tuple[Document, CompiledMapping]:
 
 def signal_position(doc: Document, signal: str, field: str) -> tuple[int, int]:
     """Where a signal's field stands, for errors found later (e.g. by a driver's own parser)."""
-    return doc.locate(_value_path(doc, ("signals", signal, field)))
+    return doc.locate(value_path(doc, ("signals", signal, field)))
 
 
