@@ -3,6 +3,7 @@ the scanned operation, and the type checks of expressions (no I/O: the engine is
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -50,9 +51,11 @@ class Line:
         self.packets += self.engine.step(Sample(signal, value, quality, T0 + t, t))
 
     def until(self, t: float) -> None:
-        while self.now + 0.1 < t:
-            self.now += 0.1
-            self.packets += self.engine.tick(self.now, T0 + self.now)
+        """Ticks on their own 0.1 s grid, as the gateway's ticker runs beside the samples."""
+        tick = math.floor(self.now * 10 + 1e-9) + 1
+        while tick / 10 < t:
+            self.packets += self.engine.tick(tick / 10, T0 + tick / 10)
+            tick += 1
         self.now = t
 
     def begin(self) -> None:
@@ -203,3 +206,12 @@ def test_a_bool_register_counter_suggests_edge_counting() -> None:
     assert [p.message for p in caught.value.problems] == [
         "stations.s1.counters.good.signal: 'pedal' is a bool, not a counter register: "
         "count its edges with `count: rising(pedal)`"]
+
+
+def test_a_held_condition_fires_at_the_exact_end_of_its_hold_time() -> None:
+    line = Line("    pause: {when: {when: status == 4, for: 45s}}\n")
+    line.begin()
+    line.at(1.05, "status", 4)
+    line.until(50.0)  # the ticks at 46.0 and 46.1 see it; it ended at 46.050
+    (paused,) = [p for p in line.packets if p.type.endswith("paused")]
+    assert pk.format_time(paused.time).endswith("06:00:46.050Z")
