@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, print_problems
-from mapping.errors import MappingError
+from mapping.errors import MappingError, Problem
 
 if TYPE_CHECKING:
     from gateway.daemon import LoadedGateway
@@ -45,22 +45,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.devices import build_drivers
     from mapping.load import load_mapping, read_document
 
-    failed = False
+    failed = warned = False
     for file in args.files:
+        offline: list[Problem] | None = [] if args.offline else None
         try:
             doc = read_document(file)
             mapping_path = file
             if isinstance(doc.value, dict) and "gateway" in doc.value:
                 mapping_path = str(load_gateway_config(file).mapping_path)
             mdoc, compiled = load_mapping(mapping_path)
-            build_drivers(mdoc, compiled)
+            build_drivers(mdoc, compiled, offline=offline)
         except MappingError as error:
             print_problems(error)
             failed = True
             continue
+        warnings = sorted([*compiled.warnings, *(offline or ())],
+                          key=lambda p: (p.file, p.line, p.column))
+        for problem in warnings:
+            print(problem, file=sys.stderr)
+        warned = warned or bool(warnings)
         print(f"{file}: ok ({len(compiled.stations)} station(s), "
-              f"{len(compiled.model.signals)} signal(s))")
-    return EXIT_FAILED if failed else EXIT_OK
+              f"{len(compiled.model.signals)} signal(s)"
+              f"{f', {len(warnings)} warning(s)' if warnings else ''})")
+    return EXIT_FAILED if failed or (args.strict and warned) else EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from drivers.opcua_counters import OpcUaCounters
 from drivers.opcua_nodes import (
     check_security,
     check_signal,
+    data_type_problems,
     resolve_nodes,
 )
 from drivers.opcua_security import apply_security, connect_reason
@@ -265,19 +266,19 @@ class OpcUaDriver:
         missing: list[tuple[Item, str]] = []
         for item, node in zip(self._items, resolved, strict=True):
             if isinstance(node, str):
-                missing.append((item, node))
+                missing.append((item, f"node_missing: signal {item.signal.name!r}: node "
+                                f"{item.ref.text!r} not found on {self.config.endpoint} ({node})"))
             else:
                 item.node_id = node
         if missing:
             self.stats.error("node_missing", len(missing))
+        missing += await self._mistyped(client)
         now, mono = time.time(), asyncio.get_running_loop().time()
         bad = []
-        for item, status in missing:
+        for item, reason in missing:
             item.node_id = None
             if item.signal.name in self._missing:
                 continue  # reported at an earlier connect; quiet until it is found
-            reason = (f"node_missing: signal {item.signal.name!r}: node {item.ref.text!r} not "
-                      f"found on {self.config.endpoint} ({status})")
             self._missing.add(item.signal.name)
             log.error("opcua device %s: %s", self.name, reason,
                       extra={"device": self.name, "address": item.ref.text, "reason": reason})
@@ -287,6 +288,20 @@ class OpcUaDriver:
         found = [i for i in self._items if i.node_id is not None]
         self._missing.difference_update(i.signal.name for i in found)
         return found, bad
+
+    async def _mistyped(self, client: Client) -> list[tuple[Item, str]]:
+        """Resolved nodes whose DataType is not the type the mapping declares for them."""
+        typed = [i for i in self._items if i.node_id is not None and i.signal.expected]
+        if not typed:
+            return []
+        problems = await data_type_problems(
+            client, [(i.signal.expected or "", i.node_id) for i in typed if i.node_id])
+        found = [(item, f"type_mismatch: signal {item.signal.name!r}: node {item.ref.text!r} "
+                        f"on {self.config.endpoint}: {problem}")
+                 for item, problem in zip(typed, problems, strict=True) if problem]
+        if found:
+            self.stats.error("type_mismatch", len(found))
+        return found
 
     # --- poll mode -------------------------------------------------------------------------
 

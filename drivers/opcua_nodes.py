@@ -134,6 +134,38 @@ async def resolve_nodes(client: Client, refs: list[NodeRef]) -> list[ua.NodeId |
     return out
 
 
+# The mapping's value types as OPC UA built-in DataTypes (namespace 0 identifiers).
+_DATA_TYPE = {"bool": 1, "int16": 4, "uint16": 5, "int32": 6, "uint32": 7, "int64": 8,
+              "uint64": 9, "float32": 10, "float64": 11, "string": 12}
+_BUILT_IN = {1: "Boolean", 2: "SByte", 3: "Byte", 4: "Int16", 5: "UInt16", 6: "Int32",
+             7: "UInt32", 8: "Int64", 9: "UInt64", 10: "Float", 11: "Double", 12: "String",
+             13: "DateTime", 15: "ByteString"}
+OPCUA_TYPES = tuple(_DATA_TYPE)
+
+
+async def data_type_problems(client: Client,
+                             typed: list[tuple[str, ua.NodeId]]) -> list[str | None]:
+    """Per (expected type, node), why the node's DataType is not the expected one, or None.
+
+    One Read of the DataType attributes. Only built-in DataTypes are judged: a node of a
+    subtype, an enumeration or an abstract type (BaseDataType, Number) is not refused here.
+    """
+    values = await client.read_attributes([client.get_node(node) for _, node in typed],
+                                           ua.AttributeIds.DataType)
+    out: list[str | None] = []
+    for (expected, _), value in zip(typed, values, strict=True):
+        found = value.Value.Value if value.Value is not None else None
+        ident = None
+        if isinstance(found, ua.NodeId) and found.NamespaceIndex == 0:
+            ident = found.Identifier
+        name = _BUILT_IN.get(ident) if isinstance(ident, int) else None
+        if name is None or ident == _DATA_TYPE[expected]:
+            out.append(None)
+        else:
+            out.append(f"the server's DataType is {name}, the mapping expects {expected}")
+    return out
+
+
 # --- values ----------------------------------------------------------------------------------
 
 

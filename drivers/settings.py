@@ -106,7 +106,9 @@ class OpcUaSignal:
 
     `interval_s` is the subscription's publishing interval (or the poll period in poll mode);
     `sampling_s` the server-side sampling interval (default: `interval_s`); `queue_size` the
-    monitored item's queue; `deadband` an absolute deadband on numeric values (None = off).
+    monitored item's queue; `deadband` an absolute deadband on numeric values (None = off);
+    `expected` the value type the mapping declares (`int32`, `float64`, `string`, ...), checked
+    against the node's DataType at every connect (None = not checked).
     """
 
     name: str
@@ -115,6 +117,7 @@ class OpcUaSignal:
     sampling_s: float | None = None
     queue_size: int = 1
     deadband: float | None = None
+    expected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

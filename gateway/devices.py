@@ -5,6 +5,10 @@ naming the same serial `port` share one `SerialBus`: one lock, one client, frame
 OPC UA. File paths in a source (certificates, trust folder, password file) are relative to
 the mapping file's folder. An OPC UA password is read here, from the environment variable or
 the file the source names; the mapping never holds it.
+
+A missing certificate, key, trust folder, password file or password variable is an error
+pointing at the field that names it; checking off-site (`keyop check --offline`), where those
+files are not, it is a warning instead (`build_drivers(..., offline=[])` collects them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from drivers.base import ConfigError, Driver
 from drivers.modbus import ModbusDeviceConfig, ModbusDriver, ModbusSignal, parse_signal
 from drivers.modbus_link import SerialBus
 from drivers.opcua import OpcUaDriver
-from drivers.opcua_nodes import check_signal
+from drivers.opcua_nodes import OPCUA_TYPES, check_signal
 from drivers.serial_reader import SerialReaderDriver
 from drivers.settings import Backoff
 from mapping.engine import CompiledMapping
@@ -27,17 +31,20 @@ from mapping.serial_source import SerialSource
 from mapping.sources import ModbusRtuSource, ModbusTcpSource, OpcUaSource, Signal
 
 _MODBUS_ONLY = ("address", "type", "scale", "offset")
+_NOT_OPCUA = ("address", "scale", "offset")  # `type` is the expected DataType there
 _OPCUA_ONLY = ("node", "sampling", "deadband")
 # What every Modbus RTU source on one serial port must agree on.
 _LINE = ("baudrate", "bytesize", "parity", "stopbits", "frame_gap")
 
 
 class _Builder:
-    def __init__(self, doc: Document, compiled: CompiledMapping) -> None:
+    def __init__(self, doc: Document, compiled: CompiledMapping,
+                 offline: list[Problem] | None = None) -> None:
         self.doc = doc
         self.compiled = compiled
         self.folder = Path(doc.file).resolve().parent
         self.problems: list[Problem] = []
+        self.offline = offline
         self.buses: dict[str, tuple[SerialBus, ModbusRtuSource]] = {}
 
     def at_signal(self, name: str, field: str, message: str) -> None:
@@ -47,6 +54,14 @@ class _Builder:
     def at_source(self, source: str, field: str | None, message: str) -> None:
         path: tuple[str, ...] = ("sources", source) + ((field,) if field else ())
         self.problems.append(self.doc.problem(path, message))
+
+    def missing(self, path: tuple[str, ...], message: str) -> None:
+        """A file or variable that is not here: an error, or off-site a warning."""
+        where = path if (*path, "__value__") not in self.doc.positions else (*path, "__value__")
+        if self.offline is None:
+            self.problems.append(self.doc.problem(where, message))
+        else:
+            self.offline.append(self.doc.problem(where, f"warning: {message}"))
 
     def signals_of(self, source: str) -> list[tuple[str, Signal]]:
         return [(n, s) for n, s in self.compiled.model.signals.items() if s.source == source]
@@ -135,7 +150,11 @@ class _Builder:
     def opcua(self, source_id: str, source: OpcUaSource) -> OpcUaDriver | None:
         signals = []
         for name, spec in self.signals_of(source_id):
-            if self.misplaced(name, spec, _MODBUS_ONLY, "opcua"):
+            if self.misplaced(name, spec, _NOT_OPCUA, "opcua"):
+                continue
+            if spec.type is not None and spec.type not in OPCUA_TYPES:
+                self.at_signal(name, "type", f"signal {name!r}: an OPC UA type is one of "
+                               f"{', '.join(OPCUA_TYPES)} (got {spec.type!r})")
                 continue
             if spec.node is None:
                 line, column = signal_position(self.doc, name, "source")
@@ -155,14 +174,15 @@ class _Builder:
             return None
         config = source.to_driver(source_id, tuple(signals), folder=self.folder,
                                   password=password)
+        security = ("sources", source_id, "security")
         for field, value in (("certificate", config.security.certificate),
                              ("private_key", config.security.private_key)):
             if value is not None and not Path(value).is_file():
-                self.at_source(source_id, "security", f"source {source_id!r}: security "
-                               f"{field}: no file {value}")
+                self.missing((*security, field), f"source {source_id!r}: security "
+                             f"{field}: no file {value}")
         if config.security.trust_dir is not None and not Path(config.security.trust_dir).is_dir():
-            self.at_source(source_id, "security", f"source {source_id!r}: security trust: "
-                           f"no folder {config.security.trust_dir}")
+            self.missing((*security, "trust"), f"source {source_id!r}: security trust: "
+                         f"no folder {config.security.trust_dir}")
         try:
             return OpcUaDriver(config)
         except ConfigError as error:
@@ -177,8 +197,8 @@ class _Builder:
         if source.password_env:
             value = os.environ.get(source.password_env)
             if value is None:
-                self.at_source(source_id, "password_env", f"source {source_id!r}: environment "
-                               f"variable {source.password_env} is not set")
+                self.missing(("sources", source_id, "password_env"), f"source {source_id!r}: "
+                             f"environment variable {source.password_env} is not set")
             return value
         if source.password_file:
             file = self.path(source.password_file)
@@ -186,14 +206,16 @@ class _Builder:
             try:
                 return Path(file).read_text().rstrip("\r\n")
             except OSError as error:
-                self.at_source(source_id, "password_file", f"source {source_id!r}: cannot "
-                               f"read password file {file}: {error.strerror}")
+                self.missing(("sources", source_id, "password_file"), f"source {source_id!r}: "
+                             f"cannot read password file {file}: {error.strerror}")
         return None
 
 
-def build_drivers(doc: Document, compiled: CompiledMapping) -> list[Driver]:
-    """One driver per source that has signals; raises `MappingError` listing every problem."""
-    builder = _Builder(doc, compiled)
+def build_drivers(doc: Document, compiled: CompiledMapping, *,
+                  offline: list[Problem] | None = None) -> list[Driver]:
+    """One driver per source that has signals; raises `MappingError` listing every problem.
+    With `offline`, files and variables that are not here are warnings added to it."""
+    builder = _Builder(doc, compiled, offline)
     drivers: list[Driver] = []
     for source_id, source in compiled.model.sources.items():
         driver: Driver | None

@@ -14,10 +14,13 @@ from zoneinfo import ZoneInfo
 
 from drivers.base import Quality, Sample
 from drivers.base import SampleValue as Value
+from mapping.errors import Problem
 from mapping.filters import SignalFilter
 from mapping.materials import CompiledMaterialPoint, MaterialRuntime
 from mapping.model import MappingFile
 from mapping.station import (
+    COUNT_GOOD,
+    COUNT_SCRAP,
     EARLIEST_TRUSTED_TIME,
     CompiledStation,
     StationRuntime,
@@ -48,6 +51,8 @@ class CompiledMapping:
     filters: dict[str, SignalFilter] = field(default_factory=dict)
     digest: str = ""
     materials: tuple[CompiledMaterialPoint, ...] = ()
+    # What `keyop check` reports but does not refuse (`file:line:col: message` each).
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
 
 class Engine:
@@ -73,6 +78,11 @@ class Engine:
             for name, check in runtime.value_checks():
                 checks.setdefault(name, []).append(check)
         self._checks = {name: tuple(found) for name, found in checks.items()}
+        # Signals whose edges are counted: after a bad reading (a lost link) the next good one
+        # is a new baseline, not an edge, so a reconnect counts no part.
+        self._rebase = frozenset(
+            name for station in mapping.stations for key, trigger in station.triggers.items()
+            if key in (COUNT_GOOD, COUNT_SCRAP) for name in trigger.signals)
         # Why each signal's latest value was refused, while it is; and how many were.
         self.refusals: dict[str, str] = {}
         self.refused = 0
@@ -140,7 +150,9 @@ class Engine:
     def step(self, sample: Sample) -> list[Draft]:
         """Apply one sample; return the packets it causes, in order."""
         if sample.quality is not _GOOD:
-            return _EMPTY  # a bad reading changes nothing; the last good value stands
+            if sample.signal in self._rebase:
+                self.values.pop(sample.signal, None)
+            return _EMPTY  # a bad reading changes nothing else; the last good value stands
         name = sample.signal
         value = sample.value
         if name in self._checks and self._problem(name, value) is not None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path as FsPath
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,10 +16,11 @@ from common import yamlsrc
 from common.yamlsrc import Document, LocatedError, Path
 from mapping.engine import CompiledMapping, SignalOrigin
 from mapping.errors import MappingError, Problem
-from mapping.expr import ExpressionError, compile_expression
+from mapping.expr import ExpressionError, compile_expression, kind_words
 from mapping.filters import SignalFilter
 from mapping.materials import CompiledMaterialPoint
 from mapping.model import (
+    Counter,
     EquipmentRef,
     MappingFile,
     MaterialPoint,
@@ -30,85 +29,26 @@ from mapping.model import (
     Trigger,
     TriggerSpec,
 )
-from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source
-from mapping.station import ABORT, ALARM_PREFIX, COMPLETE, PAUSE, START, CompiledStation
+from mapping.sources import SIGNAL_ADAPTER, SOURCE_ADAPTER, Signal, Source, value_kind
+from mapping.station import (
+    ABORT,
+    ALARM_PREFIX,
+    COMPLETE,
+    COUNT_GOOD,
+    COUNT_SCRAP,
+    PAUSE,
+    RESUME,
+    START,
+    CompiledStation,
+)
 from mapping.triggers import CompiledTrigger
 from mapping.types import Id, SignalName
+from mapping.validation import suggest, validation_problems, value_path
+
+__all__ = ["compile_document", "load_mapping", "read_document", "signal_position",
+           "validation_problems"]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-
-
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _value_path(doc: Document, path: Path) -> Path:
-    value = (*path, "__value__")
-    return value if value in doc.positions else path
-
-
-def _document_path(value: Any, loc: tuple[str | int, ...], keep_last: bool) -> Path:
-    """The part of pydantic's error location that exists in the YAML.
-
-    pydantic puts union branch names and discriminator tags into locations
-    (`sources.plc.modbus_tcp.port`); they name no YAML node and are dropped. With `keep_last`,
-    the final key stays even though it is absent (a missing or an unknown field).
-    """
-    node, path = value, []
-    for index, part in enumerate(loc):
-        last = index == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif last and keep_last:
-            path.append(part)
-    return tuple(path)
-
-
-_TYPE_ERRORS = frozenset({"string_type", "int_type", "float_type", "bool_type", "model_type",
-                          "dict_type", "int_parsing", "float_parsing", "model_attributes_type"})
-
-
-def validation_problems(
-    doc: Document, error: ValidationError, prefix: Path = ()
-) -> list[Problem]:
-    """Turn pydantic's errors into `file:line:col` problems pointing at the offending YAML."""
-    found: dict[Path, list[tuple[str, Problem]]] = {}
-    for item in error.errors():
-        kind = item["type"]
-        raw: tuple[str | int, ...] = (*prefix, *item["loc"])
-        is_key = bool(raw) and raw[-1] == "[key]"
-        if is_key:
-            raw = raw[:-1]
-        loc = _document_path(doc.value, raw, keep_last=kind in ("extra_forbidden", "missing"))
-        shown = ".".join(str(p) for p in loc)
-        if kind == "extra_forbidden":
-            where, message = loc, f"{shown}: unknown field {loc[-1]!r}"
-        elif kind == "missing":
-            where, message = loc[:-1], f"{shown}: required field is missing"
-        else:
-            where = loc if is_key else _value_path(doc, loc)
-            message = f"{shown}: {item['msg'].removeprefix('Value error, ')}"
-            given = item.get("input")
-            if isinstance(given, str | int | float | bool) and kind != "value_error":
-                message += f" (got {given!r})"
-        found.setdefault(loc, []).append((kind, doc.problem(where, message)))
-    # A union (`start: "expr"` or a mapping) fails once per branch; when a branch says something
-    # specific at or below a place, the other branch's "should be a string" there is noise.
-    specific_at = [loc for loc, entries in found.items()
-                   if any(kind not in _TYPE_ERRORS for kind, _ in entries)]
-    problems: list[Problem] = []
-    for loc, entries in found.items():
-        for kind, problem in entries:
-            noise = kind in _TYPE_ERRORS and any(
-                other[: len(loc)] == loc for other in specific_at)
-            if not noise and problem not in problems:
-                problems.append(problem)
-    return problems
 
 
 class _Checker:
@@ -129,16 +69,31 @@ class _Checker:
         self.signals = signals
         self.signal_names = signal_names
         self.source_names = source_names
+        self.kinds = {name: value_kind(signal, sources.get(signal.source))
+                      for name, signal in signals.items()}
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
-    def at(self, path: Path, message: str, offset: int = 0) -> None:
-        line, column = self.doc.locate(_value_path(self.doc, path))
-        self.problems.append(Problem(self.doc.file, line, column + offset, message))
+    def at(self, path: Path, message: str, offset: int = 0, *, warning: bool = False) -> None:
+        line, column = self.doc.locate(value_path(self.doc, path))
+        if warning:
+            self.warnings.append(Problem(self.doc.file, line, column + offset,
+                                         f"warning: {message}"))
+        else:
+            self.problems.append(Problem(self.doc.file, line, column + offset, message))
+
+    def kind_of(self, path: Path, name: str, wanted: str, hint: str = "") -> None:
+        """A signal used where only one kind of value makes sense (a threshold, a counter)."""
+        kind = self.kinds.get(name)
+        if kind is not None and kind != wanted:
+            field = ".".join(str(p) for p in path)
+            self.at(path, f"{field}: {name!r} is {kind_words(kind)}, "
+                    f"{hint or f'this needs {kind_words(wanted)} signal'}")
 
     def signal_ref(self, path: Path, name: str) -> None:
         if name not in self.signal_names:
             field = ".".join(str(p) for p in path)
-            self.at(path, f"{field}: unknown signal {name!r}{_suggest(name, self.signal_names)}")
+            self.at(path, f"{field}: unknown signal {name!r}{suggest(name, self.signal_names)}")
 
     def check_signals(self) -> None:
         for name, signal in self.signals.items():
@@ -146,7 +101,7 @@ class _Checker:
                 self.at(
                     ("signals", name, "source"),
                     f"signals.{name}.source: unknown source {signal.source!r}"
-                    f"{_suggest(signal.source, self.source_names)}",
+                    f"{suggest(signal.source, self.source_names)}",
                 )
 
     def timezone(self) -> ZoneInfo | None:
@@ -159,11 +114,16 @@ class _Checker:
             self.at(("plant", "timezone"), f"plant.timezone: unknown time zone {zone!r}")
             return None
 
-    def trigger(self, path: Path, spec: Trigger, *, level: bool = False) -> CompiledTrigger | None:
-        """Compile one trigger; `level` triggers may not use rising/falling/changed."""
+    def trigger(self, path: Path, spec: Trigger, *, level: bool = False,
+                pulse: bool = False) -> CompiledTrigger | None:
+        """Compile one trigger; `level` triggers may not use rising/falling/changed, `pulse`
+        ones (edge counting) must."""
         text_path = path if isinstance(spec, str) else (*path, "when")
+        where = ".".join(str(p) for p in text_path)
         if isinstance(spec, TriggerSpec) and spec.signal is not None:
             self.signal_ref((*path, "signal"), spec.signal)
+            self.kind_of((*path, "signal"), spec.signal, "number",
+                         "thresholds need a number signal")
             return CompiledTrigger(
                 text=f"{spec.signal} thresholds", signals=frozenset({spec.signal}), hold=spec.hold,
                 signal=spec.signal, on_above=spec.above, off_below=spec.release_below,
@@ -171,15 +131,21 @@ class _Checker:
             )
         text = spec if isinstance(spec, str) else spec.when or ""
         try:
-            expression = compile_expression(text, self.signal_names)
+            expression = compile_expression(text, self.signal_names, self.kinds)
         except ExpressionError as error:
             # The column points into the expression (plus one for an opening quote).
-            where = ".".join(str(p) for p in text_path)
             self.at(text_path, f"{where}: {error}", error.offset + self._quoted(text_path))
             return None
+        for message, offset in expression.warnings:
+            self.at(text_path, f"{where}: {message}", offset + self._quoted(text_path),
+                    warning=True)
         if level and expression.edges:
-            self.at(text_path, f"{'.'.join(str(p) for p in text_path)}: needs a condition that "
+            self.at(text_path, f"{where}: needs a condition that "
                     "lasts (rising, falling and changed are true only for an instant)")
+            return None
+        if pulse and not expression.edges:
+            self.at(text_path, f"{where}: counts edges: use rising(x), falling(x) or changed(x) "
+                    "(a condition that lasts would count once per sample)")
             return None
         hold = spec.hold if isinstance(spec, TriggerSpec) else None
         return CompiledTrigger(text=text, signals=expression.signals, expression=expression,
@@ -202,20 +168,26 @@ class _Checker:
                 pattern = re.compile(spec.order.pattern)
             except re.error as error:
                 self.at((*base, "order", "pattern"), f"{station_path}.order.pattern: {error}")
+        wanted: list[tuple[str, Path, Trigger | None, bool]] = []
         if spec.counters:
-            self.signal_ref((*base, "counters", "good", "signal"), spec.counters.good.signal)
-            if spec.counters.scrap:
-                self.signal_ref((*base, "counters", "scrap", "signal"),
-                                spec.counters.scrap.signal)
+            for which, key, counter in (("good", COUNT_GOOD, spec.counters.good),
+                                        ("scrap", COUNT_SCRAP, spec.counters.scrap)):
+                if counter is not None:
+                    self.counter((*base, "counters", which), counter)
+                    if counter.count is not None:
+                        wanted.append((key, (*base, "counters", which, "count"), counter.count,
+                                       False))
         for name, param in spec.params.items():
             self.signal_ref((*base, "params", name, "signal"), param.signal)
         if spec.pause and spec.pause.reason:
             self.signal_ref((*base, "pause", "reason"), spec.pause.reason)
-        wanted: list[tuple[str, Path, Trigger | None, bool]] = [
+        wanted += [
             (START, (*base, "start"), spec.start, False),
             (COMPLETE, (*base, "complete"), spec.complete, False),
             (ABORT, (*base, "abort"), spec.abort, False),
             (PAUSE, (*base, "pause", "when"), spec.pause.when if spec.pause else None, True),
+            (RESUME, (*base, "pause", "resume"), spec.pause.resume if spec.pause else None,
+             False),
             *((f"{ALARM_PREFIX}{code}", (*base, "alarms", code, "when"), alarm.when, True)
               for code, alarm in spec.alarms.items()),
         ]
@@ -224,7 +196,8 @@ class _Checker:
         for key, path, trigger_spec, level in wanted:
             if trigger_spec is None:
                 continue
-            compiled = self.trigger(path, trigger_spec, level=level)
+            compiled = self.trigger(path, trigger_spec, level=level,
+                                    pulse=key in (COUNT_GOOD, COUNT_SCRAP))
             if compiled is None:
                 failed = True
             else:
@@ -233,6 +206,18 @@ class _Checker:
             return None
         path_text = self.equipment_path(spec.equipment, station_id)
         return CompiledStation(station_id, spec, path_text, triggers, pattern)
+
+    def counter(self, path: Path, counter: Counter) -> None:
+        """A counter register must be a number; a bool input is counted by its edges."""
+        name = counter.signal
+        if name is None:
+            return
+        self.signal_ref((*path, "signal"), name)
+        if self.kinds.get(name) == "bool":
+            self.kind_of((*path, "signal"), name, "number",
+                         f"not a counter register: count its edges with `count: rising({name})`")
+        else:
+            self.kind_of((*path, "signal"), name, "number", "a counter needs a number signal")
 
     def equipment_path(self, equipment: EquipmentRef, default_cell: str) -> str:
         plant = self.plant
@@ -245,7 +230,7 @@ class _Checker:
         return CompiledMaterialPoint(point_id, spec, self.equipment_path(spec.equipment, point_id))
 
     def _quoted(self, path: Path) -> int:
-        line, column = self.doc.locate(_value_path(self.doc, path))
+        line, column = self.doc.locate(value_path(self.doc, path))
         try:
             text = FsPath(self.doc.file).read_text().splitlines()[line - 1]
         except (OSError, IndexError):
@@ -306,7 +291,7 @@ def compile_document(doc: Document) -> CompiledMapping:
     points = [checker.material(key, spec) for key, spec in materials.items()]
     problems += checker.problems
     if problems or zone is None:
-        raise MappingError(problems)
+        raise MappingError(problems + checker.warnings)  # warnings say "warning:" themselves
     model = MappingFile.model_validate(doc.value)
     filters = {
         name: SignalFilter.from_spec(signal.filter)
@@ -320,7 +305,7 @@ def compile_document(doc: Document) -> CompiledMapping:
     }
     return CompiledMapping(
         model, tuple(c for c in compiled if c is not None), origins, zone, filters, digest,
-        tuple(points),
+        tuple(points), tuple(checker.warnings),
     )
 
 
@@ -352,6 +337,6 @@ def load_mapping(path: str | FsPath) -> tuple[Document, CompiledMapping]:
 
 def signal_position(doc: Document, signal: str, field: str) -> tuple[int, int]:
     """Where a signal's field stands, for errors found later (e.g. by a driver's own parser)."""
-    return doc.locate(_value_path(doc, ("signals", signal, field)))
+    return doc.locate(value_path(doc, ("signals", signal, field)))
 
 

@@ -13,6 +13,12 @@ from pydantic import ConfigDict, Field, model_validator
 from mapping.sources import Signal, Source
 from mapping.types import Duration, Id, SignalName, Strict
 
+Severity = Literal["info", "warning", "minor", "major", "critical"]
+# ISA-95 (IEC 62264) equipment hierarchy levels.
+EquipmentLevel = Literal["Enterprise", "Site", "Area", "WorkCenter", "ProductionLine",
+                         "ProcessCell", "ProductionUnit", "StorageZone", "WorkCell", "Unit",
+                         "WorkUnit", "StorageUnit", "EquipmentModule", "ControlModule"]
+
 
 class Plant(Strict):
     """Where this line sits in the ISA-95 hierarchy; goes into every packet's equipment path."""
@@ -33,7 +39,7 @@ class EquipmentRef(Strict):
 
     cell: Id | None = None
     path: str | None = None
-    level: str = "WorkCell"
+    level: EquipmentLevel = "WorkCell"
 
 
 class OrderContext(Strict):
@@ -42,7 +48,9 @@ class OrderContext(Strict):
     A numeric or text signal: `format` builds the order id from the value (`WO-{value}`); for
     scanned codes `pattern` (a regular expression) must match, and its group `order` (or the
     whole match) becomes the value given to `format`; a group `planned` in the pattern gives
-    the planned quantity when `planned` is not set here.
+    the planned quantity when `planned` is not set here; a group `operation` names the operation
+    the traveller is for: a scan for another operation than the station's raises the alarm
+    `wrong_traveller` and leaves the order context as it was.
     """
 
     signal: SignalName
@@ -99,20 +107,41 @@ Trigger = str | TriggerSpec
 
 
 class PauseSpec(Strict):
-    """Paused while `when` holds (after its hold time); resumed when it ends."""
+    """Paused while `when` holds (after its hold time); resumed when it ends, or, with
+    `resume`, only when that trigger fires (the end of `when` alone then resumes nothing)."""
 
     when: Trigger
+    resume: Trigger | None = Field(default=None, description="resume only when this fires")
     reason: SignalName | None = Field(default=None, description="signal with a stop reason code")
 
 
 class Counter(Strict):
-    signal: SignalName
+    """A part counter: a device counter register (`signal`), or the edges of a trigger
+    expression (`count: rising(pedal)`), each edge one part."""
+
+    signal: SignalName | None = Field(default=None, description="a counter register")
+    count: str | None = Field(
+        default=None, description="edge counting: rising(x), falling(x) or any pulse expression")
+    debounce: Duration | None = Field(
+        default=None, description="edge counting: an edge this soon after a counted one is bounce")
     bits: Literal[16, 32, 64] = 32
     max_step: int = Field(
         default=1000,
         ge=1,
         description="a larger jump between two readings is a preset, not production",
     )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Counter:
+        if (self.signal is None) == (self.count is None):
+            raise ValueError("give either `signal` (a counter register) or `count` "
+                             "(the edges to count, e.g. rising(pedal))")
+        if self.count is not None and self.model_fields_set & {"bits", "max_step"}:
+            raise ValueError("`bits` and `max_step` go with a counter register (`signal`), "
+                             "not with `count`")
+        if self.debounce is not None and self.count is None:
+            raise ValueError("`debounce` goes with edge counting (`count`)")
+        return self
 
 
 class Counters(Strict):
@@ -121,26 +150,35 @@ class Counters(Strict):
 
 
 class Progress(Strict):
+    """When `keyop.operation.progress` packets go out; none of the three is on by default."""
+
     every: int | None = Field(default=None, ge=1, description="a progress packet every N good")
     interval: Duration | None = Field(
         default=None, description="and/or at most every T while quantities change"
+    )
+    keepalive: Duration | None = Field(
+        default=None,
+        description="at least every T while running, quantities changed or not (a heartbeat)",
     )
 
 
 class Stalled(Strict):
     after: Duration = Field(description="running without a count this long raises an alarm")
-    severity: str = "warning"
+    severity: Severity = "warning"
+    while_paused: bool = Field(
+        default=False, description="a pause counts towards `after` too (default: it does not)")
 
 
 class AlarmSpec(Strict):
     when: Trigger
-    severity: str = "warning"
+    severity: Severity = "warning"
     text: str | None = None
 
 
 class ParamSpec(Strict):
     signal: SignalName
-    class_: Literal["public", "partner", "restricted"] = Field(alias="class")
+    class_: Literal["public", "partner", "restricted", "local"] = Field(
+        alias="class", description="who may see it; `local` values never leave the gateway")
     uom: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -85,11 +85,11 @@ def replay(
     last: Sample | None = None
     for sample in samples:
         if last is not None and tick > 0:
-            now_mono, now_time = last.monotonic + tick, last.time + tick
-            while now_mono < sample.monotonic:
-                yield from engine.tick(now_mono, now_time)
-                now_mono += tick
-                now_time += tick
+            # Multiples of `tick` from the last sample: no drift accumulates over a long gap.
+            steps = 1
+            while (offset := steps * tick) + last.monotonic < sample.monotonic:
+                yield from engine.tick(last.monotonic + offset, last.time + offset)
+                steps += 1
         yield from engine.step(sample)
         last = sample
 

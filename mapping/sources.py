@@ -31,7 +31,7 @@ from mapping.serial_source import SerialSource
 from mapping.types import Duration, Id, Strict
 
 _VALUE_TYPE = re.compile(
-    r"^(bool|int16|uint16|int32|uint32|int64|uint64|float32|float64|string\(\d{1,3}\))$"
+    r"^(bool|int16|uint16|int32|uint32|int64|uint64|float32|float64|string(\(\d{1,3}\))?)$"
 )
 
 
@@ -39,7 +39,7 @@ def _value_type(value: str) -> str:
     if not _VALUE_TYPE.match(value):
         raise ValueError(
             f"Input should be one of bool, int16, uint16, int32, uint32, int64, uint64, "
-            f"float32, float64, string(n) (got {value!r})"
+            f"float32, float64, string (OPC UA) or string(n) (Modbus) (got {value!r})"
         )
     return value
 
@@ -152,7 +152,9 @@ class Signal(Strict):
     source: Id
     address: str | None = Field(default=None, description="Modbus: hr:N, ir:N, co:N, di:N, hr:N.b")
     node: str | None = Field(default=None, description="OPC UA: NodeId or /Objects/... path")
-    type: ValueType | None = Field(default=None, description="Modbus value type (uint16 if unset)")
+    type: ValueType | None = Field(
+        default=None, description="Modbus: value type (uint16 if unset); OPC UA: the expected "
+        "type, checked against the server's DataType")
     byte_order: Literal["big", "little"] = "big"
     word_order: Literal["big", "little"] = "big"
     scale: float | None = None
@@ -181,7 +183,22 @@ class Signal(Strict):
     def to_opcua(self, name: str) -> OpcUaSignal:
         """This signal as the OPC UA driver watches it."""
         return OpcUaSignal(name, self.node or "", self.interval, self.sampling,
-                           self.queue_size, self.deadband)
+                           self.queue_size, self.deadband, self.type)
+
+
+def value_kind(signal: Signal, source: object) -> str | None:
+    """What kind of value a signal gives, as expressions see it: `bool`, `number`, `text` or
+    `scan`; None when the mapping does not say (an OPC UA node without `type`)."""
+    if isinstance(source, SerialSource):
+        return "scan"
+    kind = signal.type
+    if kind is None and isinstance(source, ModbusTcpSource | ModbusRtuSource):
+        kind = default_type(signal.address or "")
+    if kind is None:
+        return None
+    if kind == "bool":
+        return "bool"
+    return "text" if kind.startswith("string") else "number"
 
 
 SOURCE_ADAPTER: TypeAdapter[

@@ -33,8 +33,10 @@ PRIORITY_TELEMETRY = 0
 PRIORITY_KEY_EVENT = 1
 _ACTIVE = frozenset({"Running", "Paused"})
 
-START, COMPLETE, ABORT, PAUSE = "start", "complete", "abort", "pause"
+START, COMPLETE, ABORT, PAUSE, RESUME = "start", "complete", "abort", "pause", "resume"
+COUNT_GOOD, COUNT_SCRAP = "count:good", "count:scrap"
 ALARM_PREFIX = "alarm:"
+WRONG_TRAVELLER = "wrong_traveller"
 
 
 @dataclass(slots=True)
@@ -78,6 +80,7 @@ class Run:
     progress_good: int = 0
     progress_scrap: int = 0
     stalled: bool = False
+    emitted_at: float = 0.0  # monotonic time of the run's last packet (for `keepalive`)
 
     @property
     def active(self) -> bool:
@@ -96,6 +99,7 @@ class StationState:
     triggers: dict[str, TriggerState] = field(default_factory=dict)
     alarms_active: set[str] = field(default_factory=set)
     scanned_planned: int | None = None
+    counted_at: dict[str, float] = field(default_factory=dict)  # last counted edge (debounce)
 
 
 @dataclass(frozen=True)
@@ -111,16 +115,18 @@ class CompiledStation:
         spec = self.spec
         names = {spec.order.signal}
         if spec.counters:
-            names.add(spec.counters.good.signal)
-            if spec.counters.scrap:
-                names.add(spec.counters.scrap.signal)
+            for counter in (spec.counters.good, spec.counters.scrap):
+                if counter is not None and counter.signal is not None:
+                    names.add(counter.signal)
         for trigger in self.triggers.values():
             names |= trigger.signals
         return frozenset(names)
 
 
 def _new_track(counter: Counter | None) -> CounterTrack | None:
-    return CounterTrack(counter.bits, counter.max_step) if counter else None
+    if counter is None or counter.signal is None:
+        return None  # no register: an edge-counted counter or none at all
+    return CounterTrack(counter.bits, counter.max_step)
 
 
 def _as_int(value: Value) -> int | None:
@@ -210,6 +216,8 @@ class StationRuntime:
         self._interval = spec.progress.interval
         self.good_signal = counters.good.signal if counters else None
         self.scrap_signal = counters.scrap.signal if counters and counters.scrap else None
+        self._keepalive = spec.progress.keepalive
+        self._stall_paused = spec.stalled is not None and spec.stalled.while_paused
         self.triggers_by_signal: dict[str, list[tuple[str, TriggerState]]] = {}
         for key, trigger_state in state.triggers.items():
             for name in trigger_state.trigger.signals:
@@ -225,7 +233,7 @@ class StationRuntime:
     ) -> None:
         self._now, self._time, self._origin_signal = sample.monotonic, sample.time, name
         if name == self.order_signal:
-            self._order_changed(value, out)
+            self._order_changed(value, previous, out)
         triggers = self.triggers_by_signal.get(name)
         if triggers:
             env = self.engine.values
@@ -253,44 +261,70 @@ class StationRuntime:
                 if delta:
                     self._count(0, delta, out)
 
+    def _at(self, deadline: float, now: float, time: float) -> None:
+        """A timed event carries the instant its time elapsed, not the tick that noticed it
+        (the state it reports held since then: callers pass a later instant when not)."""
+        self._now, self._time = deadline, time - (now - deadline)
+
     def on_time(self, now: float, time: float, out: list[Draft]) -> None:
-        self._now, self._time, self._origin_signal = now, time, ""
+        self._origin_signal = ""
         for key, trigger_state in self.state.triggers.items():
+            deadline = trigger_state.deadline
             if trigger_state.tick(now) == FIRED:
+                self._at(deadline, now, time)
                 self._on_trigger(key, FIRED, out)
         run = self.state.run
-        if run is None or run.state != "Running":
+        if run is None or not self._timers_run(run):
             return
         stalled = self.spec.stalled
         if stalled and not run.stalled and now >= run.last_count + stalled.after:
+            self._at(run.last_count + stalled.after, now, time)
             run.stalled = True
             self._alarm("stalled", True, stalled.severity,
                         f"running without a count for {stalled.after:g} s", out)
+        if run.state != "Running":
+            return
         interval = self.spec.progress.interval
         if interval and now >= run.progress_at + interval and (
             run.good, run.scrap) != (run.progress_good, run.progress_scrap):
+            # Due at the interval's end, or at the last count if that came later: the
+            # quantities it reports are those since then.
+            self._at(max(run.progress_at + interval, run.last_count), now, time)
             self._progress(run, None, out)
+        keepalive = self._keepalive
+        if keepalive and now >= run.emitted_at + keepalive:
+            self._at(max(run.emitted_at + keepalive, run.last_count), now, time)
+            self._progress(run, None, out)
+
+    def _timers_run(self, run: Run) -> bool:
+        return run.state == "Running" or (run.state == "Paused" and self._stall_paused)
 
     def next_deadline(self) -> float:
         deadline = min((t.deadline for t in self.state.triggers.values()), default=NEVER)
         run = self.state.run
-        if run is not None and run.state == "Running":
+        if run is not None and self._timers_run(run):
             if self.spec.stalled and not run.stalled:
                 deadline = min(deadline, run.last_count + self.spec.stalled.after)
-            if self.spec.progress.interval:
-                deadline = min(deadline, run.progress_at + self.spec.progress.interval)
+            if run.state == "Running":
+                if self.spec.progress.interval:
+                    deadline = min(deadline, run.progress_at + self.spec.progress.interval)
+                if self._keepalive:
+                    deadline = min(deadline, run.emitted_at + self._keepalive)
         return deadline
 
     def _on_trigger(self, key: str, result: int, out: list[Draft]) -> None:
         run = self.state.run
         if key == START and result == FIRED:
             self._start(out)
+        elif key in (COUNT_GOOD, COUNT_SCRAP) and result == FIRED:
+            self._edge_counted(key, out)
         elif key == PAUSE and run is not None:
             if result == FIRED and run.state == "Running":
                 self._transition(run, "keyop.operation.paused", "Paused", out, self._reason())
-            elif result == RELEASED and run.state == "Paused":
-                self._transition(run, "keyop.operation.resumed", "Running", out)
-                run.last_count = self._now  # a pause is no stall
+            elif result == RELEASED and run.state == "Paused" and RESUME not in self.state.triggers:
+                self._resume(run, out)
+        elif key == RESUME and result == FIRED and run is not None and run.state == "Paused":
+            self._resume(run, out)
         elif key == COMPLETE and result == FIRED and run is not None and run.active:
             self._transition(run, "keyop.operation.completed", "Completed", out)
         elif key == ABORT and result == FIRED and run is not None and run.active:
@@ -300,6 +334,26 @@ class StationRuntime:
             code = key[len(ALARM_PREFIX):]
             spec = self.spec.alarms[code]
             self._alarm(code, result == FIRED, spec.severity, spec.text, out)
+
+    def _resume(self, run: Run, out: list[Draft]) -> None:
+        self._transition(run, "keyop.operation.resumed", "Running", out)
+        if not self._stall_paused:
+            run.last_count = self._now  # a pause is no stall
+
+    def _edge_counted(self, key: str, out: list[Draft]) -> None:
+        """One edge of a `count` expression is one part, unless it is contact bounce."""
+        counters = self.spec.counters
+        counter = None if counters is None else (
+            counters.good if key == COUNT_GOOD else counters.scrap)
+        debounce = counter.debounce if counter is not None else None
+        last = self.state.counted_at.get(key)
+        if debounce and last is not None and self._now - last < debounce:
+            return
+        self.state.counted_at[key] = self._now
+        if key == COUNT_GOOD:
+            self._count(1, 0, out)
+        else:
+            self._count(0, 1, out)
 
     # -- order context -------------------------------------------------------------------------
 
@@ -319,6 +373,14 @@ class StationRuntime:
             value = groups.get("order") or match.group(0)
             planned, scanned = _scanned_planned(groups.get("planned")), True
         return self.spec.order.format.format(value=value), planned, scanned
+
+    def _scanned_operation(self, value: Value) -> str | None:
+        """The operation a scanned code names (its pattern's group `operation`), if any."""
+        pattern = self.compiled.order_pattern
+        if pattern is None or "operation" not in pattern.groupindex or value is None:
+            return None
+        match = pattern.search(str(value))
+        return match.group("operation") if match is not None else None
 
     def _order_problem(self, value: Value) -> str | None:
         """Why a value of the order signal would make packets the hub must refuse."""
@@ -357,7 +419,15 @@ class StationRuntime:
             self.state.scanned_planned = planned
         return order
 
-    def _order_changed(self, value: Value, out: list[Draft]) -> None:
+    def _order_changed(self, value: Value, previous: Value, out: list[Draft]) -> None:
+        operation = self._scanned_operation(value)
+        if operation is not None and operation != self.spec.operation.id:
+            self._alarm(WRONG_TRAVELLER, True, "warning",
+                        f"wrong traveller scanned: {str(value)[:120]} is for operation "
+                        f"{operation[:40]}, this station does {self.spec.operation.id}", out)
+            return  # the order context stays what it was
+        if operation is not None:
+            self._alarm(WRONG_TRAVELLER, False, "warning", None, out)
         order = self._order_of(value)
         if order != self.state.order:
             run = self.state.run
@@ -366,6 +436,9 @@ class StationRuntime:
                     run, "keyop.operation.aborted", "Aborted", out,
                     {"code": "order_changed", "text": f"order context became {order}"})
             self.state.order = order
+        if isinstance(value, str) and value != previous and value:
+            # A code that arrives as plain text (a PLC string, a scanner behind a PLC).
+            value = Scan(kind="barcode", code=value)
         if isinstance(value, Scan) and self._scan_matches(value):
             self._context(value, order, out)
 
@@ -514,6 +587,7 @@ class StationRuntime:
             params = self._params()
             if params:
                 data["params"] = params
+        run.emitted_at = self._now
         self._common(data)
         out.append(Draft(type_, f"{run.work_order}/{self._operation['id']}", self._time, data,
                          priority))

@@ -266,7 +266,8 @@ class Param(_Model):
     value: ParamValue = None
     uom: Annotated[str, _text(16)] | None = None
     # `class` is a Python keyword, hence the alias (the JSON name is the only one accepted).
-    class_: Literal["public", "partner", "restricted"] = Field(alias="class")
+    # `local` values stay in the gateway's outbox: the uplink removes them (sync/uplink.py).
+    class_: Literal["public", "partner", "restricted", "local"] = Field(alias="class")
 
 
 class Scan(_Model):

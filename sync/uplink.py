@@ -626,10 +626,34 @@ class Uplink:
                 future.set_result(None)
 
 
+_LOCAL_PARAM = b'"class":"local"'  # as sync.packet.render writes it (compact JSON)
+
+
+def for_uplink(body: bytes) -> bytes:
+    """The event as it may leave the gateway: params of class `local` removed (and `params`
+    itself when nothing is left). Bodies without one are passed as they are, byte for byte."""
+    if _LOCAL_PARAM not in body:
+        return body
+    try:
+        event = json.loads(body)
+        params = event["data"]["params"]
+        kept = {name: p for name, p in params.items() if p.get("class") != "local"}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return body  # the marker was inside a value, not a param's class
+    if len(kept) == len(params):
+        return body
+    if kept:
+        event["data"]["params"] = kept
+    else:
+        del event["data"]["params"]
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _message(group: list[Row]) -> tuple[bytes, Properties]:
     """One event as itself, several as a CloudEvents batch (a JSON array of the bodies)."""
     if len(group) == 1:
         seq, event_id, kind, body = group[0]
+        body = for_uplink(body)
         if not kind:
             kind = _kind_of(body, seq)
         user = [("id", event_id), ("type", kind), ("sequence", format_sequence(seq))]
@@ -638,7 +662,7 @@ def _message(group: list[Row]) -> tuple[bytes, Properties]:
                                                                      "bytes": len(body)})
         return body, publish_properties(CONTENT_TYPE, user)
     first, last = group[0].seq, group[-1].seq
-    payload = b"[" + b",".join(row.body for row in group) + b"]"
+    payload = b"[" + b",".join(for_uplink(row.body) for row in group) + b"]"
     user = [
         ("sequence", f"{format_sequence(first)}-{format_sequence(last)}"),
         ("count", str(len(group))),

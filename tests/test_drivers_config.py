@@ -121,8 +121,11 @@ signals:
     at("w.a:", "signal 'w.a': address 'hr:1.3': type 'uint16': a register bit is read as bool")
     at("rtu-b:", "source 'rtu-b': serial port /dev/ttyS0 is shared with other sources, "
        "which use other line settings")
-    at("plc-2:", f"source 'plc-2': security certificate: no file {tmp_path / 'no.der'}")
-    at("plc-2:", f"source 'plc-2': security private_key: no file {tmp_path / 'no.pem'}")
+    # At the field that names the missing file, not at its source.
+    at("mode: Sign, certificate: no.der", f"source 'plc-2': security certificate: no file "
+       f"{tmp_path / 'no.der'}")
+    at("private_key: no.pem", f"source 'plc-2': security private_key: no file "
+       f"{tmp_path / 'no.pem'}")
     at("scan-1:", "source 'scan-1': serial port /dev/ttyS0 is also a Modbus RTU bus; one "
        "port, one protocol")
     assert len(found) == 9, found  # w.b (co:1, no type) is a valid bool; w.c is on rtu-b

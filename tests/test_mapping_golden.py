@@ -3,7 +3,9 @@
 - `mapping.yaml` + `samples.jsonl` + `expected.jsonl`: replaying the samples gives exactly the
   expected packets (regenerate after a deliberate change with `keyop replay`);
 - `bad/NN-name/mapping.yaml` + `error.txt`: the file is refused with exactly those
-  `file:line:col: message` lines.
+  `file:line:col: message` lines;
+- `warn/NN-name/mapping.yaml` + `warnings.txt`: the file is accepted, with exactly those
+  warnings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mapping.load import load_mapping
 CASES = Path(__file__).resolve().parent / "mapping_cases"
 GOOD = sorted(p for p in CASES.iterdir() if (p / "expected.jsonl").exists())
 BAD = sorted((CASES / "bad").iterdir())
+WARN = sorted((CASES / "warn").iterdir())
 
 
 @pytest.mark.parametrize("case", GOOD, ids=[p.name for p in GOOD])
@@ -81,3 +84,16 @@ def test_every_replayed_packet_is_a_valid_v1_packet(case: Path) -> None:
             "dataschema": "keyop:packet:1", "data": replayed["data"],
         }
         pk.from_obj(event)
+
+
+@pytest.mark.parametrize("case", WARN, ids=[p.name for p in WARN])
+def test_questionable_mapping_is_accepted_with_warnings(case: Path) -> None:
+    expected = (case / "warnings.txt").read_text().splitlines()
+    assert expected, "warnings.txt must list the expected warnings"
+    cwd = Path.cwd()
+    os.chdir(case)
+    try:
+        _, compiled = load_mapping("mapping.yaml")
+    finally:
+        os.chdir(cwd)
+    assert [str(problem) for problem in compiled.warnings] == expected
