@@ -29,10 +29,10 @@ def _load_gateway(args: argparse.Namespace, command: str) -> LoadedGateway | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from common.logs import setup_logging
     from gateway.daemon import serve
-    from gateway.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format)
     loaded = _load_gateway(args, "run")
     if loaded is None:
         return EXIT_CONFIG
@@ -77,9 +77,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     from cli.record import record
-    from gateway.logs import setup_logging
+    from common.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format)
     loaded = _load_gateway(args, "record")
     if loaded is None:
         return EXIT_CONFIG
@@ -105,8 +105,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from common.logs import setup_logging
     from devstack.demo import run_demo
-    from gateway.logs import setup_logging
 
-    setup_logging(args.log_level, stream=sys.stderr)
+    setup_logging(args.log_level, stream=sys.stderr, fmt=args.log_format)
     return run_demo(duration=args.duration, broker=args.broker, workdir=args.workdir)

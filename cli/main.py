@@ -16,6 +16,9 @@ from cli.outbox import add_outbox_command
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyop", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-format", default="auto", choices=["auto", "text", "json"],
+                        help="text lines (auto: without timestamps under journald) or JSON "
+                             "lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the edge gateway")
