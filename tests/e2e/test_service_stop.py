@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from factories import outbox_entry
 
 from devstack.notify import NotifyListener
 from devstack.stack import SOURCE, Stack, wait_hub_online
 from edge_store import Outbox
 from hub.store import Store
-from tests.factories import outbox_entry
 
 pytestmark = pytest.mark.slow
 
