@@ -49,6 +49,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for file in args.files:
         try:
             doc = read_document(file)
+            if isinstance(doc.value, dict) and "hub" in doc.value:
+                failed = not _check_hub(file) or failed
+                continue
             mapping_path = file
             if isinstance(doc.value, dict) and "gateway" in doc.value:
                 mapping_path = str(load_gateway_config(file).mapping_path)
@@ -61,6 +64,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{file}: ok ({len(compiled.stations)} station(s), "
               f"{len(compiled.model.signals)} signal(s))")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _check_hub(file: str) -> bool:
+    """A hub.yaml: its problems on stderr, or `ok` with what it configures."""
+    from hub.config import HubConfigError, load_config
+
+    try:
+        config = load_config(file)
+    except HubConfigError as error:
+        print(error, file=sys.stderr)
+        return False
+    print(f"{file}: ok (hub {config.hub.id}, {len(config.suppliers)} supplier(s), "
+          f"{len(config.routes)} route(s))")
+    return True
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

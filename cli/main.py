@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.bench import add_bench_command
 from cli.commands import cmd_check, cmd_demo, cmd_record, cmd_replay, cmd_run, cmd_schema
 from cli.hub import add_hub_command
+from cli.init import add_init_command
 from cli.outbox import add_outbox_command
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     add_hub_command(sub)
+    add_init_command(sub)
 
     check = sub.add_parser("check", help="check mapping files (or gateway.yaml files)")
     check.add_argument("files", nargs="+")

@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devstack.examples import DIR as EXAMPLES
 from devstack.mosquitto import PrivateBroker, free_port, wait_for_port
 from simulators.modbus_device import PressDevice
 from sync import topics
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = EXAMPLES
 GATEWAY_ID = "edge-07"
 SOURCE = f"plant1/{GATEWAY_ID}"
 
