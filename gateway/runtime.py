@@ -44,6 +44,8 @@ RESTART_BACKOFF_MAX_S = 30.0
 # A refused or failed commit is retried soon: room appears as soon as the hub acks.
 FULL_RETRY_MIN_S = 0.05
 FULL_RETRY_MAX_S = 1.0
+# How long a stop waits for the uplink to say offline and disconnect (after the drain).
+UPLINK_STOP_S = 3.0
 
 
 @dataclass
@@ -302,7 +304,10 @@ class Gateway:
                 log.warning("gateway stop cut short: what is not acknowledged stays in the "
                             "outbox", extra={"pending": pending(self),
                                              "second_signal": now.is_set()})
-            await uplink.stop(clean=graceful)
+            # A connect in progress (an unreachable broker) may take its connect timeout:
+            # the stop does not wait for it.
+            if not await bounded(uplink.stop(clean=graceful), UPLINK_STOP_S, now):
+                uplink_task.cancel()
             await asyncio.gather(uplink_task, return_exceptions=True)
             pings.cancel()
             await asyncio.gather(pings, return_exceptions=True)

@@ -546,7 +546,7 @@ class Uplink:
                 size += extra
                 index += 1
             if link.outstanding >= limit:
-                await link.wait_room(limit)
+                await self._wait_room(link, limit)
             if link.lost.is_set() or self._stop.is_set():
                 return
             payload, props = _message(group)
@@ -563,6 +563,17 @@ class Uplink:
             if not live and self._fresh and self._live is not None:
                 # Let fresh packets cut in between backlog messages.
                 await self._publish_live(link)
+
+    async def _wait_room(self, link: MqttClient, limit: int) -> None:
+        """Room in the in-flight window, or a stop: a broker that stops PUBACKing must not
+        hold up a stop."""
+        if self._stop.is_set():
+            return
+        room = asyncio.ensure_future(link.wait_room(limit))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((room, stop), return_when=asyncio.FIRST_COMPLETED)
+        room.cancel()
+        stop.cancel()
 
     # --- acknowledgements ---------------------------------------------------------------------
 
