@@ -301,9 +301,8 @@ class Gateway:
             graceful = await bounded(self._wind_down(pipeline, ticker, mapper, committer,
                                                      writer), timeout, now)
             if not graceful:
-                log.warning("gateway stop cut short: what is not acknowledged stays in the "
-                            "outbox", extra={"pending": pending(self),
-                                             "second_signal": now.is_set()})
+                log.warning("gateway stop cut short: unacknowledged packets stay in the outbox",
+                            extra={"pending": pending(self), "second_signal": now.is_set()})
             # A connect in progress (an unreachable broker) may take its connect timeout:
             # the stop does not wait for it.
             if not await bounded(uplink.stop(clean=graceful), UPLINK_STOP_S, now):
