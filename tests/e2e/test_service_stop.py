@@ -83,16 +83,17 @@ def test_sigterm_with_10000_pending_and_no_hub_ack_exits_in_time_losing_nothing(
                     f"http://127.0.0.1:{stack.api_port}/api/status")).json()
                 assert status["pending_at_start"]["pending"] == BACKLOG, status
                 assert status["pending_at_start"]["oldest"].startswith("20"), status
+                await stack.wait_polled()
+                await asyncio.to_thread(listener.wait_for, "STATUS", "broker connected", 15)
                 ready = await client.get(f"http://127.0.0.1:{stack.api_port}/api/ready")
-            await stack.wait_polled()
-            await asyncio.to_thread(listener.wait_for, "STATUS", "broker connected", 15)
+                assert ready.json() == {"ready": True, "reasons": []}, ready.text
             await asyncio.sleep(1.2)  # watchdog pings every 0.5 s
             assert stack.gateway is not None
             code, took = await asyncio.to_thread(_sigterm, stack.gateway)
             stack.gateway = None
             assert code == 0, (tmp_path / "stack" / "gateway.log").read_text()[-3000:]
-            assert STOP_TIMEOUT_S - 0.5 <= took <= STOP_TIMEOUT_S + 3.0, took
-            assert ready.status_code in (200, 503)  # answered either way, with reasons
+            # It waited for the acks that never came, then left (the drain is bounded).
+            assert STOP_TIMEOUT_S - 0.5 <= took <= STOP_TIMEOUT_S + 4.0, took
             assert len(listener.lines("WATCHDOG")) >= 2
             assert listener.wait_for("STOPPING", "", 1) == "1"
             with Outbox(stack.outbox_path, SOURCE) as outbox:
