@@ -24,6 +24,7 @@ import yaml
 
 from common import yamlsrc
 from common.heap import settle_heap
+from devstack.examples import DIR as EXAMPLES
 from devstack.mosquitto import PrivateBroker
 from devstack.stack import wait_hub_online
 from drivers.base import Quality, Sample
@@ -34,7 +35,7 @@ from mapping.engine import Engine
 from mapping.load import compile_document
 from sync.uplink import Uplink, UplinkConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = EXAMPLES
 GATEWAY_ID = "bench-01"
 SOURCE = f"plant1/{GATEWAY_ID}"
 ACK_WAIT_S = 300.0

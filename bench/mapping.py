@@ -13,17 +13,17 @@ from __future__ import annotations
 import gc
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import yamlsrc
+from devstack.examples import DIR as EXAMPLES
 from drivers.base import Quality, Sample
 from mapping.engine import Engine
 from mapping.load import compile_document
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "mapping.yaml"
+CONFIG = EXAMPLES / "mapping.yaml"
 CHUNK = 20_000
 TIMED_SAMPLES = 100_000
 

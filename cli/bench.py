@@ -146,9 +146,9 @@ def _delivery_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gateway.logs import setup_logging
+    from common.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format)
     if args.bench == "serial":
         from bench.serial import run_bench_serial
 

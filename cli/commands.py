@@ -29,10 +29,10 @@ def _load_gateway(args: argparse.Namespace, command: str) -> LoadedGateway | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from common.logs import setup_logging
     from gateway.daemon import serve
-    from gateway.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format)
     loaded = _load_gateway(args, "run")
     if loaded is None:
         return EXIT_CONFIG
@@ -50,6 +50,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         offline: list[Problem] | None = [] if args.offline else None
         try:
             doc = read_document(file)
+            if isinstance(doc.value, dict) and "hub" in doc.value:
+                failed = not _check_hub(file) or failed
+                continue
             mapping_path = file
             if isinstance(doc.value, dict) and "gateway" in doc.value:
                 mapping_path = str(load_gateway_config(file).mapping_path)
@@ -70,6 +73,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or (args.strict and warned) else EXIT_OK
 
 
+def _check_hub(file: str) -> bool:
+    """A hub.yaml: its problems on stderr, or `ok` with what it configures."""
+    from hub.config import HubConfigError, load_config
+
+    try:
+        config = load_config(file)
+    except HubConfigError as error:
+        print(error, file=sys.stderr)
+        return False
+    print(f"{file}: ok (hub {config.hub.id}, {len(config.suppliers)} supplier(s), "
+          f"{len(config.routes)} route(s))")
+    return True
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from cli.record import replay_file
 
@@ -84,9 +101,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     from cli.record import record
-    from gateway.logs import setup_logging
+    from common.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format)
     loaded = _load_gateway(args, "record")
     if loaded is None:
         return EXIT_CONFIG
@@ -112,8 +129,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from common.logs import setup_logging
     from devstack.demo import run_demo
-    from gateway.logs import setup_logging
 
-    setup_logging(args.log_level, stream=sys.stderr)
+    setup_logging(args.log_level, stream=sys.stderr, fmt=args.log_format)
     return run_demo(duration=args.duration, broker=args.broker, workdir=args.workdir)

@@ -24,11 +24,11 @@ def add_hub_command(sub: Any) -> None:
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
-    from gateway.logs import setup_logging
+    from common.logs import setup_logging
     from hub.service import main as hub_main
 
     if args.hub_command == "run" or args.hub_command is None:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, fmt=args.log_format)
         return hub_main(args.config)
     if args.hub_command == "acl":
         from hub.acl import main as acl_main

@@ -10,12 +10,16 @@ from pathlib import Path
 from cli.bench import add_bench_command
 from cli.commands import cmd_check, cmd_demo, cmd_record, cmd_replay, cmd_run, cmd_schema
 from cli.hub import add_hub_command
+from cli.init import add_init_command
 from cli.outbox import add_outbox_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keyop", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-format", default="auto", choices=["auto", "text", "json"],
+                        help="text lines (auto: without timestamps under journald) or JSON "
+                             "lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the edge gateway")
@@ -23,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     add_hub_command(sub)
+    add_init_command(sub)
 
     check = sub.add_parser(
         "check", help="check mapping files (or gateway.yaml files)",

@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devstack.examples import DIR as EXAMPLES
 from devstack.mosquitto import PrivateBroker, free_port, wait_for_port
 from simulators.modbus_device import PressDevice
 from sync import topics
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = EXAMPLES
 GATEWAY_ID = "edge-07"
 SOURCE = f"plant1/{GATEWAY_ID}"
 
@@ -163,6 +164,8 @@ class Stack:
         self.gateway_overrides = gateway_overrides or {}
         """Sections of gateway.yaml to update (`{"outbox": {"max_packets": 500}}`)."""
         self.log_level = log_level
+        self.gateway_env: dict[str, str] = {}
+        """Extra environment of the next gateway processes (e.g. `NOTIFY_SOCKET`)."""
         self.gateway_starts = 0
         self.hub: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
@@ -210,19 +213,21 @@ class Stack:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         return subprocess.Popen(
             [sys.executable, "-m", "cli", "--log-level", self.log_level, *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.workdir,
+            cwd=self.workdir, env={**os.environ, **env} if env else None,
         )
 
     def start_hub(self) -> None:
         self.hub = self._spawn("hub", "hub", "-c", str(self.workdir / "hub.yaml"))
 
     def start_gateway(self) -> None:
-        self.gateway = self._spawn("gateway", "run", "-c", str(self.workdir / "gateway.yaml"))
+        self.gateway = self._spawn("gateway", "run", "-c", str(self.workdir / "gateway.yaml"),
+                                   env=self.gateway_env)
         self.gateway_starts += 1
 
     @staticmethod
@@ -248,6 +253,14 @@ class Stack:
         return code
 
     async def start(self) -> None:
+        """Everything: `prepare`, then the hub and the gateway."""
+        await self.prepare()
+        self.start_hub()
+        await asyncio.to_thread(wait_hub_online, self.host, self.port)
+        self.start_gateway()
+
+    async def prepare(self) -> None:
+        """The broker, the device, the configs and the observer; no keyop process yet."""
         if self.external_broker:
             host, _, port = self.external_broker.rpartition(":")
             self.host, self.port = host or "127.0.0.1", int(port)
@@ -260,9 +273,6 @@ class Stack:
         self.write_configs(device_port)
         self.observer = Observer(self.host, self.port)
         self.observer.start()
-        self.start_hub()
-        await asyncio.to_thread(wait_hub_online, self.host, self.port)
-        self.start_gateway()
 
     async def wait_polled(self, timeout: float = 30.0) -> None:
         """Wait until the gateway reads the device: only then is every edge seen."""

@@ -43,6 +43,8 @@ class OutboxStats:
     gaps: tuple[Eviction, ...] = ()
     """Every recorded gap of this epoch (eviction, disk full, purge), oldest first."""
     file_bytes: int = 0
+    oldest_pending_created: float | None = None
+    """When the oldest pending row was committed (Unix time; None when nothing is pending)."""
 
 
 _SUMMARY = sa.select(
@@ -50,6 +52,7 @@ _SUMMARY = sa.select(
     sa.func.coalesce(sa.func.sum(sa.func.length(outbox_table.c.body)), 0),
     sa.func.min(outbox_table.c.seq),
     sa.func.max(outbox_table.c.seq),
+    sa.func.min(outbox_table.c.created),
 )
 _GAPS = sa.select(gaps_table.c.first_seq, gaps_table.c.last_seq, gaps_table.c.count,
                   gaps_table.c.reason).order_by(gaps_table.c.pk)
@@ -66,7 +69,7 @@ def stats(store: Store, alarm: Alarm) -> OutboxStats:
         assert store.read is not None
         try:
             with store.read.begin():
-                count, size, first, last = store.read.execute(_SUMMARY).one()
+                count, size, first, last, oldest = store.read.execute(_SUMMARY).one()
                 gaps = tuple(Eviction(int(a), int(b), int(n), str(r))
                              for a, b, n, r in store.read.execute(_GAPS))
         except SQLAlchemyError as error:
@@ -92,6 +95,7 @@ def stats(store: Store, alarm: Alarm) -> OutboxStats:
         full=alarm.full,
         gaps=gaps,
         file_bytes=file_bytes,
+        oldest_pending_created=None if oldest is None else float(oldest),
     )
 
 

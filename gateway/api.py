@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -29,6 +30,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.http_server import EmbeddedServer, listen
+from common.logs import set_level
+from gateway import service
 from gateway.config import CredentialsError, is_loopback, read_api_token
 from gateway.control import MappingControl
 from gateway.metrics import registry_for
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TEST_HOOKS_ENV = "KEYOP_TEST_HOOKS"
+"""Set to 1 (tests only) to serve the debug routes; never set it on a box."""
+
 
 def create_app(gateway: Gateway, control: MappingControl, token: str | None = None) -> FastAPI:
     """The API of one gateway; `token`, when given, is required on every request."""
@@ -45,19 +51,32 @@ def create_app(gateway: Gateway, control: MappingControl, token: str | None = No
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
+        """Liveness: the process and its event loop answer."""
         uplink = gateway.uplink
         return {
             "status": "ok",
             "source": gateway.config.source,
-            "uptime_s": round(time.time() - gateway.started_at, 1),
+            "uptime_s": service.uptime_s(gateway),
             "broker_connected": bool(uplink and uplink.connected),
         }
+
+    @app.get("/api/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: outbox open, drivers started, broker connected; 503 with the reasons."""
+        reasons = service.not_ready(gateway)
+        return JSONResponse({"ready": not reasons, "reasons": reasons},
+                            status_code=503 if reasons else 200)
 
     @app.get("/api/status")
     async def status() -> dict[str, Any]:
         pipeline, uplink = gateway.pipeline, gateway.uplink
+        backlog = gateway.backlog_at_start
         return {
             "source": gateway.config.source,
+            "state": service.status_line(gateway),
+            "pending": service.pending(gateway),
+            "pending_at_start": backlog.as_json() if backlog else None,
+            "devices_up": service.devices_up(gateway),
             "pipeline": asdict(pipeline.stats) if pipeline else None,
             "uplink": {
                 "connected": uplink.connected, "acked_seq": uplink.acked_seq,
@@ -83,6 +102,22 @@ def create_app(gateway: Gateway, control: MappingControl, token: str | None = No
     async def reload() -> JSONResponse:
         result = await control.reload()
         return JSONResponse(result.as_json(), status_code=200 if result.ok else 422)
+
+    @app.put("/api/log-level")
+    async def log_level(level: str) -> JSONResponse:
+        """`PUT /api/log-level?level=DEBUG`: the level of the running daemon."""
+        try:
+            value = set_level(level)
+        except ValueError as error:
+            return JSONResponse({"detail": str(error)}, status_code=422)
+        return JSONResponse({"level": logging.getLevelName(value)})
+
+    if os.environ.get(TEST_HOOKS_ENV) == "1":
+        @app.post("/api/debug/block-loop")
+        async def block_loop(seconds: float) -> dict[str, float]:
+            """Test hook only: block the event loop (the watchdog must stop pinging)."""
+            time.sleep(min(seconds, 60.0))  # noqa: ASYNC251 (blocking is the point)
+            return {"blocked_s": seconds}
 
     settings = gateway.config.settings.api
     app.add_middleware(LocalGuard, hosts=allowed_hosts(settings.host, settings.allowed_hosts),

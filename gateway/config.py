@@ -138,12 +138,23 @@ class ApiSettings(_Strict):
         return self
 
 
+class ServiceSettings(_Strict):
+    """How the daemon stops (docs/operations.md, "Stopping")."""
+
+    stop_timeout: Duration = Field(
+        default=5.0,
+        description="on SIGTERM, how long the uplink may go on publishing and waiting for the "
+        "hub's acks before the gateway exits; what is not acknowledged stays in the outbox "
+        "(keep it below the unit's TimeoutStopSec)")
+
+
 class GatewaySettings(_Strict):
     gateway: Identity
     mapping: str = "mapping.yaml"
     outbox: OutboxSettings = OutboxSettings()
     mqtt: MqttSettings = MqttSettings()
     api: ApiSettings = ApiSettings()
+    service: ServiceSettings = ServiceSettings()
 
 
 @dataclass(frozen=True)

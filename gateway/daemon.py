@@ -11,10 +11,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.logs import install_level_signals
 from drivers.base import Driver
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.devices import build_drivers
 from gateway.runtime import Gateway
+from gateway.service import StopSignals
 from mapping.engine import CompiledMapping
 from mapping.load import load_mapping
 
@@ -38,10 +40,12 @@ def load_gateway(config_path: Path) -> LoadedGateway:
     return LoadedGateway(config, compiled, build_drivers(doc, compiled))
 
 
-def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """SIGINT and SIGTERM set `stop`."""
+def _install_stop(loop: asyncio.AbstractEventLoop, signals: StopSignals) -> None:
+    """SIGINT and SIGTERM ask for a graceful stop, a second one for an immediate one;
+    SIGUSR1 and SIGUSR2 raise and lower the log level (common/logs.py)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signals.signal)
+    install_level_signals(loop)
 
 
 def serve(loaded: LoadedGateway) -> None:
@@ -49,9 +53,9 @@ def serve(loaded: LoadedGateway) -> None:
     if it passes."""
 
     async def main() -> None:
-        stop = asyncio.Event()
+        signals = StopSignals()
         loop = asyncio.get_running_loop()
-        _install_stop(loop, stop)
+        _install_stop(loop, signals)
         gateway = Gateway(loaded.config, loaded.compiled, loaded.drivers)
         reloads: set[asyncio.Task[object]] = set()
 
@@ -61,6 +65,6 @@ def serve(loaded: LoadedGateway) -> None:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
-        await gateway.run(stop)
+        await gateway.run(signals.stop, signals.now)
 
     asyncio.run(main())

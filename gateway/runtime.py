@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from common.heap import settle_heap
+from common.sdnotify import Notifier, watchdog
 from drivers.base import Driver, Quality, Sample, sample_batches
 from edge_store.outbox import Bounds, Entry, Outbox, OutboxError, OutboxFull
 from edge_store.writer import GroupWriter
@@ -24,6 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.control import MappingControl
 from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
+from gateway.service import StartBacklog, bounded, pending, status_line
 from mapping.engine import CompiledMapping, Engine
 from sync.packet import Draft, render
 from sync.uplink import Uplink, UplinkConfig
@@ -42,6 +44,8 @@ RESTART_BACKOFF_MAX_S = 30.0
 # A refused or failed commit is retried soon: room appears as soon as the hub acks.
 FULL_RETRY_MIN_S = 0.05
 FULL_RETRY_MAX_S = 1.0
+# How long a stop waits for the uplink to say offline and disconnect (after the drain).
+UPLINK_STOP_S = 3.0
 
 
 @dataclass
@@ -215,6 +219,13 @@ class Gateway:
         self.started_at = time.time()
         self.control = MappingControl(self)  # reloads: SIGHUP and the local API
         self.api_port: int | None = None
+        self.outbox: Outbox | None = None
+        self.notifier = Notifier()
+        self.drivers_started = False
+        self.stopping = False
+        self.backlog_at_start: StartBacklog | None = None
+        self.device_up: dict[str, bool] = {}
+        """Per device: whether its latest read was good (a failed read is all bad)."""
         self._feeders: dict[Driver, asyncio.Task[None]] = {}
 
     def _start_driver(self, driver: Driver, pipeline: Pipeline) -> None:
@@ -245,8 +256,11 @@ class Gateway:
             for driver in drivers:
                 self._start_driver(driver, pipeline)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        outbox = open_outbox(self.config, self.compiled)
+    async def run(self, stop: asyncio.Event, now: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set, then stop gracefully (`_wind_down`) within
+        `service.stop_timeout`, or at once when `now` is set (a second SIGTERM)."""
+        now = now or asyncio.Event()
+        self.outbox = outbox = open_outbox(self.config, self.compiled)
         writer = GroupWriter(outbox)
         writer.start()
         uplink = Uplink(uplink_config(self.config), outbox)
@@ -254,10 +268,14 @@ class Gateway:
         pipeline.on_commit.append(lambda _seqs: uplink.wake())
         self.pipeline, self.uplink = pipeline, uplink
         stats = outbox.stats()
+        self.backlog_at_start = StartBacklog(stats.pending, stats.last_seq,
+                                             stats.oldest_pending_created)
         settle_heap()
         log.info("gateway started", extra={
             "source": self.config.source, "epoch": stats.epoch, "last_seq": stats.last_seq,
-            "pending": stats.pending, "drivers": len(self.drivers)})
+            "pending": stats.pending, "drivers": len(self.drivers),
+            **({"pending_since": self.backlog_at_start.as_json()["oldest"]}
+               if stats.pending else {})})
 
         uplink_task = asyncio.create_task(uplink.run(), name="uplink")
         mapper = asyncio.create_task(pipeline.map_samples(), name="mapping")
@@ -265,38 +283,71 @@ class Gateway:
         ticker = asyncio.create_task(pipeline.tick_forever(), name="ticker")
         for driver in self.drivers:
             self._start_driver(driver, pipeline)
+        self.drivers_started = True
         api = start_local_api(self)
+        notifier = self.notifier
+        notifier.ready(status_line(self))
+        pings = asyncio.create_task(watchdog(notifier, lambda: status_line(self)),
+                                    name="watchdog")
         try:
             await stop.wait()
         finally:
-            log.info("gateway stopping")
+            self.stopping = True
+            timeout = self.config.settings.service.stop_timeout
+            notifier.stopping(status_line(self))
+            log.info("gateway stopping", extra={"pending": pending(self),
+                                                "stop_timeout_s": timeout})
             await stop_local_api(api)
-            await self._stop_drivers(list(self._feeders))
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-            # Everything already sampled is mapped and committed before we stop.
-            await pipeline.close()
-            await mapper
-            await committer
-            await writer.close()
-            await uplink.stop()
+            graceful = await bounded(self._wind_down(pipeline, ticker, mapper, committer,
+                                                     writer), timeout, now)
+            if not graceful:
+                log.warning("gateway stop cut short: unacknowledged packets stay in the outbox",
+                            extra={"pending": pending(self), "second_signal": now.is_set()})
+            # A connect in progress (an unreachable broker) may take its connect timeout:
+            # the stop does not wait for it.
+            if not await bounded(uplink.stop(clean=graceful), UPLINK_STOP_S, now):
+                uplink_task.cancel()
             await asyncio.gather(uplink_task, return_exceptions=True)
-            outbox.close()
+            pings.cancel()
+            await asyncio.gather(pings, return_exceptions=True)
+            for task in (ticker, mapper, committer):
+                task.cancel()
+            await asyncio.gather(ticker, mapper, committer, return_exceptions=True)
+            outbox.close()  # the worker finishes its queued commits first
             log.info("gateway stopped", extra={
                 "packets_emitted": pipeline.stats.packets_emitted,
-                "samples": pipeline.stats.samples})
+                "samples": pipeline.stats.samples, "pending": outbox.pending_count})
+            notifier.close()
+
+    async def _wind_down(self, pipeline: Pipeline, ticker: asyncio.Task[None],
+                         mapper: asyncio.Task[None], committer: asyncio.Task[None],
+                         writer: GroupWriter) -> None:
+        """No new samples; the engine maps what it has, the outbox commits it; then the
+        uplink publishes and waits for the hub's acks of everything committed."""
+        await self._stop_drivers(list(self._feeders))
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        await pipeline.close()
+        await mapper
+        await committer
+        await writer.close()
+        assert self.uplink is not None and self.outbox is not None
+        await self.uplink.wait_acked(self.outbox.last_seq, None)  # bounded by the caller
 
     async def _supervise(self, driver: Driver, pipeline: Pipeline) -> None:
         backoff = RESTART_BACKOFF_MIN_S
+        up, name = self.device_up, driver.name
         while True:
             try:
                 async for batch in sample_batches(driver):
+                    up[name] = batch[0].good if batch else up.get(name, False)
                     await pipeline.samples.put(batch)
                     backoff = RESTART_BACKOFF_MIN_S
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:  # the supervisor boundary: one device never stops another
+                up[name] = False
                 pipeline.stats.driver_restarts += 1
                 log.exception("driver failed; restarting", extra={
                     "device": driver.name, "retry_s": round(backoff, 2)})

@@ -1,7 +1,7 @@
 """hub.yaml: the hub's configuration, validated by pydantic (`extra="forbid"`: a typo is an error).
 
 Errors name the file, the line and column when known, the key path and what was expected:
-`config/hub.yaml:12:5: routes.0.supplier: unknown supplier 'acmee' (known: acme, bolt)`.
+`hub.yaml:12:5: routes.0.supplier: unknown supplier 'acmee' (known: acme, bolt)`.
 """
 
 from __future__ import annotations

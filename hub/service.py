@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.heap import settle_heap
+from common.logs import install_level_signals
 from common.mqtt_properties import publish_properties
+from common.sdnotify import Notifier, watchdog
 from hub.admission import Admission, Admitted
 from hub.alerts import Alerts
 from hub.api import ApiContext
@@ -96,6 +98,7 @@ class HubService:
         self.alerts: Alerts | None = None
         self.supervisor: Supervisor | None = None
         self.retention: Retention | None = None
+        self.notifier = Notifier()
         # Gaps already reported, so a hole is logged once, not on every batch while it lasts.
         self._gaps_seen: set[tuple[str, str, int]] = set()
 
@@ -158,16 +161,37 @@ class HubService:
             self.api = api = ApiServer(self.config.api, context)
             if await api.start():
                 tasks.spawn("api", lambda: api.run(stop))
+        context.broker_up = mqtt.connection.is_connected
+        notifier = self.notifier
+        notifier.ready(self.status_line())
+        # Not under the supervisor: it never ends by itself, and a stop must not wait for it.
+        pings = asyncio.create_task(watchdog(notifier, self.status_line), name="hub-watchdog")
         try:
             await tasks.wait()
         finally:
+            notifier.stopping(f"stopping: {self.status_line()}")
+            log.info("hub stopping", extra={"stored": self.stored})
+            # Ingest ends after the batch in hand is stored and acknowledged; the fan-out
+            # saves its cursors (hub/fanout.py).
             await tasks.close(grace_s=5.0)
+            pings.cancel()
+            await asyncio.gather(pings, return_exceptions=True)
             await mqtt.close()
             await lease.release()  # only once disconnected: the next holder may connect
             await asyncio.to_thread(context.close)  # the API's threads and connections
             await asyncio.to_thread(store.close)
             log.info("hub stopped", extra={"stored": self.stored, "duplicates": self.duplicates,
                                            "dead_letters": self.dead_letters})
+            notifier.close()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: e.g. `stored 10,482, acks sent 311, 0 dead
+        letters, broker connected`."""
+        mqtt = self.mqtt
+        up = mqtt is not None and mqtt.connection.is_connected()
+        return (f"stored {self.stored:,}, duplicates {self.duplicates:,}, acks sent "
+                f"{self.acks_sent:,}, {self.dead_letters:,} dead letters, "
+                f"broker {'connected' if up else 'down'}")
 
     async def _reload(self, stop: asyncio.Event) -> None:
         assert self.context is not None
@@ -433,6 +457,7 @@ def main(config_path: str) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        install_level_signals(loop)
         await run_hub(config, stop)
 
     started = time.monotonic()

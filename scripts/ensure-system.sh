@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the system packages keyop needs are present: Python's venv module and Mosquitto.
+# Make sure the system packages keyop needs are present: Python's venv module, Mosquitto, and
+# systemd-analyze (Debian's `systemd`; the tests verify the units with it).
 # Installs Debian packages directly as root, through sudo otherwise; says what to install if
 # neither works. Quick when everything is already there.
 set -euo pipefail
@@ -13,6 +14,7 @@ if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 fi
 "$python" -c 'import venv, ensurepip' 2>/dev/null || need+=("python3-venv")
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=("mosquitto")
+command -v systemd-analyze >/dev/null 2>&1 || [ -x /usr/bin/systemd-analyze ] || need+=("systemd")
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

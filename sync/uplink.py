@@ -169,6 +169,7 @@ class Uplink:
         self._live: tuple[int, int] | None = None  # (first, last) sent ahead on the live lane
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._clean_stop = True
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._done = asyncio.Event()
         self._running = False
@@ -192,15 +193,20 @@ class Uplink:
         """New rows were committed: publish them now (call from the event loop thread)."""
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Publish the offline status, disconnect cleanly and wait for `run()` to return."""
+    async def stop(self, *, clean: bool = True) -> None:
+        """Publish the offline status, disconnect cleanly and wait for `run()` to return.
+
+        `clean=False` (a stop cut short) drops the connection at once: the broker then
+        publishes the will, which says offline too."""
+        self._clean_stop = clean
         self._stop.set()
         self._wake.set()
         if self._running:
             await self._done.wait()
 
-    async def wait_acked(self, seq: int, timeout: float) -> bool:
-        """Wait until rows up to `seq` are acknowledged by the hub and deleted; False on timeout."""
+    async def wait_acked(self, seq: int, timeout: float | None) -> bool:
+        """Wait until rows up to `seq` are acknowledged by the hub and deleted; False on timeout
+        (None: no timeout)."""
         if self.deleted_upto >= seq:
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -260,7 +266,8 @@ class Uplink:
                 try:
                     await self._serve(link)
                 finally:
-                    clean = self._stop.is_set() and not link.lost.is_set()
+                    clean = (self._stop.is_set() and self._clean_stop
+                             and not link.lost.is_set())
                     await self._close_link(link, clean=clean)
                 if self._stop.is_set():
                     break
@@ -539,7 +546,7 @@ class Uplink:
                 size += extra
                 index += 1
             if link.outstanding >= limit:
-                await link.wait_room(limit)
+                await self._wait_room(link, limit)
             if link.lost.is_set() or self._stop.is_set():
                 return
             payload, props = _message(group)
@@ -556,6 +563,17 @@ class Uplink:
             if not live and self._fresh and self._live is not None:
                 # Let fresh packets cut in between backlog messages.
                 await self._publish_live(link)
+
+    async def _wait_room(self, link: MqttClient, limit: int) -> None:
+        """Room in the in-flight window, or a stop: a broker that stops PUBACKing must not
+        hold up a stop."""
+        if self._stop.is_set():
+            return
+        room = asyncio.ensure_future(link.wait_room(limit))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((room, stop), return_when=asyncio.FIRST_COMPLETED)
+        room.cancel()
+        stop.cancel()
 
     # --- acknowledgements ---------------------------------------------------------------------
 

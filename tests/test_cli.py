@@ -10,7 +10,7 @@ from pathlib import Path
 from sync.packet import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "config"
+CONFIG = ROOT / "devstack" / "examples"
 
 
 def keyop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,7 +76,8 @@ def test_packet_schema_copy_is_in_sync() -> None:
     printed = json.loads(result.stdout)
     assert printed == json_schema()
     assert json.loads((CONFIG / "packet.schema.json").read_text()) == printed, (
-        "config/packet.schema.json is stale: run `keyop schema packet > config/packet.schema.json`"
+        "devstack/examples/packet.schema.json is stale: run "
+        "`keyop schema packet > devstack/examples/packet.schema.json`"
     )
 
 
@@ -85,8 +86,8 @@ def test_mapping_schema_copy_is_in_sync_and_examples_point_at_it() -> None:
     assert result.returncode == 0
     printed = json.loads(result.stdout)
     assert json.loads((CONFIG / "mapping.schema.json").read_text()) == printed, (
-        "config/mapping.schema.json is stale: run `keyop schema mapping > "
-        "config/mapping.schema.json`"
+        "devstack/examples/mapping.schema.json is stale: run `keyop schema mapping > "
+        "devstack/examples/mapping.schema.json`"
     )
     assert "for" in printed["$defs"]["TriggerSpec"]["properties"]
     for example in CONFIG.glob("*mapping*.yaml"):

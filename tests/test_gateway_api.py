@@ -22,7 +22,8 @@ PATHS = ["/api/health", "/api/status", "/api/mapping", "/metrics"]
 
 
 def write_config(tmp_path: Path, api: str) -> Path:
-    (tmp_path / "mapping.yaml").write_text((ROOT / "config" / "mapping.yaml").read_text())
+    example = ROOT / "devstack" / "examples" / "mapping.yaml"
+    (tmp_path / "mapping.yaml").write_text(example.read_text())
     path = tmp_path / "gateway.yaml"
     path.write_text(f"""
 gateway: {{site: plant1, id: edge-07}}

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from hub.api import admin, events, metrics, orders
+from hub.api import admin, events, health, metrics, orders
 from hub.api.audit import AuditBuffer, AuditMiddleware
 from hub.api.auth import Keys
 from hub.api.context import ApiContext
@@ -47,7 +47,9 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
-    public = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.include_router(health.router)
+    public = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url,
+              *health.PATHS}
     # Starlette runs the middleware added last first: audit, then the guard, then the routes.
     app.add_middleware(GuardMiddleware, keys=keys, limits=limits,
                        max_body_bytes=api.max_body_bytes,
