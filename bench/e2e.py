@@ -24,7 +24,7 @@ import yaml
 
 from common import yamlsrc
 from common.heap import settle_heap
-from devstack.examples import DIR as EXAMPLES
+from config import DIR as EXAMPLES
 from devstack.mosquitto import PrivateBroker
 from devstack.stack import wait_hub_online
 from drivers.base import Quality, Sample

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common import yamlsrc
-from devstack.examples import DIR as EXAMPLES
+from config import DIR as EXAMPLES
 from drivers.base import Quality, Sample
 from mapping.engine import Engine
 from mapping.load import compile_document

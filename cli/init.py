@@ -66,7 +66,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     folder: Path = args.dir or (layout.config_dir / args.id if args.what == "gateway"
                                 else layout.config_dir)
     if args.what == "examples":
-        from devstack import examples
+        import config as examples
 
         sources = {name: (examples.DIR / name).read_text(encoding="utf-8")
                    for name in examples.FILES}

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devstack.examples import DIR as EXAMPLES
+from config import DIR as EXAMPLES
 from devstack.mosquitto import PrivateBroker, free_port, wait_for_port
 from simulators.modbus_device import PressDevice
 from sync import topics

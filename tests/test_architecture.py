@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The production rooms: the two daemons, what they share, and the simulators they are tested on.
 PRODUCTION = ("drivers", "mapping", "edge_store", "common", "sync", "hub", "gateway",
               "simulators")
-# The tool rooms: the `keyop` command line, the benchmarks, the development stack.
-TOOLS = ("cli", "bench", "devstack")
+# The tool rooms: the `keyop` command line, the benchmarks, the development stack, and the
+# example configs with the JSON Schemas (data the tools read; no daemon depends on them).
+TOOLS = ("cli", "bench", "devstack", "config")
 PACKAGES = PRODUCTION + TOOLS
 # The edge daemon's rooms; they never import the hub.
 EDGE = ("drivers", "mapping", "edge_store", "sync", "gateway")
@@ -27,9 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "hub": {"sync.packet", "sync.topics", "common"},
     "simulators": {"drivers.framing", "sync.packet"},
     "gateway": {"drivers", "mapping", "edge_store", "common", "sync"},
-    "devstack": set(PRODUCTION),
-    "bench": {*PRODUCTION, "devstack"},
+    "devstack": {*PRODUCTION, "config"},
+    "bench": {*PRODUCTION, "devstack", "config"},
     "cli": set(PACKAGES),
+    "config": set(),
 }
 # (who, the rooms they never import), each rule read from the imports themselves and checked
 # against ALLOWED, so widening the table cannot quietly break one.

@@ -10,7 +10,7 @@ from pathlib import Path
 from sync.packet import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "devstack" / "examples"
+CONFIG = ROOT / "config"
 
 
 def keyop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,8 +76,8 @@ def test_packet_schema_copy_is_in_sync() -> None:
     printed = json.loads(result.stdout)
     assert printed == json_schema()
     assert json.loads((CONFIG / "packet.schema.json").read_text()) == printed, (
-        "devstack/examples/packet.schema.json is stale: run "
-        "`keyop schema packet > devstack/examples/packet.schema.json`"
+        "config/packet.schema.json is stale: run "
+        "`keyop schema packet > config/packet.schema.json`"
     )
 
 
@@ -86,8 +86,8 @@ def test_mapping_schema_copy_is_in_sync_and_examples_point_at_it() -> None:
     assert result.returncode == 0
     printed = json.loads(result.stdout)
     assert json.loads((CONFIG / "mapping.schema.json").read_text()) == printed, (
-        "devstack/examples/mapping.schema.json is stale: run `keyop schema mapping > "
-        "devstack/examples/mapping.schema.json`"
+        "config/mapping.schema.json is stale: run `keyop schema mapping > "
+        "config/mapping.schema.json`"
     )
     assert "for" in printed["$defs"]["TriggerSpec"]["properties"]
     for example in CONFIG.glob("*mapping*.yaml"):

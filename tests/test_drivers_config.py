@@ -137,12 +137,12 @@ signals:
 
 def test_the_example_configs_pass_keyop_check() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "check", "devstack/examples/mapping-opcua.yaml",
-         "devstack/examples/mapping.yaml"],
+        [sys.executable, "-m", "cli", "check", "config/mapping-opcua.yaml",
+         "config/mapping.yaml"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert ("devstack/examples/mapping-opcua.yaml: ok (2 station(s), 11 signal(s))"
+    assert ("config/mapping-opcua.yaml: ok (2 station(s), 11 signal(s))"
             in result.stdout)
 
 

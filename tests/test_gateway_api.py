@@ -22,7 +22,7 @@ PATHS = ["/api/health", "/api/status", "/api/mapping", "/metrics"]
 
 
 def write_config(tmp_path: Path, api: str) -> Path:
-    example = ROOT / "devstack" / "examples" / "mapping.yaml"
+    example = ROOT / "config" / "mapping.yaml"
     (tmp_path / "mapping.yaml").write_text(example.read_text())
     path = tmp_path / "gateway.yaml"
     path.write_text(f"""

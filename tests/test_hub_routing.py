@@ -183,7 +183,7 @@ def test_config_errors_say_where_and_what(text: str, expected: str) -> None:
 
 
 def test_example_config_loads() -> None:
-    config = load_config(ROOT / "devstack" / "examples" / "hub.yaml")
+    config = load_config(ROOT / "config" / "hub.yaml")
     assert set(config.suppliers) == {"acme", "bolt"}
     assert config.suppliers["bolt"].params == ["pressForce"]
     assert suppliers_for(event("WO-1003"), config) == ["acme", "bolt"]

@@ -366,7 +366,7 @@ def test_main_runs_the_config_and_stops_cleanly_on_sigterm(
 ) -> None:
     config = tmp_path / "hub.yaml"
     config.write_text(
-        (ROOT / "devstack" / "examples" / "hub.yaml").read_text()
+        (ROOT / "config" / "hub.yaml").read_text()
         .replace("port: 1883", f"port: {broker.port}")
         .replace("sqlite:///var/hub.db", f"sqlite:///{tmp_path / 'var' / 'hub.db'}")
     )

@@ -12,7 +12,7 @@ from mapping.load import load_mapping
 from mapping.station import CounterTrack
 from sync import packet as pk
 
-CONFIG = Path(__file__).resolve().parent.parent / "devstack" / "examples" / "mapping.yaml"
+CONFIG = Path(__file__).resolve().parent.parent / "config" / "mapping.yaml"
 T0 = 1_795_000_000.0
 
 

@@ -9,7 +9,7 @@ import pytest
 from mapping.errors import MappingError
 from mapping.load import load_mapping
 
-CONFIG = Path(__file__).resolve().parent.parent / "devstack" / "examples" / "mapping.yaml"
+CONFIG = Path(__file__).resolve().parent.parent / "config" / "mapping.yaml"
 GOOD = CONFIG.read_text()
 
 

@@ -465,7 +465,7 @@ def test_a_running_gateway_exports_the_opcua_counters(tmp_path: Path) -> None:
     async def body() -> str:
         plc = OpcUaPlc(seed=2)
         await plc.start()
-        text = (root / "devstack" / "examples" / "mapping-opcua.yaml").read_text()
+        text = (root / "config" / "mapping-opcua.yaml").read_text()
         mapping = tmp_path / "mapping.yaml"
         mapping.write_text(text.replace("opc.tcp://127.0.0.1:4840/keyop/plc", plc.endpoint))
         doc, compiled = load_mapping(mapping)

@@ -1,5 +1,5 @@
 """The example OPC UA mapping, end to end without the network side: the simulated PLC runs a
-scenario, the driver built from `devstack/examples/mapping-opcua.yaml` subscribes, the mapping
+scenario, the driver built from `config/mapping-opcua.yaml` subscribes, the mapping
 engine turns the samples into packets, and those are exactly the scenario's ground truth.
 """
 
@@ -35,7 +35,7 @@ def test_example_mapping_over_the_plc_gives_the_ground_truth(tmp_path: Path) -> 
     async def body() -> tuple[list[Expected], list[Expected]]:
         plc = OpcUaPlc(seed=2)
         await plc.start()
-        text = (ROOT / "devstack" / "examples" / "mapping-opcua.yaml").read_text()
+        text = (ROOT / "config" / "mapping-opcua.yaml").read_text()
         mapping = tmp_path / "mapping.yaml"
         mapping.write_text(text.replace("opc.tcp://127.0.0.1:4840/keyop/plc", plc.endpoint))
         doc, compiled = load_mapping(mapping)

@@ -58,7 +58,7 @@ def test_the_wheel_runs_the_demo_and_checks_the_shipped_examples(tmp_path: Path)
         return subprocess.run([keyop, *args], cwd=work, env=env, capture_output=True,
                               text=True, timeout=timeout)
 
-    where = subprocess.run([str(python), "-c", "import cli, devstack.examples as e; "
+    where = subprocess.run([str(python), "-c", "import cli, config as e; "
                             "print(cli.__file__); print(e.DIR)"], cwd=work, env=env,
                            check=True, capture_output=True, text=True).stdout.split()
     assert all(path.startswith(str(venv)) for path in where), where  # not the checkout

@@ -1,4 +1,4 @@
-"""The example configs, shipped as package data: they run as they are against the simulators
+"""keyop's example configs, shipped as package data: they run as they are against the simulators
 (`mapping.yaml`: the Modbus press; `mapping-opcua.yaml`: the OPC UA PLC; `assembly.mapping.yaml`:
 the serial scanner station; `gateway.yaml`, `hub.yaml`), with the JSON Schemas of the mapping
 and the packet that the mappings' first line points editors at.
