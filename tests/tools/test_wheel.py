@@ -46,11 +46,14 @@ def test_the_wheel_runs_the_demo_and_checks_the_shipped_examples(tmp_path: Path)
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
                            "['purelib'])"], check=True, capture_output=True, text=True
                           ).stdout.strip()
-    Path(site, "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The wheel first: with the test venv's packages visible, pip would take the checkout's
+    # editable keyop for an installed one and skip it.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                    "--no-deps", str(wheel)], check=True, timeout=120)
+                    "--no-deps", str(wheel)], check=True, timeout=120, cwd=tmp_path, env=clean)
+    Path(site, "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = dict(clean)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     keyop = str(venv / "bin" / "keyop")
 
