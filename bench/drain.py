@@ -192,7 +192,7 @@ async def run_bench_drain(workdir: Path, *, backlog: int, live_rate: float = 100
         latencies = [acker.received[s] - t for s, t in committed_at.items()
                      if s in acker.received]
     else:
-        from bench.faults import live_latencies
+        from devstack.faults import live_latencies
 
         latencies = live_latencies(workdir / "hub.db", wall1)
     latencies.sort()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bench.faults import FaultRig, hub_rows, live_latencies, percentile, run_kill_loop
+from devstack.faults import FaultRig, hub_rows, live_latencies, percentile, run_kill_loop
 from devstack.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -21,6 +21,7 @@ from factories import progress_draft, render_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devstack.workload import render_progress
 from hub.validate import decode_events, validate_event
 from sync import packet as pk
 
@@ -108,9 +109,7 @@ def test_good_packets_pass_unchanged(event: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("seq", [1, 2, 49, 50, 1000])
 def test_benchmark_packets_are_accepted_unchanged(seq: int) -> None:
-    from bench.hub import _render
-
-    raw = _render("gw-1", seq, 50)
+    raw = render_progress("gw-1", seq, 50)
     [obj] = decode_events(raw)
     packet, _, body = validate_event(obj)
     assert body.encode() == raw  # the edge already renders compact JSON

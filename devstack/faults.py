@@ -1,8 +1,9 @@
-"""Fault runs with real processes, counted end to end: `keyop bench faults` and the fault tests.
+"""The fault rig: real processes, faults on demand, counted end to end. The fault tests and
+`keyop bench faults` (bench/delivery.py) run on it.
 
 A `FaultRig` is a `Stack` (private Mosquitto, Modbus press simulator, `keyop hub` and
 `keyop run` as processes) with a fast production plan (a part every few ms, a progress packet
-per part) and the counting the issue asks for: what the edge committed (the outbox's last
+per part) and the counting of the delivery promise: what the edge committed (the outbox's last
 sequence per epoch) against what the hub stored (rows, distinct sequences, contiguity), per
 `(source, epoch)`. Pass means 0 lost, 0 duplicates in the hub store, each epoch's sequences
 complete from 1 (or from the first after a declared gap record).
