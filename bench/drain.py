@@ -32,7 +32,8 @@ from devstack.mosquitto import PrivateBroker
 from devstack.stack import wait_hub_online
 from edge_store import Entry, GroupWriter, Outbox
 from sync import topics
-from sync.packet import Draft, format_sequence, render
+from sync.packet import Draft, format_sequence
+from sync.packet_codec import render
 from sync.uplink import Uplink, UplinkConfig
 
 BUILD_CHUNK = 2_000

@@ -6,6 +6,7 @@ concerning one of N suppliers (its work orders) and carrying params of every cla
 from __future__ import annotations
 
 from sync import packet as pk
+from sync import packet_codec as codec
 
 EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
 PARAMS = {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"},
@@ -40,5 +41,5 @@ def render_progress(gateway: str, seq: int, suppliers: int) -> bytes:
     }
     ident = f"01JDA5Q1Y4S7M{abs(hash(gateway)) % 1000:03d}{seq:010d}"
     draft = pk.Draft("keyop.operation.progress", f"{order}/OP30", 1_795_000_000.0 + seq, data)
-    return pk.render(draft, id=ident, source=f"plant1/{gateway}", sequence=seq, epoch=EPOCH,
+    return codec.render(draft, id=ident, source=f"plant1/{gateway}", sequence=seq, epoch=EPOCH,
                      recorded=1_795_000_000.05 + seq)

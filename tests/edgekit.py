@@ -17,6 +17,7 @@ from drivers.base import Driver, Quality, Sample
 from drivers.modbus import ModbusDeviceConfig, ModbusSignal
 from simulators.modbus_registers import RegisterDevice
 from sync import packet as pk
+from sync import packet_codec as codec
 from sync import topics
 
 T = TypeVar("T")
@@ -129,7 +130,7 @@ class FakeHub:
         props = message.properties
         content_type = getattr(props, "ContentType", "")
         user = dict(getattr(props, "UserProperty", []))
-        events = pk.decode_many(bytes(message.payload))
+        events = codec.decode_many(bytes(message.payload))
         if content_type == pk.CONTENT_TYPE:
             assert len(events) == 1 and isinstance(events[0], dict)
         else:
@@ -138,7 +139,7 @@ class FakeHub:
             self.messages.append((content_type, user, len(events)))
             self.sizes.append(len(message.payload))
             for obj in events:
-                packet = pk.from_obj(obj)
+                packet = codec.from_obj(obj)
                 self.epoch = packet.sourceepoch
                 self.arrivals.append(packet.seq)
                 self.bodies.setdefault(packet.seq, []).append(json.dumps(obj).encode())

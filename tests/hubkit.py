@@ -20,7 +20,7 @@ from devstack.mosquitto import PrivateBroker
 from hub.config import HubConfig, parse_config
 from hub.service import HubService
 from hub.store import Incoming
-from sync import packet as pk
+from sync import packet_codec as codec
 from sync import topics
 
 EPOCH2 = "01JCZ0K3M9B4X2W7Q5N8D1F6HB"
@@ -53,7 +53,7 @@ def make_event(
 
 def incoming(seq: int, **kw: Any) -> Incoming:
     raw = json.loads(make_event(seq, **kw))
-    return Incoming(pk.from_obj(raw), raw)
+    return Incoming(codec.from_obj(raw), raw)
 
 
 def batch(*events: bytes) -> bytes:

@@ -7,7 +7,9 @@ import pytest
 from factories import progress_draft, render_event
 
 from sync import packet as pk
+from sync import packet_codec as codec
 from sync import topics
+from sync.packet_schema import json_schema
 
 
 def _draft(**over: object) -> pk.Draft:
@@ -27,15 +29,15 @@ def _render(draft: pk.Draft, seq: int = 18342) -> bytes:
 
 def test_round_trip_keeps_every_field() -> None:
     raw = _render(_draft())
-    packet = pk.decode(raw)
+    packet = codec.decode(raw)
     assert packet.seq == 18342
     assert packet.sequence == "00000000000000018342"
     assert packet.time.endswith("Z") and packet.time.count(".") == 1
     assert packet.data.params is not None
     assert packet.data.params["weldCurrent"].class_ == "restricted"
-    again = pk.decode(pk.encode(packet))
+    again = codec.decode(codec.encode(packet))
     assert again == packet
-    assert json.loads(pk.encode(packet)) == json.loads(raw)
+    assert json.loads(codec.encode(packet)) == json.loads(raw)
 
 
 @pytest.mark.parametrize(
@@ -57,28 +59,28 @@ def test_validation_names_the_field(mutate, message: str) -> None:  # type: igno
     event = json.loads(_render(_draft()))
     mutate(event)
     with pytest.raises(pk.PacketError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        pk.decode(json.dumps(event))
+        codec.decode(json.dumps(event))
 
 
 def test_garbage_and_oversize_are_refused() -> None:
     with pytest.raises(pk.PacketError, match="not valid JSON"):
-        pk.decode(b"{nope")
+        codec.decode(b"{nope")
     with pytest.raises(pk.PacketError, match="expected a JSON object"):
-        pk.decode(b"[1]")
+        codec.decode(b"[1]")
     with pytest.raises(pk.PacketError, match="exceeds"):
-        pk.decode(b" " * (pk.MAX_EVENT_BYTES + 1))
+        codec.decode(b" " * (pk.MAX_EVENT_BYTES + 1))
 
 
 def test_batches_split_into_events() -> None:
     one, two = _render(_draft(), 1), _render(_draft(), 2)
     batch = b"[" + one + b"," + two + b"]"
-    events = pk.decode_many(batch)
-    assert [pk.from_obj(e).seq for e in events] == [1, 2]
-    assert len(pk.decode_many(one)) == 1
+    events = codec.decode_many(batch)
+    assert [codec.from_obj(e).seq for e in events] == [1, 2]
+    assert len(codec.decode_many(one)) == 1
 
 
 def test_schema_names_types_and_conditional_requirements() -> None:
-    schema = pk.json_schema()
+    schema = json_schema()
     assert "keyop.operation.completed" in schema["properties"]["type"]["enum"]
     assert any("quantities" in rule["then"]["properties"]["data"]["required"]
                for rule in schema["allOf"])
@@ -107,35 +109,35 @@ def test_decode_refuses_what_the_hub_refuses() -> None:
         (raw.replace("T11:", "T25:", 1), "time: not a real date-time"),
     ]:
         with pytest.raises(pk.PacketError, match=re.escape(message)):
-            pk.decode(payload)
+            codec.decode(payload)
 
 
 def test_from_obj_ignores_unknown_fields_and_validate_drops_them() -> None:
     event = json.loads(_render(_draft()))
     event["extension"] = {"x": 1}
     event["data"]["quantities"]["bonus"] = 1
-    packet = pk.from_obj(event)
-    assert packet == pk.decode(_render(_draft()))
-    _, canonical, body = pk.validate(event)
+    packet = codec.from_obj(event)
+    assert packet == codec.decode(_render(_draft()))
+    _, canonical, body = codec.validate(event)
     assert "extension" not in canonical and "bonus" not in canonical["data"]["quantities"]
     assert json.loads(body) == json.loads(_render(_draft()))
 
 
 def test_a_param_without_a_value_round_trips() -> None:
     event = json.loads(_render(progress_draft(params={"p": {"value": None, "class": "public"}})))
-    packet = pk.from_obj(event)
-    assert pk.decode(pk.encode(packet)) == packet
+    packet = codec.from_obj(event)
+    assert codec.decode(codec.encode(packet)) == packet
 
 
 def test_a_python_caller_gets_a_packet_error_for_what_json_cannot_hold() -> None:
     event = json.loads(_render(_draft()))
     event["data"]["epcis"] = {"when": object()}
     with pytest.raises(pk.PacketError, match="packet: not JSON-serialisable"):
-        pk.validate(event)
+        codec.validate(event)
 
 
 def test_schema_states_the_limits_and_lets_consumers_ignore_unknown_fields() -> None:
-    schema = pk.json_schema()
+    schema = json_schema()
     text = json.dumps(schema)
     assert '"additionalProperties": false' not in text
     defs = schema["$defs"]

@@ -23,6 +23,7 @@ from ulid import ULID
 from devstack.mosquitto import PrivateBroker
 from edge_store import Entry, GroupWriter, Outbox
 from sync import packet as pk
+from sync import packet_codec as codec
 from sync.uplink import Uplink, UplinkConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,7 +37,7 @@ def clocked_entry(good: int = 1) -> Entry:
     draft, packet_id = progress_draft(good=good), str(ULID())
 
     def body(seq: int, epoch: str) -> bytes:
-        return pk.render(draft, id=packet_id, source=SOURCE, sequence=seq, epoch=epoch,
+        return codec.render(draft, id=packet_id, source=SOURCE, sequence=seq, epoch=epoch,
                          recorded=time.time())
 
     return Entry(packet_id, body, 0, draft.type)

@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from edge_store import Outbox
 from hub.store import Incoming, Store
-from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCE = "plant1/edge-07"
 
@@ -105,7 +105,7 @@ class Protocol(RuleBasedStateMachine):
     def hub_receives(self, data: st.DataObject) -> None:
         # Any message, not the oldest: the network reorders.
         bodies = self.up.pop(data.draw(st.integers(0, len(self.up) - 1)))
-        batch = [Incoming(pk.decode(body), json.loads(body)) for body in bodies]
+        batch = [Incoming(codec.decode(body), json.loads(body)) for body in bodies]
         result = self.hub.store_batch(batch)
         for item in batch:
             self.delivered.setdefault(item.packet.sourceepoch, set()).add(item.packet.seq)

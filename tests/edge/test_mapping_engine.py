@@ -11,6 +11,7 @@ from mapping.engine import Engine
 from mapping.load import load_mapping
 from mapping.station import CounterTrack
 from sync import packet as pk
+from sync import packet_codec as codec
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "mapping.yaml"
 T0 = 1_795_000_000.0
@@ -81,7 +82,7 @@ def test_press_orders_make_the_expected_packets_across_counter_rollover() -> Non
     assert first.data["timeQuality"] == "synced"
     # Every draft is a valid v1 packet once it gets its identity.
     for seq, draft in enumerate(rec.packets, start=1):
-        pk.decode(pk.render(draft, id="01JDA5Q1Y4S7M2R8K3VZC6TB9E", source="plant1/edge-07",
+        codec.decode(codec.render(draft, id="01JDA5Q1Y4S7M2R8K3VZC6TB9E", source="plant1/edge-07",
                             sequence=seq, epoch="01JCZ0K3M9B4X2W7Q5N8D1F6HA", recorded=rec.t))
 
 
@@ -181,7 +182,7 @@ def test_scanned_code_sets_order_and_planned_quantity() -> None:
 
 def _hub_accepts(drafts: list[pk.Draft]) -> None:
     for seq, draft in enumerate(drafts, start=1):
-        pk.validate(pk.load_json(pk.render(
+        codec.validate(codec.load_json(codec.render(
             draft, id="01JDA5Q1Y4S7M2R8K3VZC6TB9E", source="plant1/edge-07", sequence=seq,
             epoch="01JCZ0K3M9B4X2W7Q5N8D1F6HA", recorded=draft.time), "packet"))
 

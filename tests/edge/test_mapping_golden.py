@@ -68,6 +68,7 @@ def test_malformed_mapping_is_refused_with_positions(case: Path) -> None:
 @pytest.mark.parametrize("case", GOOD, ids=[p.name for p in GOOD])
 def test_every_replayed_packet_is_a_valid_v1_packet(case: Path) -> None:
     from sync import packet as pk
+    from sync import packet_codec as codec
 
     lines = (case / "expected.jsonl").read_text().splitlines()
     assert lines
@@ -80,4 +81,4 @@ def test_every_replayed_packet_is_a_valid_v1_packet(case: Path) -> None:
             "sourceepoch": "01JCZ0K3M9B4X2W7Q5N8D1F6HA", "datacontenttype": "application/json",
             "dataschema": "keyop:packet:1", "data": replayed["data"],
         }
-        pk.from_obj(event)
+        codec.from_obj(event)

@@ -23,6 +23,7 @@ from edge_store import (
     SourceMismatch,
 )
 from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCE = "plant1/edge-07"
 ULID_RE = re.compile(pk.ULID_PATTERN)
@@ -51,7 +52,7 @@ def test_append_is_gap_free_and_epoch_is_a_ulid(db: Path) -> None:
         seqs += outbox.append([packet_entry(i) for i in range(5, 10)])
         assert seqs == list(range(1, 11))
         for seq, _id, _kind, body in outbox.pending(0, 100):
-            packet = pk.decode(body)
+            packet = codec.decode(body)
             assert packet.seq == seq
             assert packet.sourceepoch == outbox.epoch
         assert outbox.append([]) == []

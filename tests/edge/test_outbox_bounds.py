@@ -14,6 +14,7 @@ from factories import outbox_entry, progress_draft
 from edge_store import GAP_PRIORITY, Bounds, Entry, Outbox, OutboxFull
 from gateway.outbox_gap import GAP_TYPE, make_gap_entry_factory
 from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCE = "plant1/edge-07"
 GAPS = make_gap_entry_factory(SOURCE, "plant1/body/line-3/edge-07", ZoneInfo("Europe/Berlin"))
@@ -32,7 +33,7 @@ def key_event(good: int = 1) -> Entry:
 
 
 def gap_packets(outbox: Outbox) -> list[pk.Packet]:
-    return [pk.decode(row.body) for row in outbox.export() if row.kind == GAP_TYPE]
+    return [codec.decode(row.body) for row in outbox.export() if row.kind == GAP_TYPE]
 
 
 def evicted_seqs(gaps: list[pk.Packet]) -> set[int]:

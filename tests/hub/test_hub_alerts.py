@@ -20,6 +20,7 @@ from hub.schema import alerts as alerts_table
 from hub.schema import op_state
 from hub.store import Incoming, Store
 from sync import packet as pk
+from sync import packet_codec as codec
 from sync import topics
 
 T0 = 1_795_000_000.0
@@ -50,7 +51,7 @@ def packet(seq: int, good: int, *, work_order: str = "WO-1001", state: str = "Ru
     raw = json.loads(render_event(draft, seq=seq, id=f"01JDA5Q1Y4S7M{2 if own else 3}{seq:012d}",
                                   source="plant1/edge-07" if own else "plant1/edge-08"))
     raw["type"] = f"keyop.operation.{kind}"
-    return Incoming(pk.from_obj(raw), raw)
+    return Incoming(codec.from_obj(raw), raw)
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def test_alerts_raised_and_cleared_once_per_change(
     assert [(a["type"], a["data"]["workOrder"]["id"]) for a in bolt] == [
         ("keyop.alert.stalled", "WO-1002")]
     for alert in acme + bolt:
-        parsed = pk.from_obj(alert)  # a valid v1 packet, made by the hub
+        parsed = codec.from_obj(alert)  # a valid v1 packet, made by the hub
         assert parsed.source == "hub/hub"
     assert acme[0]["data"]["estimate"]["due"] == pk.format_time(T0 + 15 * MINUTE)
     assert [int(a["sequence"]) for a in acme] == sorted(int(a["sequence"]) for a in acme)

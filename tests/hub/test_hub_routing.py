@@ -35,6 +35,7 @@ from hub.routing import (
 )
 from hub.store import Store
 from sync import packet as pk
+from sync import packet_codec as codec
 from sync import topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ def test_redaction_drops_an_emptied_params_and_keeps_packets_without(config: Hub
     only_restricted = event(params={"weldCurrent": PARAMS["weldCurrent"]})
     copy = json.loads(redact(only_restricted, config.suppliers["cargo"]))
     assert "params" not in copy["data"]
-    pk.from_obj(copy)  # still a valid packet
+    codec.from_obj(copy)  # still a valid packet
     plain = event()
     assert json.loads(redact(plain, config.suppliers["acme"])) == plain
 
@@ -225,7 +226,7 @@ def test_unknown_fields_and_extensions_never_reach_a_supplier() -> None:
         assert copy["data"]["materials"] == [{"use": "Consumed", "lotId": "L7"}]
         assert copy["data"]["parts"] == [{"serial": "S1", "status": "PASS"}]
         assert redacted(original, supplier) == copy
-        pk.from_obj(copy)
+        codec.from_obj(copy)
     assert "plcCounter" in original["data"]["quantities"]  # the stored event is untouched
 
 
@@ -242,7 +243,7 @@ def _station_event(type_: str, **data: Any) -> dict[str, Any]:
         "kopVersion": "1.0", "equipment": {"path": PATH, "id": "W2", "level": "WorkUnit"},
         "tzOffset": "+08:00", "timeQuality": "synced", **data})
     result: dict[str, Any] = json.loads(render_event(draft, seq=9))
-    pk.from_obj(result)
+    codec.from_obj(result)
     return result
 
 

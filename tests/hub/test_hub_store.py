@@ -14,6 +14,7 @@ from hubkit import BASE_TIME, EPOCH, EPOCH2, SOURCE, incoming
 from hub.schema import packets
 from hub.store import Incoming, Store
 from sync import packet as pk
+from sync import packet_codec as codec
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_dead_letters_are_kept(store: Store) -> None:
 
 
 def _gap_event(seq: int, first: int, last: int) -> Incoming:
-    raw = json.loads(pk.render(
+    raw = json.loads(codec.render(
         pk.Draft("keyop.outbox.gap", "plant1/body/line-3/welder-2", BASE_TIME + seq, {
             "kopVersion": "1.0", "equipment": {"path": "plant1/body/line-3/welder-2"},
             "gap": {"fromSequence": pk.format_sequence(first),
@@ -111,7 +112,7 @@ def _gap_event(seq: int, first: int, last: int) -> Incoming:
             "tzOffset": "+00:00", "timeQuality": "synced"}),
         id=f"01JDA5Q1Y4S7M2GAP{seq:09d}", source=SOURCE, sequence=seq, epoch=EPOCH,
         recorded=BASE_TIME + seq))
-    return Incoming(pk.from_obj(raw), raw)
+    return Incoming(codec.from_obj(raw), raw)
 
 
 def test_ranges_the_edge_declared_dropped_do_not_hold_the_ack_back(store: Store) -> None:

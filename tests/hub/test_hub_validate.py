@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from devstack.workload import render_progress
 from hub.validate import decode_events, validate_event
 from sync import packet as pk
+from sync import packet_codec as codec
 
 PARAMS = {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"},
           "cycleTime": {"value": 41, "uom": "SEC", "class": "public"},
@@ -104,7 +105,7 @@ def test_good_packets_pass_unchanged(event: dict[str, Any]) -> None:
     assert canonical == event
     assert body.encode() == raw
     assert_canonical(packet, canonical, body)
-    assert packet == pk.decode(raw)
+    assert packet == codec.decode(raw)
 
 
 @pytest.mark.parametrize("seq", [1, 2, 49, 50, 1000])
@@ -113,7 +114,7 @@ def test_benchmark_packets_are_accepted_unchanged(seq: int) -> None:
     [obj] = decode_events(raw)
     packet, _, body = validate_event(obj)
     assert body.encode() == raw  # the edge already renders compact JSON
-    assert packet == pk.decode(raw)
+    assert packet == codec.decode(raw)
 
 
 def test_non_ascii_is_kept_in_the_body() -> None:
@@ -255,7 +256,7 @@ def test_nan_and_infinity_tokens_refuse_the_event_not_the_message() -> None:
         assert refused(objects[2]) == f"data.quantities.good: expected a JSON integer, got {kind}"
         assert objects[1]["sequence"] == BASE["sequence"]
         with pytest.raises(pk.PacketError, match=r"data\.params\.weldCurrent\.value: expected a"):
-            pk.decode(bad)
+            codec.decode(bad)
 
 
 @pytest.mark.parametrize("path", ["data.params.weldCurrent.value", "data.materials.0.quantity"])

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "edge_store": set(),
     "common": {"sync.packet"},
     "sync": {"edge_store", "common"},
-    "hub": {"sync.packet", "sync.topics", "common"},
+    "hub": {"sync.packet", "sync.packet_codec", "sync.topics", "common"},
     "simulators": {"drivers.framing", "sync.packet"},
     "gateway": {"drivers", "mapping", "edge_store", "common", "sync"},
     "devstack": set(PRODUCTION),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sync.packet import json_schema
+from sync.packet_schema import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

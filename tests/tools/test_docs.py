@@ -13,6 +13,7 @@ from test_architecture import ALLOWED, PACKAGES
 from hub import routing
 from hub.config import SupplierConfig
 from sync import packet
+from sync import packet_codec as codec
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -38,7 +39,7 @@ def test_every_json_example_parses_and_every_packet_decodes() -> None:
     packets += [item for obj in examples if isinstance(obj, list) for item in obj]
     assert packets, "docs/packet.md shows no packet example"
     for obj in packets:
-        packet.decode(json.dumps(obj))  # raises PacketError naming the field
+        codec.decode(json.dumps(obj))  # raises PacketError naming the field
 
 
 def test_the_supplier_copy_is_what_the_hub_sends() -> None:

@@ -13,6 +13,7 @@ from edge_store import Outbox
 from gateway.config import load_gateway_config
 from gateway.runtime import open_outbox
 from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCE = "plant1/edge-07"
 
@@ -42,7 +43,7 @@ def test_stats_and_export(tmp_path: Path) -> None:
     export = _keyop("outbox", "export", "-c", str(config), "--out", str(out))
     assert export.returncode == 0, export.stderr
     lines = out.read_text().splitlines()
-    assert [pk.decode(line).seq for line in lines] == list(range(1, 26))
+    assert [codec.decode(line).seq for line in lines] == list(range(1, 26))
 
 
 def test_purge_asks_then_records_a_gap_the_hub_will_receive(tmp_path: Path) -> None:
@@ -56,7 +57,7 @@ def test_purge_asks_then_records_a_gap_the_hub_will_receive(tmp_path: Path) -> N
     with Outbox(tmp_path / "outbox.db", SOURCE) as outbox:
         rows = list(outbox.export())
         assert [r.kind for r in rows] == ["keyop.outbox.gap"]
-        gap = pk.decode(rows[0].body)
+        gap = codec.decode(rows[0].body)
         assert gap.seq == 11 and gap.data.gap is not None
         assert (gap.data.gap.fromSequence, gap.data.gap.toSequence) == (
             pk.format_sequence(1), pk.format_sequence(10))
