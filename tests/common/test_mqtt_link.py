@@ -9,6 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgekit import until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -32,16 +33,6 @@ async def _open(broker: PrivateBroker, *, keepalive: int = 15,
     reason = await asyncio.wait_for(link.connack, 10)
     assert reason is not None and not reason.is_failure
     return link
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def test_no_network_thread_and_a_full_socket_buffer_drains(broker: PrivateBroker) -> None:
@@ -106,12 +97,12 @@ def test_keepalive_runs_on_the_loop_and_a_dead_socket_is_noticed(
         link.client.on_log = lambda _c, _u, _level, text: pongs.append(text)
         try:
             # paho sends PINGREQ from `loop_misc`: the loop's timer must call it.
-            assert await _until(lambda: any("PINGRESP" in t for t in pongs), 5)
+            assert await until(lambda: any("PINGRESP" in t for t in pongs), 5)
             assert not link.lost.is_set()
             sock = link.client.socket()
             assert sock is not None
             sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-            assert await _until(link.lost.is_set, 5)
+            assert await until(link.lost.is_set, 5)
             assert link.client.socket() is None
         finally:
             link.close_socket()
