@@ -47,7 +47,7 @@ def run_faults(workdir: Path | None, *, scenario: str, kills: int, packets: int,
                outage: float) -> dict[str, Any]:
     """`keyop bench faults`: the kill loop or an outage; `ok` when nothing was lost or
     stored twice."""
-    from bench.faults import run_kill_loop
+    from devstack.faults import run_kill_loop
 
     with _workdir("faults", workdir) as work:
         if scenario == "kill":
@@ -60,7 +60,7 @@ def run_faults(workdir: Path | None, *, scenario: str, kills: int, packets: int,
 
 async def run_outage(workdir: Path, scenario: str, outage: float) -> dict[str, Any]:
     """Broker or hub away for `outage` seconds at ~100 packets/s, then back and drained."""
-    from bench.faults import FaultRig, live_latencies, percentile
+    from devstack.faults import FaultRig, live_latencies, percentile
     from devstack.stack import GATEWAY_ID, wait_gateway_online, wait_hub_online
 
     rig = FaultRig(workdir, cycle_s=0.01)

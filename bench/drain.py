@@ -32,7 +32,8 @@ from devstack.mosquitto import PrivateBroker
 from devstack.stack import wait_hub_online
 from edge_store import Entry, GroupWriter, Outbox
 from sync import topics
-from sync.packet import Draft, format_sequence, render
+from sync.packet import Draft, format_sequence
+from sync.packet_codec import render
 from sync.uplink import Uplink, UplinkConfig
 
 BUILD_CHUNK = 2_000
@@ -192,7 +193,7 @@ async def run_bench_drain(workdir: Path, *, backlog: int, live_rate: float = 100
         latencies = [acker.received[s] - t for s, t in committed_at.items()
                      if s in acker.received]
     else:
-        from bench.faults import live_latencies
+        from devstack.faults import live_latencies
 
         latencies = live_latencies(workdir / "hub.db", wall1)
     latencies.sort()

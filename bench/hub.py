@@ -27,22 +27,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sync import packet as pk
+from devstack.workload import render_progress, work_order
 from sync import topics
 
 # numpy, SQLAlchemy, the broker and the hub itself are imported where they are used: the CLI
 # imports this module to build its parser, on every command.
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
-PARAMS = {"weldCurrent": {"value": 212.5, "uom": "AMP", "class": "restricted"},
-          "cycleTime": {"value": 41.0, "uom": "SEC", "class": "public"},
-          "pressForce": {"value": 8.1, "uom": "KNT", "class": "partner"}}
-
-
-def _work_order(supplier: int, k: int) -> str:
-    return f"WO-{supplier:03d}-{k % 4}"
-
 
 # Ways a packet is made hostile (issue: poison input never stops ingest), in turn. Each keeps a
 # valid identity, so the hub settles its sequence and the edges' acks go on.
@@ -71,36 +62,11 @@ def _hostile(payload: bytes, seq: int) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
 
 
-def _render(gateway: str, seq: int, suppliers: int) -> bytes:
-    supplier = seq % suppliers
-    work_order = _work_order(supplier, seq // suppliers)
-    good = seq // 7
-    data = {
-        "kopVersion": "1.0",
-        "workOrder": {"id": work_order, "customerOrders": [f"PO-{supplier}"]},
-        "operation": {"id": "OP30", "name": "welding"},
-        "runId": f"{work_order}.OP30.{gateway}.1",
-        "equipment": {"path": f"plant1/body/{gateway}/welder-2", "level": "WorkUnit"},
-        "state": {"value": "Running"},
-        "quantities": {"uom": "C62", "planned": 10**9, "produced": good, "good": good,
-                       "scrap": 0, "rework": 0},
-        "params": PARAMS,
-        "tzOffset": "+01:00",
-        "timeQuality": "synced",
-        "origin": {"protocol": "opcua", "ref": "ns=3;s=W2.Count"},
-    }
-    ident = f"01JDA5Q1Y4S7M{abs(hash(gateway)) % 1000:03d}{seq:010d}"
-    draft = pk.Draft("keyop.operation.progress", f"{work_order}/OP30", 1_795_000_000.0 + seq,
-                     data)
-    return pk.render(draft, id=ident, source=f"plant1/{gateway}", sequence=seq, epoch=EPOCH,
-                     recorded=1_795_000_000.05 + seq)
-
-
 def _edge_main(port: int, gateways: list[str], per_gateway: int, suppliers: int, batch: int,
                window: int, hostile: float, ready: Any, go: Any, results: Any) -> None:
     """The edges: publish every gateway's packets in batches, measure ack latency."""
-    payloads = {g: [_hostile(_render(g, seq, suppliers), seq) if is_hostile(seq, hostile)
-                    else _render(g, seq, suppliers) for seq in range(1, per_gateway + 1)]
+    payloads = {g: [_hostile(render_progress(g, seq, suppliers), seq) if is_hostile(seq, hostile)
+                    else render_progress(g, seq, suppliers) for seq in range(1, per_gateway + 1)]
                 for g in gateways}
     acked = dict.fromkeys(gateways, 0)
     cond = threading.Condition()
@@ -171,7 +137,7 @@ def _config(broker: Any, url: str, suppliers: int, supplier_batch: bool = False,
               for i, n in enumerate(names)]
     lines.append("routes:")
     for i, name in enumerate(names):
-        orders = ", ".join(_work_order(i, k) for k in range(4))
+        orders = ", ".join(work_order(i, k) for k in range(4))
         lines.append(f"  - {{supplier: {name}, work_orders: [{orders}]}}")
     return parse_config("\n".join(lines) + "\n", "bench-hub.yaml")
 

@@ -115,7 +115,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.what == "packet":
-        from sync.packet import json_schema
+        from sync.packet_schema import json_schema
 
         schema = json_schema()
     else:

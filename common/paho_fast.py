@@ -25,8 +25,8 @@ packet):
   thread, which never races a publish against the CONNECT.
 
 No other module of the project touches paho's private members (`PAHO_PRIVATE` lists the ones
-used here). tests/test_paho_fast.py fails first on a paho upgrade: it checks the version these
-overrides were checked against, that the members still exist, that the overrides agree with
+used here). tests/common/test_paho_fast.py fails first on a paho upgrade: it checks the version
+these overrides were checked against, that the members still exist, that the overrides agree with
 paho's own paths, and that no other module uses them.
 """
 

@@ -15,9 +15,9 @@ Contract (see `drivers.base.Driver`):
   A single-signal read answered so gives that signal a `BAD` sample.
 - A fault (timeout, refused, lost or half-open connection, Modbus exception response) yields one
   `BAD` sample per affected signal with a named reason, logged once at ERROR; nothing more for
-  those signals until they read again (logged once at INFO). The link reconnects by itself with
-  exponential backoff and jitter; an RTU unit that stops answering backs off alone, so it
-  does not eat the bus time of the other units.
+  those signals until they read again (logged once at INFO; `drivers.modbus_faults`). The
+  link reconnects by itself with exponential backoff and jitter; an RTU unit that stops
+  answering backs off alone, so it does not eat the bus time of the other units.
 - No sample is yielded after `close()` returns.
 """
 
@@ -35,6 +35,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten, make_samples
+from drivers.modbus_faults import EXCEPTION_NAMES, Faults, ReadFailed
 from drivers.modbus_link import LinkDown, ModbusLink, SerialBus, TcpLink
 from drivers.modbus_plan import (
     MAX_BITS_PER_READ,
@@ -76,19 +77,6 @@ _CALLS = {
     Table.DISCRETE: "read_discrete_inputs",
 }
 
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
-
-
 def check_device(config: ModbusDeviceConfig) -> None:
     """Check the device-level settings; ConfigError names the device and the field."""
     where = f"modbus device {config.name!r}"
@@ -105,23 +93,6 @@ def check_device(config: ModbusDeviceConfig) -> None:
     if not config.stagger_s >= 0:
         raise ConfigError(f"{where}: stagger_s {config.stagger_s}: expected >= 0")
     config.backoff.check(where)
-
-
-class _ReadFailed(Exception):
-    """A read did not produce values; `link` tells whether the connection is at fault."""
-
-    def __init__(self, reason: str, *, link: bool, code: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.link = link
-        self.code = code
-
-    @property
-    def kind(self) -> str:
-        """A bounded name for counting: the exception's name, else the reason's prefix."""
-        if self.code:
-            return EXCEPTION_NAMES.get(self.code, "unknown exception").replace(" ", "_")
-        return self.reason.split(":", 1)[0]
 
 
 @dataclass
@@ -169,9 +140,7 @@ class ModbusDriver:
         self.cycle_reads: deque[int] = deque(maxlen=CYCLE_HISTORY)
         self._closed = asyncio.Event()
         self._stopped = False  # `_closed` as a plain flag: checked before every yield
-        self._link_fault: str | None = None  # reason while the link is down
-        self._read_faults: dict[Read, str] = {}  # Modbus exception per read, while it lasts
-        self._bad: dict[str, str] = {}  # signal -> kind of the fault already reported
+        self._faults = Faults(self.name, self.link.name)
         # An RTU unit that stopped answering waits alone (the bus stays up for the others).
         self._unit_delay = config.backoff_initial_s
         self._unit_retry_at = 0.0
@@ -294,7 +263,7 @@ class ModbusDriver:
         """Samples of one read, or the two reads that replace it after a hole was found."""
         try:
             values = await self._read(read)
-        except _ReadFailed as exc:
+        except ReadFailed as exc:
             if exc.code == ILLEGAL_DATA_ADDRESS and len(read.points) > 1:
                 self.splits += 1
                 parts = split_read(read)
@@ -307,12 +276,12 @@ class ModbusDriver:
             self.read_errors += 1
             kind = exc.kind
             self.errors_by_reason[kind] = self.errors_by_reason.get(kind, 0) + 1
-            bad = self._fault_samples(read, exc)
+            bad = self._faults.failed(read, exc)
             self.bad_samples += len(bad)
             return bad, []
         received, mono = time.time(), asyncio.get_running_loop().time()
-        if self._link_fault is not None or self._read_faults or self._bad:
-            self._recovered(read)
+        if self._faults:
+            self._faults.recovered(read)
         self.good_samples += len(read.signals)
         return make_samples(read.signals, read.decode_all(values), Quality.GOOD, received,
                             mono), []
@@ -322,16 +291,16 @@ class ModbusDriver:
         if self._unit_fault is not None and (
             asyncio.get_running_loop().time() < self._unit_retry_at
         ):
-            raise _ReadFailed(self._unit_fault, link=True)
+            raise ReadFailed(self._unit_fault, link=True)
         async with link.lock:
             if self._stopped:
-                raise _ReadFailed("closed", link=True)
+                raise ReadFailed("closed", link=True)
             client = link.ready()  # no await while the connection is up (nearly always)
             if client is None:
                 try:
                     client = await link.client()
                 except LinkDown as down:
-                    raise _ReadFailed(down.reason, link=True) from None
+                    raise ReadFailed(down.reason, link=True) from None
             if link.paced:
                 await link.pace()
             self.reads += 1
@@ -346,14 +315,14 @@ class ModbusDriver:
                 reason, link_fault = link.failed(exc, unit)
                 if not link_fault:
                     self._unit_backoff(reason)
-                raise _ReadFailed(reason, link=True) from exc
+                raise ReadFailed(reason, link=True) from exc
             link.sent()
         self._unit_fault = None
         self._unit_delay = self.config.backoff_initial_s
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise _ReadFailed(
+            raise ReadFailed(
                 f"modbus_exception: {name} (code {code}) reading {read.ref} "
                 f"from unit {self.config.unit_id}",
                 link=False,
@@ -361,7 +330,7 @@ class ModbusDriver:
             )
         values = response.bits if read.bits else response.registers
         if len(values) < read.count:
-            raise _ReadFailed(f"bad_response: {len(values)} values for {read.ref}", link=False)
+            raise ReadFailed(f"bad_response: {len(values)} values for {read.ref}", link=False)
         return values
 
     def _unit_backoff(self, reason: str) -> None:
@@ -370,50 +339,6 @@ class ModbusDriver:
         wait = self._unit_delay * (1.0 + random.uniform(-spread, spread))
         self._unit_retry_at = asyncio.get_running_loop().time() + wait
         self._unit_delay = min(self._unit_delay * 2, self.config.backoff_max_s)
-
-    # --- fault bookkeeping (log transitions, not repetitions) ------------------------------
-
-    def _fault_samples(self, read: Read, exc: _ReadFailed) -> list[Sample]:
-        if exc.link:
-            if self._link_fault is None:
-                log.error(
-                    "modbus device %s: %s", self.name, exc.reason,
-                    extra={"device": self.name, "address": self.target, "reason": exc.reason},
-                )
-            self._link_fault = exc.reason
-        elif read not in self._read_faults:
-            self._read_faults[read] = exc.reason
-            log.error(
-                "modbus device %s: %s", self.name, exc.reason,
-                extra={"device": self.name, "address": read.ref, "reason": exc.reason},
-            )
-        received, mono = time.time(), asyncio.get_running_loop().time()
-        out = []
-        kind = exc.reason.split(":", 1)[0]
-        for p in read.points:
-            if self._bad.get(p.signal) == kind:
-                continue  # already reported; quiet until it reads again or the fault changes
-            self._bad[p.signal] = kind
-            out.append(Sample(p.signal, None, Quality.BAD, received, mono, exc.reason))
-        return out
-
-    def _recovered(self, read: Read) -> None:
-        if self._link_fault is not None:
-            log.info(
-                "modbus device %s: recovered after %s", self.name, self._link_fault,
-                extra={"device": self.name, "address": self.target, "reason": "recovered"},
-            )
-            self._link_fault = None
-        if self._read_faults:
-            reason = self._read_faults.pop(read, None)
-            if reason is not None:
-                log.info(
-                    "modbus device %s: %s reads again", self.name, read.ref,
-                    extra={"device": self.name, "address": read.ref, "reason": "recovered"},
-                )
-        if self._bad:
-            for p in read.points:
-                self._bad.pop(p.signal, None)
 
 
 def _due(slot: _Slot) -> float:

@@ -17,7 +17,8 @@ from edge_store.outbox import GAP_PRIORITY, Entry, GapEntry
 from gateway.config import GatewayConfig
 from mapping.engine import CompiledMapping
 from mapping.station import EARLIEST_TRUSTED_TIME
-from sync.packet import Draft, format_sequence, render
+from sync.packet import Draft, format_sequence
+from sync.packet_codec import render
 
 GAP_TYPE = "keyop.outbox.gap"
 

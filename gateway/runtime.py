@@ -27,7 +27,8 @@ from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
 from gateway.service import StartBacklog, bounded, pending, status_line
 from mapping.engine import CompiledMapping, Engine
-from sync.packet import Draft, render
+from sync.packet import Draft
+from sync.packet_codec import render
 from sync.uplink import Uplink, UplinkConfig
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ client id and rules; `--format dynsec` (the default) writes a config for Mosquit
 Security plugin (`hub.dynsec`), and `--format acl-file` a Mosquitto password file and
 `acl_file`, with the same accounts, secrets and rules.
 
-What each format enforces (each checked against Mosquitto 2.0.11 by tests/test_hub_acl.py):
+What each format enforces (each checked against Mosquitto 2.0.11 by tests/hub/test_hub_acl.py):
 - dynsec: each account's client id is bound to it (a CONNECT with another is refused), and a
   SUBSCRIBE outside the account's grants is refused in the SUBACK: `#`, `$SYS/#`, another
   supplier's subtree, and above all the hub's shared subscription, so no other account can

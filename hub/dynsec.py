@@ -5,7 +5,7 @@ and refuses what they do not cover with "not authorized" (0x87) in the SUBACK, s
 asking for `#`, `$SYS/#` or another supplier's subtree is told no, instead of being granted a
 subscription that Mosquitto 2.0's `acl_file` would merely starve.
 
-The file follows Mosquitto 2.0.x (checked against 2.0.11 by tests/test_hub_acl.py):
+The file follows Mosquitto 2.0.x (checked against 2.0.11 by tests/hub/test_hub_acl.py):
 `defaultACLAccess` denies all four kinds of access; each account is one client with its own
 role, bound to the account's one client id (`clientid`: a CONNECT with another is refused, so
 no account can take over another's session); a client's `password`/`salt` are base64 of the

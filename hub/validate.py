@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sync.packet import Packet, load_json, validate
+from sync.packet import Packet
+from sync.packet_codec import load_json, validate
 
 
 def decode_events(payload: bytes) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private Mosquitto per test that needs one, database URLs."""
+"""Shared fixtures: a private Mosquitto per test that needs one, recording MQTT clients,
+database URLs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubkit import GATEWAY, Client
 
 from devstack.mosquitto import PrivateBroker
+from sync import topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,6 +21,20 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     """A Mosquitto started for this test only, on a free loopback port."""
     with PrivateBroker(workdir=tmp_path / "broker") as running:
         yield running
+
+
+@pytest.fixture
+def clients(broker: PrivateBroker) -> Iterator[dict[str, Client]]:
+    """A recording edge (its acks) and the two suppliers of `hubkit.hub_config` (all their
+    topics)."""
+    made = {
+        "edge": Client(broker, topics.down_ack(GATEWAY)),
+        "acme": Client(broker, topics.sup_all("acme")),
+        "bolt": Client(broker, topics.sup_all("bolt")),
+    }
+    yield made
+    for client in made.values():
+        client.close()
 
 
 def _postgres_url() -> str | None:

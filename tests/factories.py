@@ -8,6 +8,7 @@ from ulid import ULID
 
 from edge_store import Entry
 from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCE = "plant1/edge-07"
 EPOCH = "01JCZ0K3M9B4X2W7Q5N8D1F6HA"
@@ -60,7 +61,7 @@ def render_event(
     id: str = PACKET_ID,
     recorded: float | None = None,
 ) -> bytes:
-    return pk.render(draft, id=id, source=source, sequence=seq, epoch=epoch,
+    return codec.render(draft, id=id, source=source, sequence=seq, epoch=epoch,
                      recorded=draft.time + 0.044 if recorded is None else recorded)
 
 

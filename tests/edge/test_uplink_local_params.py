@@ -14,7 +14,7 @@ from factories import outbox_entry, progress_draft
 
 from devstack.mosquitto import PrivateBroker
 from edge_store import Outbox
-from sync import packet as pk
+from sync import packet_codec as codec
 from sync.uplink import Uplink, UplinkConfig, for_uplink
 
 pytestmark = pytest.mark.timeout(30)
@@ -45,7 +45,7 @@ class Listener:
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.raw.append(bytes(message.payload))
-            self.events += pk.decode_many(bytes(message.payload))
+            self.events += codec.decode_many(bytes(message.payload))
             if len(self.events) >= 3:
                 self.three.set()
 
@@ -78,7 +78,7 @@ def test_local_params_are_stored_but_never_published(broker: PrivateBroker,
         asyncio.run(main())
     finally:
         listener.close()
-    sent = {pk.from_obj(e).seq: e["data"].get("params") for e in listener.events}
+    sent = {codec.from_obj(e).seq: e["data"].get("params") for e in listener.events}
     assert sent == {1: {"force": FORCE}, 2: None, 3: {"force": FORCE}}
     assert not any(b"recipe-7" in raw for raw in listener.raw)
     # The gateway itself keeps them: the outbox rows are as the engine made them.
@@ -88,7 +88,7 @@ def test_local_params_are_stored_but_never_published(broker: PrivateBroker,
 
 
 def test_bodies_without_local_params_pass_byte_for_byte() -> None:
-    body = pk.render(progress_draft(params={"note": {"value": '"class":"local"',
+    body = codec.render(progress_draft(params={"note": {"value": '"class":"local"',
                                                      "class": "public"}}),
                      id="01JDA5Q1Y4S7M2R8K3VZC6TB9E", source=SOURCE, sequence=1,
                      epoch="01JCZ0K3M9B4X2W7Q5N8D1F6HA", recorded=1_795_000_000.2)
