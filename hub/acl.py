@@ -27,7 +27,7 @@ gateway (what sync/uplink.py sends), the supplier's id for a supplier.
 Rules (default deny: an account has exactly its own rules, and no rule holds `%u`/`%c`
 patterns, so no username can widen anything):
 - a gateway writes `keyop/v1/up/{id}/#` and reads `keyop/v1/down/{id}/#`;
-- a supplier reads `keyop/v1/sup/{id}/#`;
+- a supplier reads `keyop/v1/sup/{id}/#` and the hub's status, `keyop/v1/hub/status`;
 - the hub reads `keyop/v1/up/#` (also as `$share/{mqtt.share_group}/...`), writes
   `keyop/v1/down/#` and `keyop/v1/sup/#`, and reads and writes its status topic.
   Nobody may subscribe to `#` or `$SYS/#`.
@@ -151,7 +151,8 @@ def accounts(config: HubConfig, out: Path) -> list[Account]:
             supplier, "supplier",
             Path(rules.mqtt_password_file) if rules.mqtt_password_file
             else out / "secrets" / f"supplier-{supplier}.secret",
-            (Rule("read", topics.sup_all(supplier)),), supplier,
+            (Rule("read", topics.sup_all(supplier)), Rule("read", topics.hub_status())),
+            supplier,
         ))
     _check_unique(found)
     return found

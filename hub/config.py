@@ -202,6 +202,10 @@ class ApiSection(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="bind address; loopback by default")
     port: int = Field(default=8710, ge=0, le=65535, description="0 picks a free port")
+    public_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$",
+        description="the URL suppliers reach the API at (the OpenAPI `servers` entry); "
+        "none: the API's own address, as a relative `/`")
     max_limit: int = Field(default=1000, ge=1, le=10_000, description="largest page size")
     stream_poll_s: float = Field(default=1.0, gt=0, le=60,
                                  description="SSE: how often to look for other workers' rows")
@@ -231,6 +235,9 @@ class OrderConfig(_Strict):
     """What hub.yaml knows about one work order (the API may add assignments and due times)."""
 
     due: datetime | None = Field(default=None, description="RFC 3339 due time of the order")
+    planned: int | None = Field(default=None, ge=0, le=2**53,
+                                description="the order's planned quantity (else the largest "
+                                "planned quantity its operations report)")
 
 
 class AlertsSection(_Strict):

@@ -323,9 +323,13 @@ def test_dynsec_config_denies_by_default_and_grants_each_role_its_own(
     assert "$CONTROL" not in json.dumps(doc)
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"] if a["allow"]}
              for r in doc["roles"]}
+    # Its own subtree, and the hub's status (online, last ingest, lag), which every supplier
+    # may read.
     assert roles["supplier-bolt"] == {
         ("subscribePattern", "keyop/v1/sup/bolt/#"), ("unsubscribePattern", "keyop/v1/sup/bolt/#"),
-        ("publishClientReceive", "keyop/v1/sup/bolt/#")}
+        ("publishClientReceive", "keyop/v1/sup/bolt/#"),
+        ("subscribePattern", "keyop/v1/hub/status"), ("unsubscribePattern", "keyop/v1/hub/status"),
+        ("publishClientReceive", "keyop/v1/hub/status")}
     assert roles["gateway-edge-07"] == {
         ("publishClientSend", "keyop/v1/up/edge-07/#"),
         ("subscribePattern", "keyop/v1/down/edge-07/#"),
