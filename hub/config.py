@@ -27,6 +27,7 @@ from sqlalchemy.engine import url as sa_url
 
 from common import yamlsrc
 from common.mqtt_tls import TlsSettings
+from hub import config_include
 from sync.packet import ID_PATTERN
 
 
@@ -162,6 +163,11 @@ class SupplierConfig(_Strict):
     api_key_file: str | None = Field(
         default=None, description="file holding the API key (hashed when the hub loads it)"
     )
+    api_key_hashes: list[Annotated[str, Field(pattern=KEY_HASH_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        description="more keys of this supplier (sha256:<hex> each): every key listed works, "
+        "so a new key can be handed out before the old one is removed (`keyop hub acl` "
+        "writes them to api-keys.yaml)")
     mqtt_password_file: str | None = Field(
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
@@ -211,6 +217,9 @@ class ApiSection(_Strict):
                                  description="SSE: how often to look for other workers' rows")
     admin_key_hash: str | None = Field(default=None, pattern=KEY_HASH_PATTERN)
     admin_key_file: str | None = None
+    admin_key_hashes: list[Annotated[str, Field(pattern=KEY_HASH_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        description="more admin keys (sha256:<hex> each; `keyop hub acl` writes them)")
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 2**20,
                                 description="largest request body; 413 past it")
     max_streams_per_key: int = Field(default=4, ge=1, le=10_000,
@@ -322,10 +331,10 @@ class HubConfig(_Strict):
 _INNER_LOC = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.S)
 
 
-def _position(doc: yamlsrc.Document, loc: tuple[Any, ...]) -> tuple[int, int]:
-    """Line and column of a pydantic error location: the key itself when the whole path
-    exists (an unknown key is best shown there), else the value of the deepest part that does
-    (a missing key is reported at the mapping that lacks it)."""
+def _position(doc: config_include.Sources, loc: tuple[Any, ...]) -> tuple[str, int, int]:
+    """File, line and column of a pydantic error location: the key itself when the whole
+    path exists (an unknown key is best shown there), else the value of the deepest part that
+    does (a missing key is reported at the mapping that lacks it)."""
     path: yamlsrc.Path = ()
     for part in loc:
         for candidate in (part, str(part)):
@@ -343,17 +352,25 @@ def _yaml_problem(problem: yamlsrc.Problem) -> str:
     return f"{problem.file}:{problem.line}:{problem.column}:{where} not valid YAML: {message}"
 
 
-def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
-    """Validate hub.yaml text; `name` prefixes every error message."""
+def parse_config(text: str, name: str = "<hub.yaml>", base: Path | None = None, *,
+                 includes: bool = True) -> HubConfig:
+    """Validate hub.yaml text; `name` prefixes every error message, `base` is the folder its
+    `include:` files are relative to (default: the working directory). Without `includes`,
+    `include:` is left out (what `keyop hub acl` reads: it writes an included file)."""
     try:
         # A due time may be written as a bare YAML timestamp (`due: 2026-12-01T16:00:00Z`).
-        doc = yamlsrc.load(text, name, kind="hub.yaml", timestamps=True)
+        parsed = yamlsrc.load(text, name, kind="hub.yaml", timestamps=True)
+        if not isinstance(parsed.value, dict):
+            line, column = parsed.locate(())
+            raise HubConfigError(f"{name}:{line}:{column}: (top): expected a mapping at the "
+                                 f"top, got {type(parsed.value).__name__}")
+        if not includes:
+            parsed.value.pop(config_include.KEY, None)
+        doc = config_include.resolve(parsed, base or Path())
     except yamlsrc.LocatedError as error:
         raise HubConfigError("\n".join(_yaml_problem(p) for p in error.problems)) from None
-    if not isinstance(doc.value, dict):
-        line, column = doc.locate(())
-        raise HubConfigError(f"{name}:{line}:{column}: (top): expected a mapping at the top, "
-                          f"got {type(doc.value).__name__}")
+    except config_include.IncludeError as error:
+        raise HubConfigError(str(error)) from None
     try:
         return HubConfig.model_validate(doc.value)
     except ValidationError as error:
@@ -367,18 +384,18 @@ def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
                 loc = tuple(int(p) if p.isdigit() else p for p in inner[1].split("."))
                 message = inner[2]
             where = ".".join(str(p) for p in loc) or "(top)"
-            line, column = _position(doc, loc)
+            file, line, column = _position(doc, loc)
             if item["type"] == "extra_forbidden":
                 message = f"unknown key {str(loc[-1])!r}"
-            lines.append(f"{name}:{line}:{column}: {where}: {message}")
+            lines.append(f"{file}:{line}:{column}: {where}: {message}")
         raise HubConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path) -> HubConfig:
-    """Read and validate a hub.yaml file."""
+def load_config(path: str | Path, *, includes: bool = True) -> HubConfig:
+    """Read and validate a hub.yaml file (and the files it includes)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise HubConfigError(f"{path}: cannot read: {error.strerror}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.parent, includes=includes)

@@ -239,11 +239,11 @@ def test_cli_writes_files_and_keeps_given_secrets(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(path, out, "acl-file") == 0
     generated = sorted(p.name for p in (out / "secrets").iterdir())
-    assert generated == ["api-acme.key", "api-bolt.key", "gateway-edge-07.secret",
+    assert generated == ["api-acme.key", "api-admin.key", "api-bolt.key", "gateway-edge-07.secret",
                          "gateway-edge-08.secret", "hub-keyop-hub.secret", "supplier-bolt.secret"]
     hashes = parse_config((out / "api-keys.yaml").read_text())
     key = (out / "secrets" / "api-acme.key").read_text().strip()
-    assert hashes.suppliers["acme"].api_key_hash == hash_key(key)
+    assert hashes.suppliers["acme"].api_key_hashes == [hash_key(key)]
     assert oct((out / "passwd").stat().st_mode & 0o777) == "0o600"
     assert (out / "secrets" / "supplier-bolt.secret").stat().st_mode & 0o077 == 0
     assert (out / "secrets").stat().st_mode & 0o777 == 0o700
