@@ -55,6 +55,9 @@ class HubSection(_Strict):
     # fan-out to a process that does not ingest balances two processes best (README).
     ingest: bool = Field(default=True, description="take packets from the uplink")
     fanout: bool = Field(default=True, description="fan out to suppliers (one process at a time)")
+    status_interval_s: float = Field(
+        default=15.0, ge=0.1, le=3600,
+        description="how often the hub republishes its retained keyop/v1/hub/status")
     max_future_skew_s: float = Field(
         default=300.0, ge=0,
         description="an event time later than the hub's receive time by more than this is "

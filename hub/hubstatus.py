@@ -23,10 +23,6 @@ from sync.packet import format_time
 
 log = logging.getLogger(__name__)
 
-# How often a connected hub republishes its retained status (lastIngest moves on).
-PUBLISH_S = 15.0
-
-
 def status_document(hub_id: str, store: Store, online: bool, now: float) -> dict[str, Any]:
     """The status now (reads the newest stored packet)."""
     newest = newest_packet(store)
@@ -44,7 +40,7 @@ def status_document(hub_id: str, store: Store, online: bool, now: float) -> dict
 
 
 async def publish_status(mqtt: HubMqtt, store: Store, hub_id: str, stop: asyncio.Event,
-                         every_s: float = PUBLISH_S) -> None:
+                         every_s: float) -> None:
     """Republish the retained status while connected, every `every_s` seconds, until `stop`.
     The connection's will and a clean stop say offline (hub/mqtt.py)."""
     properties = publish_properties("application/json")

@@ -142,7 +142,8 @@ class HubService:
         self.supervisor = tasks = Supervisor(stop, fatal=(HubConfigError,))
         tasks.spawn("reload", lambda: self._reload(stop))
         tasks.spawn("identity", lambda: lease.run(stop))
-        tasks.spawn("status", lambda: publish_status(mqtt, store, roles.id, stop))
+        tasks.spawn("status", lambda: publish_status(mqtt, store, roles.id, stop,
+                                                     roles.status_interval_s))
         if roles.ingest:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
