@@ -200,3 +200,23 @@ def test_generated_requests_find_no_error(hub: tuple[str, dict[str, str]]) -> No
 
         run()
     assert sorted(ran) == sorted(p for _, p in SUPPLIER_OPERATIONS if p != "/v1/stream")
+
+
+_JSON_BLOCK = re.compile(r"^```json\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def test_the_api_docs_examples_are_what_the_api_answers() -> None:
+    """Each JSON example of docs/api.md is a valid answer of the model it shows."""
+    from hub.api import models
+    from hub.api.errors import ApiError
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    shown = set()
+    for block in _JSON_BLOCK.findall(text):
+        example = json.loads(block)
+        model = (models.OrderPage if "orders" in example else
+                 models.OrderDetail if "timeline" in example else
+                 ApiError if "detail" in example else models.HubStatus)
+        model.model_validate(example)
+        shown.add(model.__name__)
+    assert shown == {"OrderPage", "OrderDetail", "ApiError", "HubStatus"}
