@@ -296,6 +296,12 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
             # (Overlapping granted filters may each deliver a copy of bolt's own message.)
             assert set(bolt.topics()) == {topics.sup_events("bolt", "WO-2")}
             assert set(edge8.topics()) == {topics.down_ack("edge-08")}
+            # Every supplier may read the hub's own status; a gateway may not.
+            assert acme.subscribe(topics.hub_status())
+            assert not hub.publish(topics.hub_status(), b'{"online": true}').is_failure
+            wait_until(lambda: topics.hub_status() in acme.topics(), "acme reads hub status")
+            wait_until(lambda: topics.hub_status() in bolt.topics(), "bolt reads it too")
+            assert topics.hub_status() not in edge8.topics()
             assert hub.subscribe(topics.hub_status_subscription())
             # The dying sessions below use edge-07's client id: edge7 leaves first, cleanly
             # (no will), so that only theirs are in play.
