@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from cli.exits import EXIT_FAILED
+from cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 
 def add_hub_command(sub: Any) -> None:
     """Register `keyop hub ...` on the CLI's subparsers."""
     hub = sub.add_parser("hub", help="run the collaboration hub")
-    hub.add_argument("hub_command", nargs="?", choices=["run", "acl"], default="run",
-                     help="run: the hub; acl: write Mosquitto broker accounts")
+    hub.add_argument("hub_command", nargs="?", choices=["run", "acl", "check"], default="run",
+                     help="run: the hub; acl: write Mosquitto broker accounts and API keys; "
+                          "check: validate hub.yaml, its includes and key files")
     hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
     hub.add_argument("--out", type=Path, default=Path("broker-acl"),
                      help="acl: folder for the broker files and generated secrets")
     hub.add_argument("--format", choices=["dynsec", "acl-file"], default="dynsec",
                      help="acl: a Dynamic Security plugin config (default; binds client ids, "
                           "refuses a forbidden SUBSCRIBE in the SUBACK), or passwd + acl_file")
+    hub.add_argument("--add-key", action="append", default=[], metavar="SUPPLIER",
+                     help="acl: make one more API key for SUPPLIER (rotation: both work)")
     hub.set_defaults(func=cmd_hub)
 
 
@@ -33,5 +37,23 @@ def cmd_hub(args: argparse.Namespace) -> int:
     if args.hub_command == "acl":
         from hub.acl import main as acl_main
 
-        return acl_main(args.config, args.out, args.format)
+        return acl_main(args.config, args.out, args.format, tuple(args.add_key))
+    if args.hub_command == "check":
+        return _check(args.config)
     return EXIT_FAILED
+
+
+def _check(path: Path) -> int:
+    """`keyop hub check`: hub.yaml with its includes, and every API key file, as the hub
+    start reads them."""
+    from hub.api.auth import Keys
+    from hub.config import HubConfigError, load_config
+
+    try:
+        config = load_config(path)
+        keys = Keys(config)
+    except HubConfigError as error:
+        print(f"keyop hub check: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: ok ({len(config.suppliers)} supplier(s), {keys.count()} API key(s))")
+    return EXIT_OK

@@ -27,7 +27,7 @@ gateway (what sync/uplink.py sends), the supplier's id for a supplier.
 Rules (default deny: an account has exactly its own rules, and no rule holds `%u`/`%c`
 patterns, so no username can widen anything):
 - a gateway writes `keyop/v1/up/{id}/#` and reads `keyop/v1/down/{id}/#`;
-- a supplier reads `keyop/v1/sup/{id}/#`;
+- a supplier reads `keyop/v1/sup/{id}/#` and the hub's status, `keyop/v1/hub/status`;
 - the hub reads `keyop/v1/up/#` (also as `$share/{mqtt.share_group}/...`), writes
   `keyop/v1/down/#` and `keyop/v1/sup/#`, and reads and writes its status topic.
   Nobody may subscribe to `#` or `$SYS/#`.
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.config import HubConfig, HubConfigError, hash_key, load_config
+from hub.config import HubConfig, HubConfigError, load_config
 from hub.mqtt import INFLIGHT_MAX
 from sync import topics
 from sync.packet import MAX_EVENT_BYTES
@@ -151,7 +151,8 @@ def accounts(config: HubConfig, out: Path) -> list[Account]:
             supplier, "supplier",
             Path(rules.mqtt_password_file) if rules.mqtt_password_file
             else out / "secrets" / f"supplier-{supplier}.secret",
-            (Rule("read", topics.sup_all(supplier)),), supplier,
+            (Rule("read", topics.sup_all(supplier)), Rule("read", topics.hub_status())),
+            supplier,
         ))
     _check_unique(found)
     return found
@@ -270,18 +271,21 @@ def mosquitto_snippet(out: Path) -> str:
     ])
 
 
-def write(config: HubConfig, out: Path, fmt: str = DEFAULT_FORMAT) -> list[Path]:
-    """Write the broker files of `fmt` (OUTPUTS), DIR/mosquitto.conf to include, and any
-    missing secret. Returns the secret files it generated."""
-    # hub.dynsec builds on this module (its model and hashing): imported here, not at the top.
-    from hub import dynsec
+def write(config: HubConfig, out: Path, fmt: str = DEFAULT_FORMAT,
+          add_keys: tuple[str, ...] = ()) -> list[Path]:
+    """Write the broker files of `fmt` (OUTPUTS), DIR/mosquitto.conf to include, any missing
+    secret, and the API keys (hub/api_keys.py; one more for each supplier in `add_keys`).
+    Returns the secret files it generated."""
+    # hub.dynsec and hub.api_keys build on this module (its model, hashing and secret
+    # files): imported here, not at the top.
+    from hub import api_keys, dynsec
 
     if fmt not in FORMATS:
         raise HubConfigError(f"broker file format {fmt!r}: expected one of {', '.join(FORMATS)}")
     found = accounts(config, out)
     out.mkdir(parents=True, exist_ok=True)
     paired, generated = credentials(found)
-    generated += _api_keys(config, out)
+    generated += api_keys.write(config, out, add_keys)
     if fmt == "dynsec":
         config_file = out / OUTPUTS["dynsec"][0]
         _write_private(config_file, dynsec.config_text(paired))
@@ -292,25 +296,6 @@ def write(config: HubConfig, out: Path, fmt: str = DEFAULT_FORMAT) -> list[Path]
         _write_private(out / "passwd", passwd)
         _write_private(out / "acl", acl_text(found))
         _write_private(out / "mosquitto.conf", mosquitto_snippet(out), 0o644)
-    return generated
-
-
-def _api_keys(config: HubConfig, out: Path) -> list[Path]:
-    """API keys for suppliers that have none in hub.yaml: DIR/secrets/api-{id}.key (give it to
-    the supplier) and DIR/api-keys.yaml (the hashes, to copy into hub.yaml)."""
-    generated: list[Path] = []
-    lines = ["# API key hashes for hub.yaml (suppliers.<id>.api_key_hash); the keys are in",
-             "# secrets/api-<id>.key, to hand to each supplier.", "suppliers:"]
-    for supplier, rules in config.suppliers.items():
-        if rules.api_key_hash or rules.api_key_file:
-            continue
-        path = out / "secrets" / f"api-{supplier}.key"
-        key, new = _secret_for(path)
-        if new:
-            generated.append(path)
-        lines.append(f"  {supplier}: {{api_key_hash: \"{hash_key(key)}\"}}")
-    if len(lines) > 3:
-        _write_private(out / "api-keys.yaml", "\n".join(lines) + "\n")
     return generated
 
 
@@ -332,15 +317,21 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
-def main(config_path: str | Path, out: str | Path, fmt: str = DEFAULT_FORMAT) -> int:
+def main(config_path: str | Path, out: str | Path, fmt: str = DEFAULT_FORMAT,
+         add_keys: tuple[str, ...] = ()) -> int:
     """Exit 0 when written, 2 on a bad config."""
     try:
-        config = load_config(config_path)
-        generated = write(config, Path(out), fmt)
+        # Without its includes: hub.yaml may include the api-keys.yaml this writes.
+        config = load_config(config_path, includes=False)
+        unknown = sorted(set(add_keys) - set(config.suppliers))
+        if unknown:
+            raise HubConfigError(f"--add-key: unknown supplier {', '.join(unknown)}")
+        generated = write(config, Path(out), fmt, add_keys)
     except (HubConfigError, topics.TopicError) as error:
         print(f"keyop hub acl: {error}", file=sys.stderr)
         return 2
-    print("wrote " + ", ".join(f"{out}/{name}" for name in (*OUTPUTS[fmt], "mosquitto.conf")))
+    print("wrote " + ", ".join(f"{out}/{name}" for name in (*OUTPUTS[fmt], "mosquitto.conf",
+                                                           "api-keys.yaml")))
     for path in generated:
         print(f"generated secret: {path}")
     return 0

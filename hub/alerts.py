@@ -5,10 +5,11 @@ holder of the `alerts` lease) each open operation is evaluated:
 
 - stalled: it is Running and the hub has heard nothing of it for `stall_after_s` (hub clock,
   so an edge's wrong clock cannot fake or hide a stall);
-- delay risk: its order has a due time (hub.yaml `orders:` or the API's assignment) and a
-  planned quantity, and the completion estimated from its progress rate passes the due time by
-  more than `margin_s`. The rate is a least-squares line (numpy) through the last `window`
-  (event time, good) points; no progress at all counts as never finishing.
+- delay risk (hub/risk.py, the rule the orders API shows too): its order has a due time
+  (hub.yaml `orders:` or the API's assignment) and a planned quantity, and the completion
+  estimated from its progress rate passes the due time by more than `margin_s`. The rate is
+  a least-squares line (numpy) through the last `window` (event time, good) points; no
+  progress at all counts as never finishing.
 
 Once per change: an alert row is written, and published, only when a kind's status for a
 supplier differs from the last one (raised, then cleared); it is then readable on
@@ -30,22 +31,20 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.api.context import ApiContext
 from hub.badrows import BAD_ROW, printable_time, reason
 from hub.config import HubConfig
 from hub.log_throttle import RepeatedWarnings
+from hub.risk import Estimate, estimate
 from hub.scheduler import Job
 from hub.store import Store
 from sync import topics
@@ -60,46 +59,6 @@ ALERT_EPOCH = "0" * 26
 KINDS = ("delay_risk", "stalled")
 
 Publish = Callable[[str, bytes], "asyncio.Future[None]"]
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """What the evaluation found for one operation."""
-
-    rate_per_s: float
-    completion: float | None  # None: never at the current rate (or not before year 9999)
-    stalled: bool
-    delay_risk: bool
-
-
-def estimate(points: list[tuple[float, int]], planned: int | None, good: int,
-             due: float | None, margin_s: float, stalled: bool) -> Estimate:
-    """The completion estimate of one operation from its (event time, good) points.
-
-    Points whose time is not a printable time are left out; a rate that is not finite counts
-    as no progress; a completion beyond year 9999 (planned 1e18, a rate of 1e-300) as never.
-    """
-    points = [p for p in points if printable_time(p[0])]
-    rate = 0.0
-    if len(points) >= 2:
-        times = np.array([p[0] for p in points], dtype=float)
-        goods = np.array([p[1] for p in points], dtype=float)
-        if float(times[-1] - times[0]) > 0:
-            rate = float(np.polyfit(times - times[0], goods, 1)[0])
-    if not math.isfinite(rate):
-        rate = 0.0
-    completion: float | None = None
-    if planned is not None and points:
-        remaining = max(planned - good, 0)
-        if remaining == 0:
-            completion = points[-1][0]
-        elif rate > 0:
-            completion = points[-1][0] + remaining / rate
-        if completion is not None and not printable_time(completion):
-            completion = None
-    risk = (due is not None and planned is not None and good < planned
-            and (completion is None or completion > due + margin_s))
-    return Estimate(rate, completion, stalled, risk)
 
 
 class Alerts:

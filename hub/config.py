@@ -27,6 +27,7 @@ from sqlalchemy.engine import url as sa_url
 
 from common import yamlsrc
 from common.mqtt_tls import TlsSettings
+from hub import config_include
 from sync.packet import ID_PATTERN
 
 
@@ -54,6 +55,9 @@ class HubSection(_Strict):
     # fan-out to a process that does not ingest balances two processes best (README).
     ingest: bool = Field(default=True, description="take packets from the uplink")
     fanout: bool = Field(default=True, description="fan out to suppliers (one process at a time)")
+    status_interval_s: float = Field(
+        default=15.0, ge=0.1, le=3600,
+        description="how often the hub republishes its retained keyop/v1/hub/status")
     max_future_skew_s: float = Field(
         default=300.0, ge=0,
         description="an event time later than the hub's receive time by more than this is "
@@ -162,6 +166,11 @@ class SupplierConfig(_Strict):
     api_key_file: str | None = Field(
         default=None, description="file holding the API key (hashed when the hub loads it)"
     )
+    api_key_hashes: list[Annotated[str, Field(pattern=KEY_HASH_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        description="more keys of this supplier (sha256:<hex> each): every key listed works, "
+        "so a new key can be handed out before the old one is removed (`keyop hub acl` "
+        "writes them to api-keys.yaml)")
     mqtt_password_file: str | None = Field(
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
@@ -202,11 +211,18 @@ class ApiSection(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="bind address; loopback by default")
     port: int = Field(default=8710, ge=0, le=65535, description="0 picks a free port")
+    public_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$",
+        description="the URL suppliers reach the API at (the OpenAPI `servers` entry); "
+        "none: the API's own address, as a relative `/`")
     max_limit: int = Field(default=1000, ge=1, le=10_000, description="largest page size")
     stream_poll_s: float = Field(default=1.0, gt=0, le=60,
                                  description="SSE: how often to look for other workers' rows")
     admin_key_hash: str | None = Field(default=None, pattern=KEY_HASH_PATTERN)
     admin_key_file: str | None = None
+    admin_key_hashes: list[Annotated[str, Field(pattern=KEY_HASH_PATTERN)]] = Field(
+        default_factory=list, max_length=16,
+        description="more admin keys (sha256:<hex> each; `keyop hub acl` writes them)")
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 2**20,
                                 description="largest request body; 413 past it")
     max_streams_per_key: int = Field(default=4, ge=1, le=10_000,
@@ -231,6 +247,9 @@ class OrderConfig(_Strict):
     """What hub.yaml knows about one work order (the API may add assignments and due times)."""
 
     due: datetime | None = Field(default=None, description="RFC 3339 due time of the order")
+    planned: int | None = Field(default=None, ge=0, le=2**53,
+                                description="the order's planned quantity (else the largest "
+                                "planned quantity its operations report)")
 
 
 class AlertsSection(_Strict):
@@ -315,10 +334,10 @@ class HubConfig(_Strict):
 _INNER_LOC = re.compile(r"^([A-Za-z0-9_.-]+): (.*)$", re.S)
 
 
-def _position(doc: yamlsrc.Document, loc: tuple[Any, ...]) -> tuple[int, int]:
-    """Line and column of a pydantic error location: the key itself when the whole path
-    exists (an unknown key is best shown there), else the value of the deepest part that does
-    (a missing key is reported at the mapping that lacks it)."""
+def _position(doc: config_include.Sources, loc: tuple[Any, ...]) -> tuple[str, int, int]:
+    """File, line and column of a pydantic error location: the key itself when the whole
+    path exists (an unknown key is best shown there), else the value of the deepest part that
+    does (a missing key is reported at the mapping that lacks it)."""
     path: yamlsrc.Path = ()
     for part in loc:
         for candidate in (part, str(part)):
@@ -336,17 +355,25 @@ def _yaml_problem(problem: yamlsrc.Problem) -> str:
     return f"{problem.file}:{problem.line}:{problem.column}:{where} not valid YAML: {message}"
 
 
-def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
-    """Validate hub.yaml text; `name` prefixes every error message."""
+def parse_config(text: str, name: str = "<hub.yaml>", base: Path | None = None, *,
+                 includes: bool = True) -> HubConfig:
+    """Validate hub.yaml text; `name` prefixes every error message, `base` is the folder its
+    `include:` files are relative to (default: the working directory). Without `includes`,
+    `include:` is left out (what `keyop hub acl` reads: it writes an included file)."""
     try:
         # A due time may be written as a bare YAML timestamp (`due: 2026-12-01T16:00:00Z`).
-        doc = yamlsrc.load(text, name, kind="hub.yaml", timestamps=True)
+        parsed = yamlsrc.load(text, name, kind="hub.yaml", timestamps=True)
+        if not isinstance(parsed.value, dict):
+            line, column = parsed.locate(())
+            raise HubConfigError(f"{name}:{line}:{column}: (top): expected a mapping at the "
+                                 f"top, got {type(parsed.value).__name__}")
+        if not includes:
+            parsed.value.pop(config_include.KEY, None)
+        doc = config_include.resolve(parsed, base or Path())
     except yamlsrc.LocatedError as error:
         raise HubConfigError("\n".join(_yaml_problem(p) for p in error.problems)) from None
-    if not isinstance(doc.value, dict):
-        line, column = doc.locate(())
-        raise HubConfigError(f"{name}:{line}:{column}: (top): expected a mapping at the top, "
-                          f"got {type(doc.value).__name__}")
+    except config_include.IncludeError as error:
+        raise HubConfigError(str(error)) from None
     try:
         return HubConfig.model_validate(doc.value)
     except ValidationError as error:
@@ -360,18 +387,18 @@ def parse_config(text: str, name: str = "<hub.yaml>") -> HubConfig:
                 loc = tuple(int(p) if p.isdigit() else p for p in inner[1].split("."))
                 message = inner[2]
             where = ".".join(str(p) for p in loc) or "(top)"
-            line, column = _position(doc, loc)
+            file, line, column = _position(doc, loc)
             if item["type"] == "extra_forbidden":
                 message = f"unknown key {str(loc[-1])!r}"
-            lines.append(f"{name}:{line}:{column}: {where}: {message}")
+            lines.append(f"{file}:{line}:{column}: {where}: {message}")
         raise HubConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path) -> HubConfig:
-    """Read and validate a hub.yaml file."""
+def load_config(path: str | Path, *, includes: bool = True) -> HubConfig:
+    """Read and validate a hub.yaml file (and the files it includes)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise HubConfigError(f"{path}: cannot read: {error.strerror}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.parent, includes=includes)

@@ -33,7 +33,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ CURSOR_SAVE_S = 1.0
 _RECENT_EVENTS = 5_000
 
 Sent = dict[str, list[tuple[int, asyncio.Future[None]]]]
+# {work order: suppliers} -> {(supplier, work order): order object} (hub/orders.py).
+OrderDocuments = Callable[[Mapping[str, Iterable[str]]], dict[tuple[str, str], dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ class FanOut:
         poll_s: float = 0.25,
         idle_s: float = 2.0,
         holder: str | None = None,
+        orders: OrderDocuments | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -112,6 +115,8 @@ class FanOut:
         self.poll_s = poll_s
         self.idle_s = idle_s
         self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
+        # The order objects to retain beside moved operations' states (hub/orders.py).
+        self.orders = orders
         self.published = 0
         self.failed = 0
         self.packets = 0
@@ -254,6 +259,8 @@ class FanOut:
         router = self.router()
         # Suppliers that take CloudEvents batches: (supplier, work order) -> [(pk, seq, json)].
         grouped: dict[tuple[str, str], list[tuple[int, str, bytes]]] = {}
+        # Orders whose operation state moved: work order -> supplier -> last pk.
+        moved: dict[str, dict[str, int]] = {}
         for row in rows:
             try:
                 event, copies = self._copies(row, router, cursors)
@@ -289,6 +296,7 @@ class FanOut:
                         _events_topic(supplier, row.work_order or ""), copy,
                         properties=props)))
                 if latest:
+                    moved.setdefault(row.work_order or "", {})[supplier] = row.pk
                     try:
                         sent.append((row.pk, self._publish_state(supplier, state)))
                     except BAD_ROW as error:  # the event went out; its state row is odd
@@ -300,7 +308,8 @@ class FanOut:
             self.packets += 1
         for (supplier, work_order), items in grouped.items():
             self._publish_batches(step.sent[supplier], supplier, work_order, items)
-        for supplier in {s for s, _ in grouped}:
+        retained = await self._publish_orders(step, moved)
+        for supplier in {s for s, _ in grouped} | retained:
             # settle_cursors reads each supplier's messages in pk order.
             step.sent[supplier].sort(key=lambda pair: pair[0])
         return step
@@ -334,6 +343,19 @@ class FanOut:
                                        properties=props)
             sent.extend((pk, future) for pk, _, _ in chunk)
             start = end
+
+    async def _publish_orders(self, step: _Step, moved: dict[str, dict[str, int]]) -> set[str]:
+        """Retain the order object of each moved order for each supplier (with the pk of the
+        order's last event in the step); returns the suppliers sent one."""
+        if self.orders is None or not moved:
+            return set()
+        documents = await asyncio.to_thread(self.orders, moved)
+        for (supplier, work_order), document in documents.items():
+            payload = json.dumps(document, separators=(",", ":")).encode()
+            step.sent[supplier].append((moved[work_order][supplier], self.mqtt.publish(
+                topics.sup_order_state(supplier, work_order), payload, retain=True,
+                properties=_STATE_PROPERTIES)))
+        return {supplier for supplier, _ in documents}
 
     def _publish_state(self, supplier: str, state: Any) -> asyncio.Future[None]:
         topic = topics.sup_state(supplier, state.work_order, state.operation)

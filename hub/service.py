@@ -31,6 +31,7 @@ from hub.badrows import reason
 from hub.config import HubConfig, HubConfigError, load_config
 from hub.db_errors import transient
 from hub.fanout import FanOut
+from hub.hubstatus import publish_status
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
 from hub.metrics import registry_for
@@ -129,8 +130,10 @@ class HubService:
         context.metrics = registry_for(self)
         roles = self.config.hub
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
-        self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router)
+        self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router,
+                                       orders=context.orders.documents)
                                 if roles.fanout else None)
+        context.online = mqtt.connection.is_connected
         mqtt.start()
         settle_heap()
         log.info("hub started", extra={"hub": self.config.hub.id,
@@ -142,6 +145,8 @@ class HubService:
         self.supervisor = tasks = Supervisor(stop, fatal=(HubConfigError,))
         tasks.spawn("reload", lambda: self._reload(stop))
         tasks.spawn("identity", lambda: lease.run(stop))
+        tasks.spawn("status", lambda: publish_status(mqtt, store, roles.id, stop,
+                                                     roles.status_interval_s))
         if roles.ingest:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:

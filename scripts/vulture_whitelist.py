@@ -69,3 +69,15 @@ _.bytes_relayed
 pytestmark
 _.teardown
 test_protocol
+
+# Response model fields (hub/api/models.py): FastAPI reads them to validate, serialise and
+# document each answer; the code builds the answers as dicts.
+_.startedAt
+_.completedAt
+_.lastEventTime
+_.lastEventId
+_.estimatedCompletion
+_.updatedAt
+_.asOf
+_.lastIngest
+_.ingestLagSeconds

@@ -78,6 +78,11 @@ def sup_state(supplier: str, work_order: str, operation: str) -> str:
     )
 
 
+def sup_order_state(supplier: str, work_order: str) -> str:
+    """The retained order object (hub/orders.py) beside its operations' states."""
+    return f"{PREFIX}/sup/{check_id('supplier', supplier)}/state/{topic_safe(work_order)}"
+
+
 def sup_alerts(supplier: str) -> str:
     return f"{PREFIX}/sup/{check_id('supplier', supplier)}/alerts"
 

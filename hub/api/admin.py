@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.api.auth import admin
+from hub.api.errors import responses
+from hub.api.models import AssignmentResult
 from hub.api.orders import OrderId, _context
 from sync.packet import ID_PATTERN
 
@@ -24,7 +26,9 @@ class Assignment(BaseModel):
     due: datetime | None = None
 
 
-@router.put("/orders/{order}/assignment", summary="assign a work order to suppliers")
+@router.put("/orders/{order}/assignment", operation_id="putAssignment",
+            response_model=AssignmentResult, responses=responses(),
+            summary="assign a work order to suppliers")
 async def put_assignment(request: Request, _who: Annotated[str, Depends(admin)],
                          order: OrderId, body: Assignment) -> dict[str, Any]:
     context = _context(request)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from hub.api import admin, events, health, metrics, orders
+from hub.api import admin, docs, errors, events, health, metrics, orders, status
 from hub.api.audit import AuditBuffer, AuditMiddleware
 from hub.api.auth import Keys
 from hub.api.context import ApiContext
@@ -34,9 +34,13 @@ def create_app(context: ApiContext) -> FastAPI:
         version="1",
         description=(
             "Each supplier sees the work orders and events that concern it, redacted exactly "
-            "as on MQTT. Authenticate with `Authorization: Bearer <API key>`."
+            "as on MQTT. Authenticate with `Authorization: Bearer <API key>`. Every error "
+            "answers an `ApiError`; pages go on with `after` = the previous page's `next`. "
+            "The reference is docs/api.md."
         ),
         lifespan=lifespan,
+        # The specs and Swagger UI are hub/api/docs.py's: two documents, no CDN.
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.state.context = context
     app.state.keys = keys
@@ -45,15 +49,15 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.limits = limits = Limits(api.rate_per_s, api.burst, api.max_streams_per_key)
     app.include_router(orders.router)
     app.include_router(events.router)
+    app.include_router(status.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(health.router)
-    public = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url,
-              *health.PATHS}
+    errors.install(app)
+    docs.install(app, api.public_url)
     # Starlette runs the middleware added last first: audit, then the guard, then the routes.
     app.add_middleware(GuardMiddleware, keys=keys, limits=limits,
-                       max_body_bytes=api.max_body_bytes,
-                       public=frozenset(p for p in public if p),
+                       max_body_bytes=api.max_body_bytes, public=docs.PUBLIC | health.PATHS,
                        streams=frozenset({"/v1/stream"}))
     app.add_middleware(AuditMiddleware, buffer=audit)
     return app

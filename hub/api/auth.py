@@ -18,7 +18,8 @@ _bearer = HTTPBearer(auto_error=False, description="the supplier's API key")
 
 
 class Keys:
-    """Key hash -> principal (a supplier id, or ADMIN).
+    """Key hash -> principal (a supplier id, or ADMIN). An account may have several keys
+    (`api_key_hashes`): each works until it is removed from hub.yaml, for rotation.
 
     Raises HubConfigError when two accounts have the same key (naming both): a key must say who
     is calling, and a supplier must never hold the admin's.
@@ -34,8 +35,12 @@ class Keys:
             if supplier.api_key_file:
                 found.append((hash_key(read_secret(supplier.api_key_file)), name,
                               f"suppliers.{name}.api_key_file"))
+            found += [(digest, name, f"suppliers.{name}.api_key_hashes.{i}")
+                      for i, digest in enumerate(supplier.api_key_hashes)]
         if config.api.admin_key_hash:
             found.append((config.api.admin_key_hash, ADMIN, "api.admin_key_hash"))
+        found += [(digest, ADMIN, f"api.admin_key_hashes.{i}")
+                  for i, digest in enumerate(config.api.admin_key_hashes)]
         if config.api.admin_key_file:
             found.append((hash_key(read_secret(config.api.admin_key_file)), ADMIN,
                           "api.admin_key_file"))
@@ -46,6 +51,10 @@ class Keys:
                                   "accounts (give each account its own key)")
             self._by_hash[digest] = who
             where.setdefault(digest, field)
+
+    def count(self) -> int:
+        """How many distinct keys are known."""
+        return len(self._by_hash)
 
     def principal(self, key: str) -> str | None:
         digest = hash_key(key)

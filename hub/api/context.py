@@ -7,16 +7,17 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from hub import routing
-from hub.badrows import BAD_ROW, printable_time, reason
+from hub.badrows import BAD_ROW, reason
 from hub.config import HubConfig
 from hub.log_throttle import RepeatedWarnings
+from hub.orders import Orders
 from hub.state import state_document
 from hub.store import Store, StoredPacket
 
@@ -92,6 +93,9 @@ class ApiContext:
         self._lock = threading.Lock()
         self._router = routing.Router(config)
         self._due: dict[str, float] = {}
+        # Whether this hub is connected to its broker (set by the running hub).
+        self.online: Callable[[], bool] = lambda: False
+        self.orders = Orders(self)
         self.reload()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -185,52 +189,6 @@ class ApiContext:
                 continue
             break
         return found, cursor
-
-    def orders_of(self, supplier: str, after: str | None, limit: int
-                  ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of the supplier's work orders (summaries) and the cursor of the next page
-        (None at the end). Looks at SCAN_ROWS operations at most per call."""
-        orders: dict[str, list[dict[str, Any]]] = {}
-        cursor, scanned = after, 0
-        while scanned < self.SCAN_ROWS:
-            rows = self.store.list_states(cursor, 500)
-            full = len(rows) == 500
-            if full and rows[0].work_order != rows[-1].work_order:
-                # Never split a work order between two reads.
-                last = rows[-1].work_order
-                rows = [r for r in rows if r.work_order != last]
-            for row in rows:
-                scanned += 1
-                if not self.visible_state(supplier, row):
-                    continue
-                if row.work_order not in orders and len(orders) == limit:
-                    return self._summaries(orders), list(orders)[-1]
-                orders.setdefault(row.work_order, []).append(self.state_for(supplier, row))
-            if not full or not rows:
-                return self._summaries(orders), None
-            cursor = rows[-1].work_order
-        return self._summaries(orders), cursor
-
-    def order(self, supplier: str, work_order: str) -> list[dict[str, Any]]:
-        """The supplier's view of one work order's operations ([] when none concerns it)."""
-        return [self.state_for(supplier, row)
-                for row in self.store.list_states(None, 10_000, work_order=work_order)
-                if self.visible_state(supplier, row)]
-
-    def summary(self, work_order: str, operations: Iterable[dict[str, Any]]) -> dict[str, Any]:
-        ops = list(operations)
-        due = self.due(work_order)
-        from sync.packet import format_time
-
-        return {
-            "workOrder": work_order,
-            "due": format_time(due) if printable_time(due) else None,
-            "closed": all(op["closed"] for op in ops),
-            "operations": ops,
-        }
-
-    def _summaries(self, orders: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        return [self.summary(w, ops) for w, ops in orders.items()]
 
 
 _warnings = RepeatedWarnings(logging.getLogger(__name__), window_s=300)

@@ -12,6 +12,15 @@ from fastapi.responses import StreamingResponse
 
 from hub.api.auth import supplier
 from hub.api.context import ApiContext
+from hub.api.errors import responses
+from hub.api.models import (
+    CURSOR_MAX,
+    CURSOR_PATTERN,
+    AfterQuery,
+    AlertPage,
+    EventPage,
+    LimitQuery,
+)
 from hub.api.orders import _context, _limit
 from hub.badrows import BAD_ROW
 
@@ -24,41 +33,71 @@ KEEPALIVE_S = 15.0
 STREAM_PAGE = 100
 
 
-@router.get("/events", summary="the supplier's redacted events after a cursor")
+def position(after: str | None, name: str = "after") -> int | None:
+    """A feed cursor (`after`, `Last-Event-ID`) as the position it names; 422 when it is not
+    one (a feed's cursor is a decimal position)."""
+    if after is None:
+        return None
+    if not after.isdigit() or not after.isascii() or int(after) > MAX_CURSOR:
+        raise HTTPException(status_code=422, detail=f"{name}: not a cursor of this feed "
+                            "(pass the `next` of a page, or an SSE message's id)")
+    return int(after)
+
+
+@router.get("/events", operation_id="listEvents", response_model=EventPage,
+            response_model_exclude_unset=True, responses=responses(),
+            summary="your redacted events after a cursor")
 async def list_events(
     request: Request,
     who: Annotated[str, Depends(supplier)],
-    after: Annotated[int, Query(ge=0, le=MAX_CURSOR,
-                                description="0, or the `next` of the previous page")] = 0,
-    limit: Annotated[int | None, Query(ge=1, description="page size (default 100, at most "
-                                                         "api.max_limit)")] = None,
+    after: AfterQuery = None,
+    limit: LimitQuery = None,
 ) -> dict[str, Any]:
-    """Events in log order. `next` moves past every row looked at, so paging on with it
+    """Events in feed order. `next` moves past every row looked at, so paging on with it
     always progresses; an empty page with the same `next` means: nothing new yet."""
     context = _context(request)
-    found, following = await context.run(context.events_after, who, after,
-                                         _limit(request, limit))
-    return {"events": [event for _, event in found], "next": following}
+    found, following = await context.run(context.events_after, who,
+                                         position(after) or 0, _limit(request, limit))
+    return {"events": [event for _, event in found], "next": str(following)}
 
 
-@router.get("/stream", summary="live events (text/event-stream)",
-            response_class=StreamingResponse)
+_SSE_EXAMPLE = ('id: 42\nevent: keyop.operation.progress\ndata: {"specversion":"1.0",'
+                '"id":"01JDA5Q1Y4S7M2R8K3VZC6TB9E","type":"keyop.operation.progress",...}\n\n')
+
+
+@router.get(
+    "/stream", operation_id="streamEvents", response_class=StreamingResponse,
+    summary="live events (text/event-stream)",
+    responses={**responses(400), 200: {
+        "description": "Server-sent events: per event `id:` (its cursor), `event:` (its "
+        "`type`) and one `data:` line holding the CloudEvent JSON object; `:` comment lines "
+        "keep the connection alive.",
+        "content": {"text/event-stream": {
+            "schema": {"type": "string", "description": "SSE messages whose `data` is a "
+                       "CloudEvent", "x-event-data": {"$ref": "#/components/schemas/CloudEvent"}},
+            "example": _SSE_EXAMPLE}}}},
+)
 async def stream(
     request: Request,
     who: Annotated[str, Depends(supplier)],
-    after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR,
-                                       description="start after this cursor (default: now)")]
-    = None,
-    last_event_id: Annotated[str | None, Header(max_length=24)] = None,
+    after: Annotated[str | None, Query(
+        min_length=1, max_length=CURSOR_MAX, pattern=CURSOR_PATTERN,
+        description="start after this cursor (default: now)")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=24, description=(
+        "the `id` of the last message received: resume after it (what EventSource sends "
+        "when it reconnects)"))] = None,
 ) -> StreamingResponse:
     """Each event is one SSE message whose `id` is its cursor: a client that reconnects with
-    `Last-Event-ID` resumes exactly after it."""
+    `Last-Event-ID` resumes exactly after it. `Last-Event-ID` and `after` together: 400."""
     context = _context(request)
-    if last_event_id is not None:
-        if not last_event_id.isdigit() or int(last_event_id) > MAX_CURSOR:
-            raise HTTPException(status_code=422, detail="Last-Event-ID: expected a cursor")
-        after = int(last_event_id)
-    start = after if after is not None else await context.run(context.store.max_pk)
+    if last_event_id is not None and after is not None:
+        raise HTTPException(status_code=400, detail="give either the Last-Event-ID header or "
+                            "the `after` parameter, not both (they would name two places to "
+                            "resume from)")
+    start = position(last_event_id, "Last-Event-ID") if last_event_id is not None \
+        else position(after)
+    if start is None:
+        start = await context.run(context.store.max_pk)
     return StreamingResponse(_events(request, context, who, start),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
@@ -92,23 +131,25 @@ async def _events(request: Request, context: ApiContext, who: str, cursor: int
         await context.pulse.wait(context.config.api.stream_poll_s)
 
 
-@router.get("/alerts", summary="the supplier's delay alerts after a cursor")
+@router.get("/alerts", operation_id="listAlerts", response_model=AlertPage,
+            response_model_exclude_unset=True, responses=responses(),
+            summary="your delay alerts after a cursor")
 async def list_alerts(
     request: Request,
     who: Annotated[str, Depends(supplier)],
-    after: Annotated[int, Query(ge=0, le=MAX_CURSOR,
-                                description="0, or the `next` of the previous page")] = 0,
-    limit: Annotated[int | None, Query(ge=1)] = None,
+    after: AfterQuery = None,
+    limit: LimitQuery = None,
 ) -> dict[str, Any]:
     """`keyop.alert.delay_risk` / `keyop.alert.stalled` packets, raised and cleared, in order."""
     from hub.alerts import packet_of
 
     context = _context(request)
-    rows = await context.run(context.store.alerts_for, who, after, _limit(request, limit))
+    start = position(after) or 0
+    rows = await context.run(context.store.alerts_for, who, start, _limit(request, limit))
     alerts = []
     for row in rows:
         try:
             alerts.append(json.loads(packet_of(row.pk, row.body)))
         except BAD_ROW:
             continue  # a row no alert could have left (hub/badrows.py); the others still go
-    return {"alerts": alerts, "next": rows[-1].pk if rows else after}
+    return {"alerts": alerts, "next": str(rows[-1].pk if rows else start)}

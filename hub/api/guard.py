@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.auth import Keys
+from hub.api.errors import error_body
 from hub.api.limits import Limits, retry_after
 
 NO_CREDENTIALS = "credentials required (Authorization: Bearer <API key>)"
@@ -119,5 +120,5 @@ class GuardMiddleware:
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
                   headers: dict[str, str] | None = None) -> None:
-    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
+    await JSONResponse(error_body(status, detail), status_code=status, headers=headers)(
         scope, receive, send)

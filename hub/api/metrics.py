@@ -9,13 +9,17 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.api.auth import admin
+from hub.api.errors import responses
 from hub.api.orders import _context
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics (admin key)",
-            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get("/metrics", operation_id="getMetrics", summary="Prometheus metrics (admin key)",
+            response_class=Response,
+            responses={**responses(503), 200: {
+                "description": "the Prometheus text format",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(request: Request, _who: Annotated[str, Depends(admin)]) -> Response:
     context = _context(request)
     registry = context.metrics

@@ -238,11 +238,11 @@ def test_cli_writes_files_and_keeps_given_secrets(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(path, out, "acl-file") == 0
     generated = sorted(p.name for p in (out / "secrets").iterdir())
-    assert generated == ["api-acme.key", "api-bolt.key", "gateway-edge-07.secret",
+    assert generated == ["api-acme.key", "api-admin.key", "api-bolt.key", "gateway-edge-07.secret",
                          "gateway-edge-08.secret", "hub-keyop-hub.secret", "supplier-bolt.secret"]
     hashes = parse_config((out / "api-keys.yaml").read_text())
     key = (out / "secrets" / "api-acme.key").read_text().strip()
-    assert hashes.suppliers["acme"].api_key_hash == hash_key(key)
+    assert hashes.suppliers["acme"].api_key_hashes == [hash_key(key)]
     assert oct((out / "passwd").stat().st_mode & 0o777) == "0o600"
     assert (out / "secrets" / "supplier-bolt.secret").stat().st_mode & 0o077 == 0
     assert (out / "secrets").stat().st_mode & 0o777 == 0o700
@@ -295,6 +295,12 @@ def test_a_real_mosquitto_enforces_the_files(config: HubConfig, tmp_path: Path) 
             # (Overlapping granted filters may each deliver a copy of bolt's own message.)
             assert set(bolt.topics()) == {topics.sup_events("bolt", "WO-2")}
             assert set(edge8.topics()) == {topics.down_ack("edge-08")}
+            # Every supplier may read the hub's own status; a gateway may not.
+            assert acme.subscribe(topics.hub_status())
+            assert not hub.publish(topics.hub_status(), b'{"online": true}').is_failure
+            wait_until(lambda: topics.hub_status() in acme.topics(), "acme reads hub status")
+            wait_until(lambda: topics.hub_status() in bolt.topics(), "bolt reads it too")
+            assert topics.hub_status() not in edge8.topics()
             assert hub.subscribe(topics.hub_status_subscription())
             # The dying sessions below use edge-07's client id: edge7 leaves first, cleanly
             # (no will), so that only theirs are in play.
@@ -322,9 +328,13 @@ def test_dynsec_config_denies_by_default_and_grants_each_role_its_own(
     assert "$CONTROL" not in json.dumps(doc)
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"] if a["allow"]}
              for r in doc["roles"]}
+    # Its own subtree, and the hub's status (online, last ingest, lag), which every supplier
+    # may read.
     assert roles["supplier-bolt"] == {
         ("subscribePattern", "keyop/v1/sup/bolt/#"), ("unsubscribePattern", "keyop/v1/sup/bolt/#"),
-        ("publishClientReceive", "keyop/v1/sup/bolt/#")}
+        ("publishClientReceive", "keyop/v1/sup/bolt/#"),
+        ("subscribePattern", "keyop/v1/hub/status"), ("unsubscribePattern", "keyop/v1/hub/status"),
+        ("publishClientReceive", "keyop/v1/hub/status")}
     assert roles["gateway-edge-07"] == {
         ("publishClientSend", "keyop/v1/up/edge-07/#"),
         ("subscribePattern", "keyop/v1/down/edge-07/#"),

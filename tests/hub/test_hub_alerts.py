@@ -13,9 +13,10 @@ import pytest
 from factories import progress_draft, render_event
 from fastapi.testclient import TestClient
 
-from hub.alerts import Alerts, estimate
+from hub.alerts import Alerts
 from hub.api import ApiContext, create_app
 from hub.config import HubConfig, hash_key, parse_config
+from hub.risk import estimate
 from hub.schema import alerts as alerts_table
 from hub.schema import op_state
 from hub.store import Incoming, Store

@@ -210,9 +210,9 @@ def test_restart_resumes_fanout_from_the_cursor(
         assert store is not None
         last_pk = store.packets_after(0, 10)[-1].pk
         wait_until(lambda: store.get_cursors(["acme"])["acme"] == last_pk, "acme's cursor")
-        # Only the new packets went out: two events plus one or two retained states (one per
-        # fan-out step that saw them); nothing of the first run was resent.
-        assert 3 <= again.service.fanout_published <= 4
+        # Only the new packets went out: two events plus, per fan-out step that saw them, a
+        # retained operation state and order object; nothing of the first run was resent.
+        assert 4 <= again.service.fanout_published <= 6
         assert set(events_by_id(acme).values()) == {1}
     finally:
         again.close()
@@ -312,10 +312,16 @@ def test_retained_state_is_cleared_when_the_operation_closes(
         hub.close()
     late = Client(broker, "keyop/v1/sup/acme/state/#")
     try:
-        # Retained messages follow the SUBACK at once: WO-1003's is there, WO-1001's is gone.
-        wait_until(lambda: any("WO-1003" in m.topic for m in late.received()), "WO-1003 state")
-        assert [m.topic for m in late.received()] == [
-            topics.sup_state("acme", "WO-1003", "OP40")]
+        # Retained messages follow the SUBACK at once: WO-1003's operation state is there,
+        # WO-1001's is gone; both orders' objects stay, WO-1001's closed.
+        wait_until(lambda: len(late.received()) == 3, "retained states")
+        found = {m.topic: json.loads(m.payload) for m in late.received()}
+        assert set(found) == {topics.sup_state("acme", "WO-1003", "OP40"),
+                              topics.sup_order_state("acme", "WO-1003"),
+                              topics.sup_order_state("acme", "WO-1001")}
+        assert found[topics.sup_order_state("acme", "WO-1001")]["closed"] is True
+        assert found[topics.sup_order_state("acme", "WO-1003")]["operations"][0][
+            "operation"] == "OP40"
         assert store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")].state == "Completed"
     finally:
         late.close()
