@@ -40,8 +40,9 @@ class Admitted:
     future: bool  # its own time was beyond the allowed skew
 
 
-# Event types only the hub makes (its assignment changes): refused from a gateway.
-HUB_ONLY_PREFIX = "keyop.assignment."
+# Event types only the hub makes (alerts, assignment changes): refused from a gateway, so
+# none can pass for the hub's in a supplier's feed.
+HUB_ONLY_PREFIX = ("keyop.alert.", "keyop.assignment.")
 
 
 class Admission:

@@ -284,3 +284,19 @@ def test_an_assignment_waits_for_an_ingest_in_flight(hub_db_url: str,
         assign.join(30)
         ingesting.close()
         assigning.close()
+
+
+def test_a_gateway_cannot_send_the_hubs_own_events(hub_db_url: str) -> None:
+    from hub.admission import Admission
+
+    admission = Admission(feed_config(hub_db_url))
+    for type_ in ("keyop.alert.delay_risk", "keyop.assignment.added"):
+        raw = json.loads(json.dumps(item(1, "WO-1001").raw))
+        raw["type"] = type_
+        raw["data"].update(alarm={"code": "x", "severity": "warning", "active": True},
+                           assignment={"due": None})
+        packet = pk.from_obj(raw)
+        assert admission.check("edge-01", packet, time.time()) == (
+            f"type: {type_!r} is made by the hub only (docs/feed.md)")
+    assert not isinstance(admission.check("edge-01", item(1, "WO-1001").packet, time.time()),
+                          str)
