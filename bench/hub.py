@@ -201,6 +201,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     import numpy as np
 
     from devstack.mosquitto import PrivateBroker
+    from hub.feed import Feed
     from hub.service import HubService
 
     if split_roles and workers < 2:
@@ -262,11 +263,11 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         edge_result = results.get(timeout=900)
         edge.join(30)
         total = per_gateway * gateways
-        # Fan-out is done when every supplier's cursor has reached the end of the log.
+        # Fan-out is done when every supplier's cursor has reached the end of its feed.
         assert service.store is not None
         store = service.store
-        head = store.max_pk()
-        while min(store.get_cursors(config.suppliers).values()) < head:
+        heads = Feed(store).heads(config.suppliers)
+        while any(store.get_cursors(config.suppliers)[s] < heads[s] for s in heads):
             time.sleep(0.05)
         t_fanout = time.monotonic()
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)

@@ -58,6 +58,10 @@ class HubSection(_Strict):
     status_interval_s: float = Field(
         default=15.0, ge=0.1, le=3600,
         description="how often the hub republishes its retained keyop/v1/hub/status")
+    tz_offset: str | None = Field(
+        default=None, pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$",
+        description="the plant's UTC offset (`+01:00`) for the times of the hub's own events "
+        "(alerts, assignments); default: the tzOffset of the newest event of the order")
     max_future_skew_s: float = Field(
         default=300.0, ge=0,
         description="an event time later than the hub's receive time by more than this is "

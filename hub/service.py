@@ -43,7 +43,7 @@ from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
 from hub.validate import decode_events, validate_event
 from sync import topics
-from sync.packet import CONTENT_TYPE, Packet, PacketError, format_sequence
+from sync.packet import Packet, PacketError, format_sequence
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class HubService:
         if self.config.api.enabled:
             Keys(self.config)  # unreadable key files stop the hub here (HubConfigError), not later
         # Migrations and the first connection block: keep them off the loop.
-        self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url())
+        self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url(),
+                                                     self.config)
         # One process per client id: a second one stops here (hub/identity.py), before it
         # could take the first one's broker session.
         lease = ClientLease(store, self.config.mqtt, self.config.hub.id)
@@ -123,14 +124,11 @@ class HubService:
         except ClientIdInUse:
             await asyncio.to_thread(store.close)
             raise
-        # Cursors for suppliers new to this database, before anything is ingested: a new
-        # supplier starts at the head of the log (hub/fanout.py).
-        await asyncio.to_thread(store.start_cursors, self.config.suppliers)
         self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
         context.metrics = registry_for(self)
         roles = self.config.hub
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
-        self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router,
+        self.fanout = fanout = (FanOut(self.config, store, mqtt,
                                        orders=context.orders.documents)
                                 if roles.fanout else None)
         context.online = mqtt.connection.is_connected
@@ -154,9 +152,7 @@ class HubService:
         jobs: list[Job] = []
         if self.config.alerts.enabled:
             self.alerts = alerts = Alerts(self.config, store, context)
-            alert_props = publish_properties(CONTENT_TYPE)
-            jobs.append(alerts.job(lambda topic, payload: mqtt.publish(
-                topic, payload, properties=alert_props)))
+            jobs.append(alerts.job())
         self.retention = retention = Retention(self.config, store)
         if retention.limits():
             jobs.append(retention.job())
@@ -276,11 +272,6 @@ class HubService:
         self.refused_seqs += result.refused
         self._acknowledge(result)
         self._report_gaps(result)
-        if result.new and self.fanout is not None:
-            self.fanout.remember(result.inserted)
-            self.fanout.wake()
-        if result.new and self.context is not None:
-            self.context.pulse.notify()
 
     async def _store(self, batch: _Batch, stop: asyncio.Event) -> StoreResult | None:
         """Commit a batch, retrying while the database is away; None if stopped meanwhile.

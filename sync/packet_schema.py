@@ -6,7 +6,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sync.packet import DATA_SCHEMA, EVENT_TYPES, REQUIRED_BY_PREFIX, Packet
+from sync.packet import (
+    BACKFILL_ATTRIBUTE,
+    DATA_SCHEMA,
+    EVENT_TYPES,
+    NO_EQUIPMENT_PREFIX,
+    REQUIRED_BY_PREFIX,
+    Packet,
+)
 
 
 def json_schema() -> dict[str, Any]:
@@ -25,5 +32,11 @@ def json_schema() -> dict[str, Any]:
             "then": {"properties": {"data": {"required": list(names)}}},
         }
         for prefix, names in REQUIRED_BY_PREFIX.items()
-    ]
+    ] + [{
+        "if": {"properties": {"type": {"not": {"pattern": "^" + re.escape(NO_EQUIPMENT_PREFIX)}}}},
+        "then": {"properties": {"data": {"required": ["equipment"]}}},
+    }]
+    schema["properties"][BACKFILL_ATTRIBUTE] = {
+        "const": True, "title": "Keyopbackfill",
+        "description": "set by the hub on an event of a newly assigned order's history"}
     return schema

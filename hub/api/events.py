@@ -1,9 +1,13 @@
-"""GET /v1/events (the cursor feed) and GET /v1/stream (server-sent events, live)."""
+"""GET /v1/events (the cursor feed), GET /v1/stream (server-sent events, live) and
+GET /v1/alerts: all read the supplier's feed (hub/feed.py), and a cursor is a position in it
+(1, 2, 3, ... per supplier, gap-free): the `n`-th event of a page after `after` is at
+position `after + n`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -22,7 +26,9 @@ from hub.api.models import (
     LimitQuery,
 )
 from hub.api.orders import _context, _limit
-from hub.badrows import BAD_ROW
+from hub.badrows import reason
+from hub.feed import FeedEntry
+from hub.log_throttle import RepeatedWarnings
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -53,12 +59,12 @@ async def list_events(
     after: AfterQuery = None,
     limit: LimitQuery = None,
 ) -> dict[str, Any]:
-    """Events in feed order. `next` moves past every row looked at, so paging on with it
-    always progresses; an empty page with the same `next` means: nothing new yet."""
+    """Events in feed order. `next` is the position of the page's last event; an empty page
+    with the same `next` means: nothing new yet."""
     context = _context(request)
     found, following = await context.run(context.events_after, who,
                                          position(after) or 0, _limit(request, limit))
-    return {"events": [event for _, event in found], "next": str(following)}
+    return {"events": _decoded(found), "next": str(following)}
 
 
 _SSE_EXAMPLE = ('id: 42\nevent: keyop.operation.progress\ndata: {"specversion":"1.0",'
@@ -87,8 +93,9 @@ async def stream(
         "the `id` of the last message received: resume after it (what EventSource sends "
         "when it reconnects)"))] = None,
 ) -> StreamingResponse:
-    """Each event is one SSE message whose `id` is its cursor: a client that reconnects with
-    `Last-Event-ID` resumes exactly after it. `Last-Event-ID` and `after` together: 400."""
+    """Each event is one SSE message whose `id` is its feed position: a client that
+    reconnects with `Last-Event-ID` resumes exactly after it. `Last-Event-ID` and `after`
+    together: 400."""
     context = _context(request)
     if last_event_id is not None and after is not None:
         raise HTTPException(status_code=400, detail="give either the Last-Event-ID header or "
@@ -97,20 +104,36 @@ async def stream(
     start = position(last_event_id, "Last-Event-ID") if last_event_id is not None \
         else position(after)
     if start is None:
-        start = await context.run(context.store.max_pk)
+        start = await context.run(context.feed.head, who)
     return StreamingResponse(_events(request, context, who, start),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
 
 
+def _decoded(entries: list[FeedEntry]) -> list[Any]:
+    """The entries' events as JSON values; an entry whose body is not JSON (a row written by
+    hand: the hub writes only events it encoded) is left out with a warning."""
+    found = []
+    for entry in entries:
+        try:
+            found.append(json.loads(entry.body))
+        except ValueError as error:
+            _warnings.warning(f"body:{entry.supplier}:{entry.position}", "feed entry %s/%d "
+                              "left out of a page: %s", entry.supplier, entry.position,
+                              reason(error), extra={"supplier": entry.supplier,
+                                                    "position": entry.position})
+    return found
+
+
+_warnings = RepeatedWarnings(logging.getLogger(__name__), window_s=300)
+
+
 def _catch_up(context: ApiContext, who: str, cursor: int) -> tuple[bytes, int]:
-    """The next SSE messages (read, redacted and encoded on the API's threads, not the
-    loop), and the cursor after them; b"" when nothing new."""
+    """The next SSE messages (read on the API's threads, not the loop), each entry's body as
+    it is, and the position after them; b"" when nothing new."""
     found, cursor = context.events_after(who, cursor, STREAM_PAGE)
-    chunk = b"".join(
-        f"id: {pk}\nevent: {event.get('type', 'message')}\ndata: "
-        f"{json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
-        for pk, event in found)
+    chunk = b"".join(b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        entry.position, entry.type.encode(), entry.body) for entry in found)
     return chunk, cursor
 
 
@@ -128,7 +151,7 @@ async def _events(request: Request, context: ApiContext, who: str, cursor: int
         if loop.time() - quiet_since > KEEPALIVE_S:
             quiet_since = loop.time()
             yield b": keepalive\n\n"
-        await context.pulse.wait(context.config.api.stream_poll_s)
+        await context.feed.wait(context.config.api.stream_poll_s)
 
 
 @router.get("/alerts", operation_id="listAlerts", response_model=AlertPage,
@@ -140,16 +163,12 @@ async def list_alerts(
     after: AfterQuery = None,
     limit: LimitQuery = None,
 ) -> dict[str, Any]:
-    """`keyop.alert.delay_risk` / `keyop.alert.stalled` packets, raised and cleared, in order."""
-    from hub.alerts import packet_of
-
+    """The alerts of the supplier's feed (`keyop.alert.delay_risk` / `keyop.alert.stalled`,
+    raised, cleared and missed), in order; `after` and `next` are feed positions, as in
+    /v1/events (which carries them too)."""
     context = _context(request)
     start = position(after) or 0
-    rows = await context.run(context.store.alerts_for, who, start, _limit(request, limit))
-    alerts = []
-    for row in rows:
-        try:
-            alerts.append(json.loads(packet_of(row.pk, row.body)))
-        except BAD_ROW:
-            continue  # a row no alert could have left (hub/badrows.py); the others still go
-    return {"alerts": alerts, "next": str(rows[-1].pk if rows else start)}
+    found = await context.run(context.feed.read_types, who, start, _limit(request, limit),
+                              "keyop.alert.")
+    return {"alerts": _decoded(found),
+            "next": str(found[-1].position if found else start)}

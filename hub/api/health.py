@@ -33,7 +33,7 @@ async def ready(request: Request) -> JSONResponse:
     if context.broker_up is not None and not context.broker_up():
         reasons.append("broker not connected")
     try:
-        await context.run(context.store.max_pk)
+        await context.run(context.store.ping)
     except SQLAlchemyError as error:
         reasons.append(f"database: {str(error).splitlines()[0][:200]}")
     return JSONResponse({"ready": not reasons, "reasons": reasons},
