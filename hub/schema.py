@@ -154,3 +154,14 @@ leases = sa.Table(
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
 )
+
+# Webhook delivery cursors (hub/webhooks/cursors.py): per supplier and endpoint name, the feed
+# position of the last entry settled (answered with a 2xx, or not of a type it takes).
+webhook_cursors = sa.Table(
+    "webhook_cursors",
+    metadata,
+    sa.Column("supplier", sa.String(64), primary_key=True),
+    sa.Column("endpoint", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)

@@ -603,6 +603,11 @@ class Store:
     def _writing(self) -> threading.Lock | _NoLock:
         return self._write_lock or _NoLock()
 
+    def writing(self) -> threading.Lock | _NoLock:
+        """Hold around a write transaction of a module with tables of its own: SQLite has one
+        writer per file (hub/webhooks/cursors.py)."""
+        return self._writing()
+
 
 class _NoLock:
     def __enter__(self) -> None:

@@ -1,0 +1,29 @@
+"""Webhook delivery cursors.
+
+Revision ID: 0005
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "webhook_cursors",
+        sa.Column("supplier", sa.String(64), primary_key=True),
+        sa.Column("endpoint", sa.String(64), primary_key=True),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", sa.Double, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("webhook_cursors")

@@ -1,0 +1,136 @@
+"""Webhook delivery of one hub process: the `webhooks` lease and every endpoint's loop.
+
+Only a process with the fan-out role delivers webhooks, and of those one at a time: the one
+holding the `webhooks` lease (hub/store.py, as for fan-out and alerts), so each endpoint has
+one deliverer across hub processes. The lease is renewed while held; when it is lost the loops
+stop (a POST in flight may still land: at least once, the receiver dedupes on `id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.config import HubConfig, read_secret
+from hub.store import Store
+from hub.webhooks.client import Poster
+from hub.webhooks.cursors import Cursors
+from hub.webhooks.endpoint import Endpoint
+from hub.webhooks.source import FeedReader
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LEASE = "webhooks"
+LEASE_TTL_S = 15.0
+# Threads (and database connections) of webhook delivery's blocking reads and cursor saves:
+# its own, so 50 endpoints never queue ingest's commits behind them.
+THREADS = 4
+
+
+class Deliverer:
+    """Every configured endpoint of this hub. Build it at start: an unreadable secret file is
+    a HubConfigError then, not later."""
+
+    def __init__(self, config: HubConfig, store: Store, feed: FeedReader, *,
+                 holder: str | None = None) -> None:
+        self.section = section = config.webhooks
+        self.store = store.with_own_pool(THREADS)
+        self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
+        self.feed = feed
+        cursors = Cursors(self.store)
+        found = [(supplier, name, endpoint)
+                 for supplier, settings in config.suppliers.items()
+                 for name, endpoint in settings.webhooks.items()]
+        self.poster = Poster(section, connections=len(found) + 1)
+        self._executor = ThreadPoolExecutor(max_workers=THREADS,
+                                            thread_name_prefix="keyop-webhooks")
+        self.endpoints = [
+            Endpoint(supplier, name, endpoint, section, feed=feed, cursors=cursors,
+                     poster=self.poster, secret=read_secret(endpoint.secret_file, private=True),
+                     offload=self._offload)
+            for supplier, name, endpoint in found]
+        self._lease_until = 0.0
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this process delivers webhooks now (metrics)."""
+        return time.monotonic() < self._lease_until
+
+    def wake(self) -> None:
+        """New feed entries were appended."""
+        for endpoint in self.endpoints:
+            endpoint.wake()
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every endpoint's state with its feed head (blocking: reads the feed's heads)."""
+        heads: dict[str, int] = {}
+        rows = []
+        for endpoint in self.endpoints:
+            supplier = endpoint.supplier
+            if supplier not in heads:
+                heads[supplier] = self.feed.head(supplier)
+            rows.append(endpoint.state.as_dict(heads[supplier]))
+        return rows
+
+    async def _offload(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver while holding the lease, until `stop` is set."""
+        try:
+            while not stop.is_set():
+                if await self._lease():
+                    held = asyncio.Event()
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._keep(stop, held))
+                        for endpoint in self.endpoints:
+                            group.create_task(endpoint.run(held))
+                if not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), LEASE_TTL_S / 3)
+        finally:
+            if self._lease_until:
+                self._lease_until = 0.0
+                with contextlib.suppress(SQLAlchemyError):  # it expires by itself
+                    await self._offload(functools.partial(
+                        self.store.release_lease, LEASE, self.holder))
+
+    async def close(self) -> None:
+        """Close the connections and threads (after `run` has returned)."""
+        await self.poster.close()
+        self._executor.shutdown(wait=False)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.engine.dispose)
+
+    async def _lease(self) -> bool:
+        held = await self._offload(functools.partial(
+            self.store.try_lease, LEASE, self.holder, LEASE_TTL_S))
+        if held and not self._lease_until:
+            log.info("webhooks lease taken", extra={"holder": self.holder,
+                                                    "endpoints": len(self.endpoints)})
+        self._lease_until = time.monotonic() + LEASE_TTL_S if held else 0.0
+        return held
+
+    async def _keep(self, stop: asyncio.Event, held: asyncio.Event) -> None:
+        """Renew the lease every third of its time; set `held` (the loops' stop) when the hub
+        stops or the lease is lost."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LEASE_TTL_S / 3)
+                if not stop.is_set() and not await self._lease():
+                    log.warning("webhooks lease lost", extra={"holder": self.holder})
+                    return
+        finally:
+            held.set()
