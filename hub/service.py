@@ -39,6 +39,8 @@ from hub.server import ApiServer
 from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
 from hub.validate import decode_events, validate_event
+from hub.webhooks.deliverer import Deliverer
+from hub.webhooks.status import WebhookStatus
 from sync import topics
 from sync.packet import CONTENT_TYPE, Packet, PacketError, format_sequence
 
@@ -96,6 +98,8 @@ class HubService:
         self.alerts: Alerts | None = None
         self.supervisor: Supervisor | None = None
         self.retention: Retention | None = None
+        self.webhooks: Deliverer | None = None  # the fan-out role's webhook delivery
+        self.webhook_status: WebhookStatus | None = None
         # Gaps already reported, so a hole is logged once, not on every batch while it lasts.
         self._gaps_seen: set[tuple[str, str, int]] = set()
 

@@ -87,6 +87,8 @@ class ApiContext:
         self.pulse = Pulse()
         # Set by the running hub (hub/metrics.py); None for an API without a service.
         self.metrics: CollectorRegistry | None = None
+        # Set by the running hub: every webhook endpoint's status (hub/webhooks/status.py).
+        self.webhook_status: Callable[[], list[dict[str, Any]]] | None = None
         self._lock = threading.Lock()
         self._router = routing.Router(config)
         self._due: dict[str, float] = {}

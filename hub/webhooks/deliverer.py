@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,7 +48,7 @@ class Deliverer:
         self.store = store.with_own_pool(THREADS)
         self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
         self.feed = feed
-        cursors = Cursors(self.store)
+        self.cursors = cursors = Cursors(self.store)
         found = [(supplier, name, endpoint)
                  for supplier, settings in config.suppliers.items()
                  for name, endpoint in settings.webhooks.items()]
@@ -71,17 +71,6 @@ class Deliverer:
         """New feed entries were appended."""
         for endpoint in self.endpoints:
             endpoint.wake()
-
-    def status(self) -> list[dict[str, Any]]:
-        """Every endpoint's state with its feed head (blocking: reads the feed's heads)."""
-        heads: dict[str, int] = {}
-        rows = []
-        for endpoint in self.endpoints:
-            supplier = endpoint.supplier
-            if supplier not in heads:
-                heads[supplier] = self.feed.head(supplier)
-            rows.append(endpoint.state.as_dict(heads[supplier]))
-        return rows
 
     async def _offload(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)

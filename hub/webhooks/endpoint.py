@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from common.backoff import Backoff
 from hub.webhooks.client import Answer, Poster
-from hub.webhooks.cursors import Cursors
+from hub.webhooks.cursors import Cursors, Health
 from hub.webhooks.settings import WebhookEndpoint, WebhooksSection
 from hub.webhooks.signing import HEADER, signature
 from hub.webhooks.source import Entry, FeedReader
@@ -40,28 +40,19 @@ USER_AGENT = "keyop-hub"
 
 @dataclass(slots=True)
 class EndpointState:
-    """What /metrics and the admin API show of one endpoint."""
+    """One endpoint as this process delivers it (counters for /metrics)."""
 
-    supplier: str
-    name: str
-    url: str
     cursor: int = 0
     delivered: int = 0  # events answered with a 2xx
     requests: int = 0
     failures: int = 0
     last_status: int | None = None
     last_error: str | None = None
-    last_success_at: float | None = None
     failing_since: float | None = None  # first failure of the current outage (Unix time)
     failing: bool = False  # failing for webhooks.failing_after_s: the hub alert is up
 
-    def as_dict(self, head: int) -> dict[str, Any]:
-        return {"supplier": self.supplier, "name": self.name, "url": self.url,
-                "cursor": self.cursor, "head": head, "lag": max(0, head - self.cursor),
-                "delivered": self.delivered, "requests": self.requests,
-                "failures": self.failures, "last_status": self.last_status,
-                "last_error": self.last_error, "last_success_at": self.last_success_at,
-                "failing_since": self.failing_since, "failing": self.failing}
+    def health(self) -> Health:
+        return Health(self.failing_since, self.failing, self.last_status, self.last_error)
 
 
 class Endpoint:
@@ -79,7 +70,7 @@ class Endpoint:
         self.poster = poster
         self._secret = secret
         self._offload = offload
-        self.state = EndpointState(supplier, name, settings.url)
+        self.state = EndpointState()
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -129,7 +120,9 @@ class Endpoint:
                           max(self.section.retry_min_s, self.section.retry_max_s))
         while not stop.is_set():
             answer = await self.poster.post(self.settings.url, self._headers(chosen, body), body)
-            self._record(answer, len(chosen))
+            if self._record(answer, len(chosen)):
+                await self._offload(functools.partial(
+                    self.cursors.save_health, self.supplier, self.name, self.state.health()))
             if answer.ok:
                 return True
             with contextlib.suppress(TimeoutError):
@@ -148,7 +141,8 @@ class Endpoint:
             ("keyop-events", str(len(chosen))),
         ]
 
-    def _record(self, answer: Answer, events: int) -> None:
+    def _record(self, answer: Answer, events: int) -> bool:
+        """Count one answer; True when the endpoint's health changed (to be saved)."""
         state = self.state
         state.requests += 1
         state.last_status = answer.status
@@ -156,22 +150,24 @@ class Endpoint:
         now = time.time()
         if answer.ok:
             state.delivered += events
-            state.last_success_at = now
             if state.failing_since is not None:
                 log.info("webhook %s/%s recovered after %.0fs", self.supplier, self.name,
                          now - state.failing_since, extra=where)
+            changed = state.failing_since is not None
             state.failing_since, state.failing, state.last_error = None, False, None
-            return
+            return changed
         state.failures += 1
         state.last_error = answer.error
+        changed = False
         if state.failing_since is None:
-            state.failing_since = now
+            state.failing_since, changed = now, True
             log.warning("webhook %s/%s failed, retrying: %s", self.supplier, self.name,
                         answer.error, extra=where)
         if not state.failing and now - state.failing_since >= self.section.failing_after_s:
-            state.failing = True
+            state.failing, changed = True, True
             log.error("webhook %s/%s failing for %.0fs (alert): %s", self.supplier, self.name,
                       now - state.failing_since, answer.error, extra=where)
+        return changed
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from hub.store import Store
 from hub.webhooks.allow import AllowList
 from hub.webhooks.cursors import Cursors
 from hub.webhooks.deliverer import Deliverer
+from hub.webhooks.status import WebhookStatus
 
 SECRET = "s3cret-for-webhook-tests-0123456789"
 
@@ -120,7 +122,8 @@ async def _running(deliverer: Deliverer) -> AsyncIterator[Deliverer]:
 
 
 def _cursor(store: Store) -> int:
-    return Cursors(store).all().get(("acme", "erp"), 0)
+    saved = Cursors(store).all().get(("acme", "erp"))
+    return saved.position if saved is not None else 0
 
 
 def _in_feed_order(receiver: Receiver, feed: ListFeed) -> None:
@@ -196,6 +199,42 @@ def test_outages_lose_nothing_and_the_cursor_moves_only_on_2xx(
     finally:
         receiver.stop()
         store.close()
+
+
+def _shell_recipe() -> str:
+    """The openssl recipe of docs/webhooks.md, as written there."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    return text.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_openssl_recipe_verifies_a_delivery(tmp_path: Path) -> None:
+    receiver = Receiver(SECRET).start()
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    config = _config(receiver.url(), db, _secret_file(tmp_path))
+    store = Store(db)
+    feed = ListFeed()
+    feed.append("acme")
+
+    async def scenario() -> None:
+        async with _running(Deliverer(config, store, feed)):
+            await _until(lambda: _cursor(store) == 1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.stop()
+        store.close()
+    (delivery,) = receiver.accepted
+    (tmp_path / "body.json").write_bytes(delivery.body)
+    env = {"PATH": os.environ["PATH"], "SECRET": SECRET,
+           "SIG": delivery.headers["keyop-signature"]}
+    done = subprocess.run(["sh", "-c", _shell_recipe()], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout.strip() == "valid", done.stderr
+    (tmp_path / "body.json").write_bytes(delivery.body.replace(b'"n":1', b'"n":2'))
+    done = subprocess.run(["sh", "-c", _shell_recipe()], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout.strip() == ""
 
 
 def test_a_restart_resumes_from_the_saved_cursor(hub_db_url: str, tmp_path: Path) -> None:
@@ -317,10 +356,13 @@ def test_an_endpoint_failing_long_enough_raises_the_alert_once(
             await _until(lambda: state.failing)
             failures = state.failures
             await _until(lambda: state.failures >= failures + 3)
-            (row,) = deliverer.status()
+            (row,) = WebhookStatus(config, Cursors(store), feed).rows()
             assert row["failing"] and row["lag"] == 1 and row["last_status"] == 500
+            assert row["cursor"] == 0 and row["head"] == 1 and "HTTP 500" in row["last_error"]
             receiver.mode = "ok"
             await _until(lambda: not state.failing and _cursor(store) == 1)
+            (row,) = WebhookStatus(config, Cursors(store), feed).rows()
+            assert not row["failing"] and row["lag"] == 0 and row["last_error"] is None
 
     try:
         with caplog.at_level(logging.INFO, logger="hub.webhooks"):

@@ -1,4 +1,4 @@
-"""Webhook delivery cursors.
+"""Webhook delivery cursors and health.
 
 Revision ID: 0005
 Revises: 0003
@@ -22,6 +22,10 @@ def upgrade() -> None:
         sa.Column("endpoint", sa.String(64), primary_key=True),
         sa.Column("position", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.Double, nullable=False),
+        sa.Column("failing_since", sa.Double),
+        sa.Column("failing", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("last_status", sa.Integer),
+        sa.Column("last_error", sa.String(512)),
     )
 
 
