@@ -10,11 +10,13 @@ holder of the `alerts` lease) each open operation is evaluated:
   more than `margin_s`. The rate is a least-squares line (numpy) through the last `window`
   (event time, good) points; no progress at all counts as never finishing.
 
-Once per change: an alert row is written, and published, only when a kind's status for a
-supplier differs from the last one (raised, then cleared); it is then readable on
-`keyop/v1/sup/{supplier}/alerts` (QoS 1, marked published on the broker's PUBACK, retried at
-the next evaluation otherwise) and at `GET /v1/alerts`. An alert is a v1 packet whose source is
-the hub (`hub/{hub id}`) and whose sequence is its row number in the hub's database.
+Once per change: an alert row is written only when a kind's status for a supplier differs
+from the last one (raised, then cleared, or for a delay risk whose operation completed after
+its due time, missed), and in the same transaction the alert is appended to that supplier's
+feed (hub/feed.py), so it goes out on every channel: MQTT (`keyop/v1/sup/{supplier}/alerts`),
+`GET /v1/events`, the SSE stream and webhooks. An alert is one of the hub's own events
+(hub/hub_events.py): source `hub/{hub id}`, a sequence per supplier, times at the plant's
+offset, redacted like any event.
 
 One odd stored row (a planned quantity of 2^63-1, customer orders that are not JSON, a due time
 beyond year 9999) never stops the evaluation: that operation, or that supplier's view of it, is
@@ -27,15 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,21 +44,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from hub.api.context import ApiContext
 from hub.badrows import BAD_ROW, printable_time, reason
 from hub.config import HubConfig
+from hub.hub_events import at_offset, hub_event
 from hub.log_throttle import RepeatedWarnings
 from hub.scheduler import Job
 from hub.store import Store
-from sync import topics
-from sync.packet import format_sequence, format_time
 
 log = logging.getLogger(__name__)
 
 LEASE = "alerts"
 JOB = "alerts"
-# Alerts are numbered in the hub's database, not by an outbox: one fixed epoch.
-ALERT_EPOCH = "0" * 26
 KINDS = ("delay_risk", "stalled")
-
-Publish = Callable[[str, bytes], "asyncio.Future[None]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +148,9 @@ class Alerts:
                 if closed is None:
                     continue
                 try:
-                    rows.append(self.alert_row(closed, supplier, kind, False, None, None, now))
+                    due = self.context.due(work_order)
+                    rows.append(self.alert_row(closed, supplier, kind, False, None,
+                                               due if printable_time(due) else None, now))
                 except BAD_ROW as error:
                     self._skip(work_order, operation, supplier, error)
         if rows:
@@ -189,68 +185,49 @@ class Alerts:
             extra={"work_order": work_order, "operation": operation, "supplier": supplier})
 
     def alert_row(self, state: Any, supplier: str, kind: str, active: bool,
-             found: Estimate | None, due: float | None, now: float) -> dict[str, Any]:
+                  found: Estimate | None, due: float | None, now: float) -> dict[str, Any]:
+        """One alert row, its `body` the event without its sequence (hub/hub_events.py).
+
+        `alarm.status` is `raised` or `cleared`, and `missed` for a delay risk closed by a
+        completion after the due time. `estimate` comes with every alert of an open
+        operation."""
         document = self.context.state_for(supplier, state)
+        offset = self.store.plant_offset(state.work_order)
+        status = "raised" if active else "cleared"
+        if (not active and kind == "delay_risk" and found is None and due is not None
+                and state.state == "Completed" and state.completed_at is not None
+                and state.completed_at > due):
+            status = "missed"
         data: dict[str, Any] = {
-            "kopVersion": "1.0",
             "workOrder": {"id": state.work_order},
             "operation": {"id": state.operation},
             "equipment": {"path": document["station"]},
-            "alarm": {"code": kind, "severity": "warning", "active": active,
-                      "text": _text(kind, active, found, due)},
+            "alarm": {"code": kind, "severity": "warning", "active": active, "status": status,
+                      "text": _text(kind, status, found, due, offset)},
             "quantities": document["quantities"],
-            "tzOffset": "+00:00",
-            "timeQuality": "synced",
         }
         if found is not None:
             data["estimate"] = {
                 "ratePerHour": round(found.rate_per_s * 3600, 3),
-                "completion": None if found.completion is None else format_time(found.completion),
-                "due": None if due is None else format_time(due),
+                "completion": (None if found.completion is None
+                               else at_offset(found.completion, offset)),
+                "due": None if due is None else at_offset(due, offset),
             }
-        event = {
-            "specversion": "1.0", "id": new_ulid(now), "source": f"hub/{self.config.hub.id}",
-            "type": f"keyop.alert.{kind}", "subject": f"{state.work_order}/{state.operation}",
-            "time": format_time(now), "recordedtime": format_time(now),
-            "sequence": None, "sourceepoch": ALERT_EPOCH,
-            "datacontenttype": "application/json", "dataschema": "keyop:packet:1", "data": data,
-        }
+        event = hub_event(self.config.hub.id, f"keyop.alert.{kind}",
+                          f"{state.work_order}/{state.operation}", now, offset, data)
         return {"work_order": state.work_order, "operation": state.operation, "kind": kind,
-                "supplier": supplier, "active": active, "at": now, "published": False,
+                # Published through the supplier's feed (hub/fanout.py), not from this row.
+                "supplier": supplier, "active": active, "at": now, "published": True,
                 # allow_nan=False: a value that is not finite is refused here (ValueError),
                 # never stored as JSON no reader accepts.
                 "body": json.dumps(event, separators=(",", ":"), allow_nan=False)}
 
-    async def publish_pending(self, publish: Publish, timeout_s: float = 10.0) -> int:
-        """Publish alerts not yet acknowledged by the broker; mark those PUBACKed."""
-        pending = await asyncio.to_thread(self.store.unpublished_alerts)
-        sent: list[tuple[int, asyncio.Future[None]]] = []
-        for row in pending:
-            try:
-                topic, payload = topics.sup_alerts(row.supplier), packet_of(row.pk, row.body)
-            except BAD_ROW as error:
-                # Left unpublished (readable as it is in the database), tried again next time.
-                self._warnings.warning(
-                    f"publish:{row.pk}", "delay alert %d (work order %s operation %s) not "
-                    "published: %s", row.pk, row.work_order, row.operation, reason(error),
-                    extra={"alert": row.pk, "work_order": row.work_order,
-                           "operation": row.operation})
-                continue
-            sent.append((row.pk, publish(topic, payload)))
-        if sent:
-            await asyncio.wait([f for _, f in sent], timeout=timeout_s)
-        done = [pk for pk, f in sent
-                if f.done() and not f.cancelled() and f.exception() is None]
-        await asyncio.to_thread(self.store.mark_alerts_published, done)
-        return len(done)
-
-    def job(self, publish: Publish) -> Job:
+    def job(self) -> Job:
         """The evaluation as a calendar job (hub/scheduler.py), every `alerts.interval_s`."""
         self._stopping.clear()
-        return Job(JOB, self.config.alerts.interval_s,
-                   functools.partial(self._tick, publish), self._close)
+        return Job(JOB, self.config.alerts.interval_s, self._tick, self._close)
 
-    async def _tick(self, publish: Publish) -> None:
+    async def _tick(self) -> None:
         """One evaluation, if this worker holds (or takes) the `alerts` lease."""
         async with self._busy:
             if self._stopping.is_set():
@@ -262,7 +239,6 @@ class Alerts:
             changes = await asyncio.to_thread(self.evaluate)
             if changes:
                 log.info("delay alerts changed", extra={"changes": changes})
-            await self.publish_pending(publish)
 
     async def _close(self) -> None:
         self._stopping.set()
@@ -272,33 +248,18 @@ class Alerts:
             await asyncio.to_thread(self.store.release_lease, LEASE, self.holder)
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_ulid(at: float) -> str:
-    """A ULID (48-bit millisecond time, 80 random bits, Crockford base32) for an alert's id."""
-    value = (int(at * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
-def packet_of(pk: int, body: str) -> bytes:
-    """An alert row's packet, its sequence filled in from the row number."""
-    event = json.loads(body)
-    if not isinstance(event, dict):
-        raise TypeError(f"alert body is a JSON {type(event).__name__}, not an object")
-    event["sequence"] = format_sequence(pk)
-    return json.dumps(event, separators=(",", ":")).encode()
-
-
-def _text(kind: str, active: bool, found: Estimate | None, due: float | None) -> str:
-    if not active:
+def _text(kind: str, status: str, found: Estimate | None, due: float | None,
+          offset: str) -> str:
+    if status == "missed":
+        return f"completed after its due time {at_offset(due, offset) if due else ''}".rstrip()
+    if status == "cleared":
         return f"{kind.replace('_', ' ')} cleared"
     if kind == "stalled":
         return "no progress heard from the operation"
+    when = at_offset(due, offset) if due else "its due time"
     if found is None or found.completion is None:
-        when = format_time(due) if due else "its due time"
         if found is not None and found.rate_per_s > 0:
             return f"at the current rate it cannot finish by {when}"
         return f"no progress: cannot finish by {when}"
-    return (f"estimated completion {format_time(found.completion)} is after the due time "
-            f"{format_time(due) if due else ''}")
+    return (f"estimated completion {at_offset(found.completion, offset)} is after the due "
+            f"time {when}")

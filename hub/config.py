@@ -57,6 +57,10 @@ class HubSection(_Strict):
     # fan-out to a process that does not ingest balances two processes best (README).
     ingest: bool = Field(default=True, description="take packets from the uplink")
     fanout: bool = Field(default=True, description="fan out to suppliers (one process at a time)")
+    tz_offset: str | None = Field(
+        default=None, pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$",
+        description="the plant's UTC offset (`+01:00`) for the times of the hub's own events "
+        "(alerts, assignments); default: the tzOffset of the newest event of the order")
     max_future_skew_s: float = Field(
         default=300.0, ge=0,
         description="an event time later than the hub's receive time by more than this is "

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common import metrics
+from hub.feed import Feed
 from hub.webhooks.metrics import webhook_metrics
 
 if TYPE_CHECKING:
@@ -121,15 +122,15 @@ class HubCollector(Collector):
         service = self.service
         assert service.store is not None
         suppliers = list(service.config.suppliers)
-        head = service.store.max_pk()
+        heads = Feed(service.store).heads(suppliers)
         cursors = service.store.get_cursors(suppliers) if suppliers else {}
         lag = GaugeMetricFamily(
             "keyop_hub_fanout_lag",
-            "positions of the stored packet log after a supplier's saved cursor (cursors are "
-            "saved at most a second late; an upper bound of its waiting packets)",
+            "entries of a supplier's feed after its saved MQTT cursor (cursors are saved at "
+            "most a second late; an upper bound of its waiting events)",
             labels=["supplier"])
         for supplier in suppliers:
-            lag.add_metric([supplier], max(0, head - cursors.get(supplier, head)))
+            lag.add_metric([supplier], max(0, heads[supplier] - cursors.get(supplier, 0)))
         return lag
 
 

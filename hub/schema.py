@@ -41,11 +41,42 @@ source_progress = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
 )
 
+# MQTT fan-out's cursor of each supplier: the last feed position the broker has taken.
 supplier_cursors = sa.Table(
     "supplier_cursors",
     metadata,
     sa.Column("supplier", sa.String(64), primary_key=True),
-    sa.Column("last_pk", sa.BigInteger, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+# Each supplier's append-only feed (hub/feed.py): what it is sent, decided once when an event
+# is stored, an assignment changes or an alert is raised, at a gap-free per-supplier position.
+feed = sa.Table(
+    "feed",
+    metadata,
+    sa.Column("supplier", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, primary_key=True),
+    sa.Column("event_id", sa.String(26), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("work_order", sa.String(128)),
+    sa.Column("operation", sa.String(128)),
+    # The packet log row it copies (None for the hub's own events: alerts, assignments).
+    sa.Column("packet_pk", sa.BigInteger),
+    sa.Column("stored_at", sa.Double, nullable=False),
+    # The redacted CloudEvent JSON exactly as every channel delivers it.
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_feed_supplier_work_order", "supplier", "work_order"),
+)
+
+# The last position of each supplier's feed, and how many of its entries the hub made itself
+# (the `sequence` of the hub's own events in that feed). Its row is locked by every writer
+# that appends to the feed, so positions are handed out in commit order, without gaps.
+feed_heads = sa.Table(
+    "feed_heads",
+    metadata,
+    sa.Column("supplier", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("hub_seq", sa.BigInteger, nullable=False),
 )
 
 dead_letters = sa.Table(

@@ -29,6 +29,7 @@ from hub.badrows import reason
 from hub.config import HubConfig, HubConfigError, load_config
 from hub.db_errors import transient
 from hub.fanout import FanOut
+from hub.feed import Feed
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
 from hub.metrics import registry_for
@@ -39,10 +40,12 @@ from hub.server import ApiServer
 from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
 from hub.validate import decode_events, validate_event
+from hub.webhooks.cursors import Cursors
+from hub.webhooks.deliverer import THREADS as WEBHOOK_THREADS
 from hub.webhooks.deliverer import Deliverer
 from hub.webhooks.status import WebhookStatus
 from sync import topics
-from sync.packet import CONTENT_TYPE, Packet, PacketError, format_sequence
+from sync.packet import Packet, PacketError, format_sequence
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,19 @@ class HubService:
         if self.config.api.enabled:
             Keys(self.config)  # unreadable key files stop the hub here (HubConfigError), not later
         # Migrations and the first connection block: keep them off the loop.
-        self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url())
+        self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url(),
+                                                     self.config)
+        feed = Feed(store)
+        self.webhook_status = WebhookStatus(self.config, Cursors(store), feed)
+        if self.config.hub.fanout and any(s.webhooks for s in self.config.suppliers.values()):
+            # Its own connections, so its reads never wait for one that ingest holds.
+            view = store.with_own_pool(WEBHOOK_THREADS)
+            try:  # an unreadable or open secret file stops the hub here (HubConfigError)
+                self.webhooks = Deliverer(self.config, view, Feed(view), appended=feed.wait)
+            except HubConfigError:
+                await asyncio.to_thread(store.close)
+                raise
+        webhooks = self.webhooks
         # One process per client id: a second one stops here (hub/identity.py), before it
         # could take the first one's broker session.
         lease = ClientLease(store, self.config.mqtt, self.config.hub.id)
@@ -123,14 +138,12 @@ class HubService:
         except ClientIdInUse:
             await asyncio.to_thread(store.close)
             raise
-        # Cursors for suppliers new to this database, before anything is ingested: a new
-        # supplier starts at the head of the log (hub/fanout.py).
-        await asyncio.to_thread(store.start_cursors, self.config.suppliers)
         self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
         context.metrics = registry_for(self)
+        context.webhook_status = self.webhook_status.rows
         roles = self.config.hub
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
-        self.fanout = fanout = (FanOut(self.config, store, mqtt, router=context.router)
+        self.fanout = fanout = (FanOut(self.config, store, mqtt)
                                 if roles.fanout else None)
         mqtt.start()
         settle_heap()
@@ -147,12 +160,12 @@ class HubService:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
             tasks.spawn("fanout", lambda: fanout.run(stop))
+        if webhooks is not None:
+            tasks.spawn("webhooks", lambda: webhooks.run(stop))
         jobs: list[Job] = []
         if self.config.alerts.enabled:
             self.alerts = alerts = Alerts(self.config, store, context)
-            alert_props = publish_properties(CONTENT_TYPE)
-            jobs.append(alerts.job(lambda topic, payload: mqtt.publish(
-                topic, payload, properties=alert_props)))
+            jobs.append(alerts.job())
         self.retention = retention = Retention(self.config, store)
         if retention.limits():
             jobs.append(retention.job())
@@ -166,6 +179,10 @@ class HubService:
             await tasks.wait()
         finally:
             await tasks.close(grace_s=5.0)
+            if webhooks is not None:
+                await webhooks.close()
+                if webhooks.store is not store:
+                    await asyncio.to_thread(webhooks.store.close)
             await mqtt.close()
             await lease.release()  # only once disconnected: the next holder may connect
             await asyncio.to_thread(context.close)  # the API's threads and connections
@@ -251,11 +268,6 @@ class HubService:
         self.refused_seqs += result.refused
         self._acknowledge(result)
         self._report_gaps(result)
-        if result.new and self.fanout is not None:
-            self.fanout.remember(result.inserted)
-            self.fanout.wake()
-        if result.new and self.context is not None:
-            self.context.pulse.notify()
 
     async def _store(self, batch: _Batch, stop: asyncio.Event) -> StoreResult | None:
         """Commit a batch, retrying while the database is away; None if stopped meanwhile.

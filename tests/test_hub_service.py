@@ -26,6 +26,7 @@ from test_hub_store import EPOCH, SOURCE, make_event
 from devstack.mosquitto import PrivateBroker
 from hub.config import HubConfig, parse_config
 from hub.fanout import Sent, settle_cursors
+from hub.feed import Feed
 from hub.mqtt import PublishError
 from hub.service import HubService, main
 from sync import topics
@@ -211,10 +212,10 @@ def test_ingest_dedupe_ack_and_fanout(
         wait_until(lambda: len(events_by_id(acme)) == 4, "acme's 4 events")
         wait_until(lambda: len(events_by_id(bolt)) == 2, "bolt's 2 events")
         store = service.store
-        last_pk = store.packets_after(0, 100)[-1].pk
-        wait_until(lambda: store.get_cursors(["acme", "bolt"]) == {"acme": last_pk,
-                                                                    "bolt": last_pk},
-                   "both cursors at the last packet")
+        # Each feed holds its supplier's events only, at positions 1, 2, ...
+        assert Feed(store).heads(["acme", "bolt"]) == {"acme": 4, "bolt": 2}
+        wait_until(lambda: store.get_cursors(["acme", "bolt"]) == {"acme": 4, "bolt": 2},
+                   "both cursors at the end of their feeds")
         assert events_by_id(acme) == {ids[s]: 1 for s in (1, 2, 3, 4)}
         assert events_by_id(bolt) == {ids[s]: 1 for s in (5, 6)}
         for payload in acme.payloads(topics.sup_events("acme", "WO-1001")):
@@ -350,8 +351,7 @@ def test_restart_resumes_fanout_from_the_cursor(
         wait_until(lambda: acked(edge)[-1:] == [5], "ack of seq 5")
         store = again.service.store
         assert store is not None
-        last_pk = store.packets_after(0, 10)[-1].pk
-        wait_until(lambda: store.get_cursors(["acme"])["acme"] == last_pk, "acme's cursor")
+        wait_until(lambda: store.get_cursors(["acme"])["acme"] == 5, "acme's cursor")
         # Only the new packets went out: two events plus one or two retained states (one per
         # fan-out step that saw them); nothing of the first run was resent.
         assert 3 <= again.service.fanout_published <= 4
@@ -414,7 +414,8 @@ def test_cursors_stop_before_the_first_unacknowledged_message() -> None:
             "idle": [],
         }
         cursors = {"acme": 2, "bolt": 2, "cargo": 2, "idle": 9}
-        advanced, acknowledged, failures = settle_cursors(cursors, sent, last_pk=9)
+        advanced, acknowledged, failures = settle_cursors(
+            cursors, sent, {"acme": 9, "bolt": 9, "cargo": 9, "idle": 9})
         # acme stops before 5 (7 is resent too); bolt before 9; cargo and idle reach the end.
         assert advanced == {"acme": 4, "bolt": 8, "cargo": 9}
         assert acknowledged == 4
@@ -423,7 +424,8 @@ def test_cursors_stop_before_the_first_unacknowledged_message() -> None:
         # The events of one CloudEvents batch share a message: counted once.
         shared = future()
         batched: Sent = {"acme": [(3, shared), (4, shared), (6, shared)], "bolt": [(5, future())]}
-        advanced, acknowledged, failures = settle_cursors({"acme": 2, "bolt": 2}, batched, 6)
+        advanced, acknowledged, failures = settle_cursors({"acme": 2, "bolt": 2}, batched,
+                                                          {"acme": 6, "bolt": 6})
         assert advanced == {"acme": 6, "bolt": 6} and acknowledged == 2 and failures == []
 
     asyncio.run(scenario())
@@ -449,7 +451,8 @@ def test_retained_state_is_cleared_when_the_operation_closes(
         store = hub.service.store
         assert store is not None
         wait_until(lambda: store.count_packets() == 4, "4 stored")
-        wait_until(lambda: store.get_cursors(["acme"])["acme"] == store.max_pk(), "fanned out")
+        wait_until(lambda: store.get_cursors(["acme"])["acme"] == Feed(store).head("acme"),
+                   "fanned out")
     finally:
         hub.close()
     late = Client(broker, "keyop/v1/sup/acme/state/#")
@@ -478,7 +481,8 @@ def test_a_supplier_can_take_cloudevents_batches(
         wait_until(lambda: acked(edge)[-1:] == [8], "ack of seq 8")
         store = hub.service.store
         assert store is not None
-        wait_until(lambda: store.get_cursors(["bolt"])["bolt"] == store.max_pk(), "fanned out")
+        wait_until(lambda: store.get_cursors(["bolt"])["bolt"] == Feed(store).head("bolt") == 8,
+                   "fanned out")
         messages = bolt.received(topics.sup_events("bolt", "WO-1002"))
         assert messages and len(messages) < 8
         got: list[dict[str, Any]] = []

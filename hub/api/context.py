@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,57 +13,14 @@ from typing import Any, ParamSpec, TypeVar
 from prometheus_client import CollectorRegistry
 
 from hub import routing
-from hub.badrows import BAD_ROW, printable_time, reason
+from hub.badrows import BAD_ROW, printable_time
 from hub.config import HubConfig
-from hub.log_throttle import RepeatedWarnings
+from hub.feed import Feed, FeedEntry
 from hub.state import state_document
-from hub.store import Store, StoredPacket
+from hub.store import Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class Pulse:
-    """Wakes every waiter when new packets were stored (thread-safe `notify`)."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-
-    async def wait(self, timeout: float) -> None:
-        """Return on the next `notify`, or after `timeout` seconds."""
-        if self._event is None or self._loop is not asyncio.get_running_loop():
-            self._loop = asyncio.get_running_loop()
-            self._event = asyncio.Event()
-        event = self._event
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return
-
-    def notify(self) -> None:
-        loop, event = self._loop, self._event
-        if loop is None or event is None:
-            return
-        self._event = asyncio.Event() if loop is _running_loop() else None
-
-        def fire() -> None:
-            event.set()
-
-        if loop is _running_loop():
-            fire()
-        else:
-            try:
-                loop.call_soon_threadsafe(fire)
-            except RuntimeError:
-                pass  # that loop has closed
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class ApiContext:
@@ -75,7 +31,7 @@ class ApiContext:
     connection.
     """
 
-    # How many log rows one feed request looks at, at most, to fill a page.
+    # How many operation rows one orders request looks at, at most, to fill a page.
     SCAN_ROWS = 5_000
 
     def __init__(self, config: HubConfig, store: Store) -> None:
@@ -84,7 +40,8 @@ class ApiContext:
         self.store = store.with_own_pool(config.api.threads)
         self._executor = ThreadPoolExecutor(max_workers=config.api.threads,
                                             thread_name_prefix="hub-api")
-        self.pulse = Pulse()
+        # The suppliers' feeds (hub/feed.py): what /v1/events, the stream and /v1/alerts read.
+        self.feed = Feed(self.store)
         # Set by the running hub (hub/metrics.py); None for an API without a service.
         self.metrics: CollectorRegistry | None = None
         # Set by the running hub: every webhook endpoint's status (hub/webhooks/status.py).
@@ -154,37 +111,11 @@ class ApiContext:
         return document
 
     def events_after(self, supplier: str, after: int, limit: int
-                     ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-        """Up to `limit` redacted events for a supplier after log position `after`, and the
-        position to ask from next (past every row looked at, even when fewer matched)."""
-        rules = self.config.suppliers[supplier]
-        router = self.router()
-        found: list[tuple[int, dict[str, Any]]] = []
-        cursor, scanned = after, 0
-        while len(found) < limit and scanned < self.SCAN_ROWS:
-            rows: list[StoredPacket] = self.store.packets_after(cursor, 500)
-            if not rows:
-                break
-            for row in rows:
-                cursor = row.pk
-                scanned += 1
-                try:
-                    event = json.loads(row.body)
-                    copy = routing.redacted(event, rules) if router.concerns(supplier, event) \
-                        else None
-                except BAD_ROW as error:
-                    # A row no packet could have left (hub/badrows.py): skipped, as fan-out does.
-                    _warnings.warning(f"row:{row.pk}", "API feed skips log row %s: %s", row.pk,
-                                      reason(error), extra={"pk": row.pk})
-                    continue
-                if copy is not None:
-                    found.append((row.pk, copy))
-                    if len(found) == limit:
-                        break
-            else:
-                continue
-            break
-        return found, cursor
+                     ) -> tuple[list[FeedEntry], int]:
+        """Up to `limit` entries of the supplier's feed after position `after`, and the
+        position to ask from next (the last one returned, or `after` when none)."""
+        found = self.feed.read(supplier, after, limit)
+        return found, found[-1].position if found else after
 
     def orders_of(self, supplier: str, after: str | None, limit: int
                   ) -> tuple[list[dict[str, Any]], str | None]:
@@ -231,9 +162,6 @@ class ApiContext:
 
     def _summaries(self, orders: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         return [self.summary(w, ops) for w, ops in orders.items()]
-
-
-_warnings = RepeatedWarnings(logging.getLogger(__name__), window_s=300)
 
 
 def _customer_orders(text: str) -> list[Any]:

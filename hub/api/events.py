@@ -1,4 +1,7 @@
-"""GET /v1/events (the cursor feed) and GET /v1/stream (server-sent events, live)."""
+"""GET /v1/events (the cursor feed), GET /v1/stream (server-sent events, live) and
+GET /v1/alerts: all read the supplier's feed (hub/feed.py), and a cursor is a position in it
+(1, 2, 3, ... per supplier, gap-free): the `n`-th event of a page after `after` is at
+position `after + n`."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from fastapi.responses import StreamingResponse
 from hub.api.auth import supplier
 from hub.api.context import ApiContext
 from hub.api.orders import _context, _limit
-from hub.badrows import BAD_ROW
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -33,12 +35,12 @@ async def list_events(
     limit: Annotated[int | None, Query(ge=1, description="page size (default 100, at most "
                                                          "api.max_limit)")] = None,
 ) -> dict[str, Any]:
-    """Events in log order. `next` moves past every row looked at, so paging on with it
-    always progresses; an empty page with the same `next` means: nothing new yet."""
+    """Events in feed order. `next` is the position of the page's last event; an empty page
+    with the same `next` means: nothing new yet."""
     context = _context(request)
     found, following = await context.run(context.events_after, who, after,
                                          _limit(request, limit))
-    return {"events": [event for _, event in found], "next": following}
+    return {"events": [json.loads(entry.body) for entry in found], "next": following}
 
 
 @router.get("/stream", summary="live events (text/event-stream)",
@@ -51,27 +53,25 @@ async def stream(
     = None,
     last_event_id: Annotated[str | None, Header(max_length=24)] = None,
 ) -> StreamingResponse:
-    """Each event is one SSE message whose `id` is its cursor: a client that reconnects with
-    `Last-Event-ID` resumes exactly after it."""
+    """Each event is one SSE message whose `id` is its feed position: a client that
+    reconnects with `Last-Event-ID` resumes exactly after it."""
     context = _context(request)
     if last_event_id is not None:
         if not last_event_id.isdigit() or int(last_event_id) > MAX_CURSOR:
             raise HTTPException(status_code=422, detail="Last-Event-ID: expected a cursor")
         after = int(last_event_id)
-    start = after if after is not None else await context.run(context.store.max_pk)
+    start = after if after is not None else await context.run(context.feed.head, who)
     return StreamingResponse(_events(request, context, who, start),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
 
 
 def _catch_up(context: ApiContext, who: str, cursor: int) -> tuple[bytes, int]:
-    """The next SSE messages (read, redacted and encoded on the API's threads, not the
-    loop), and the cursor after them; b"" when nothing new."""
+    """The next SSE messages (read on the API's threads, not the loop), each entry's body as
+    it is, and the position after them; b"" when nothing new."""
     found, cursor = context.events_after(who, cursor, STREAM_PAGE)
-    chunk = b"".join(
-        f"id: {pk}\nevent: {event.get('type', 'message')}\ndata: "
-        f"{json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
-        for pk, event in found)
+    chunk = b"".join(b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        entry.position, entry.type.encode(), entry.body) for entry in found)
     return chunk, cursor
 
 
@@ -89,7 +89,7 @@ async def _events(request: Request, context: ApiContext, who: str, cursor: int
         if loop.time() - quiet_since > KEEPALIVE_S:
             quiet_since = loop.time()
             yield b": keepalive\n\n"
-        await context.pulse.wait(context.config.api.stream_poll_s)
+        await context.feed.wait(context.config.api.stream_poll_s)
 
 
 @router.get("/alerts", summary="the supplier's delay alerts after a cursor")
@@ -100,15 +100,11 @@ async def list_alerts(
                                 description="0, or the `next` of the previous page")] = 0,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    """`keyop.alert.delay_risk` / `keyop.alert.stalled` packets, raised and cleared, in order."""
-    from hub.alerts import packet_of
-
+    """The alerts of the supplier's feed (`keyop.alert.delay_risk` / `keyop.alert.stalled`,
+    raised, cleared and missed), in order; `after` and `next` are feed positions, as in
+    /v1/events (which carries them too)."""
     context = _context(request)
-    rows = await context.run(context.store.alerts_for, who, after, _limit(request, limit))
-    alerts = []
-    for row in rows:
-        try:
-            alerts.append(json.loads(packet_of(row.pk, row.body)))
-        except BAD_ROW:
-            continue  # a row no alert could have left (hub/badrows.py); the others still go
-    return {"alerts": alerts, "next": rows[-1].pk if rows else after}
+    found = await context.run(context.feed.read_types, who, after, _limit(request, limit),
+                              "keyop.alert.")
+    return {"alerts": [json.loads(entry.body) for entry in found],
+            "next": found[-1].position if found else after}

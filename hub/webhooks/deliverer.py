@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 LEASE = "webhooks"
 LEASE_TTL_S = 15.0
-# Threads (and database connections) of webhook delivery's blocking reads and cursor saves:
-# its own, so 50 endpoints never queue ingest's commits behind them.
+# Threads of webhook delivery's blocking reads and cursor saves: its own, so 50 endpoints
+# never queue ingest's work behind them (give it a store with a pool of as many connections).
 THREADS = 4
 
 
@@ -43,9 +43,10 @@ class Deliverer:
     a HubConfigError then, not later."""
 
     def __init__(self, config: HubConfig, store: Store, feed: FeedReader, *,
+                 appended: Callable[[float], Awaitable[None]] | None = None,
                  holder: str | None = None) -> None:
         self.section = section = config.webhooks
-        self.store = store.with_own_pool(THREADS)
+        self.store = store
         self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
         self.feed = feed
         self.cursors = cursors = Cursors(self.store)
@@ -60,6 +61,9 @@ class Deliverer:
                      poster=self.poster, secret=read_secret(endpoint.secret_file, private=True),
                      offload=self._offload)
             for supplier, name, endpoint in found]
+        # Returns when this process appends to a feed, or after its timeout (hub/feed.py
+        # `Feed.wait`); without it, endpoints learn of new entries by `wake` and polling.
+        self._appended = appended
         self._lease_until = 0.0
 
     @property
@@ -83,6 +87,8 @@ class Deliverer:
                     held = asyncio.Event()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._keep(stop, held))
+                        if self._appended is not None:
+                            group.create_task(self._relay(held, self._appended))
                         for endpoint in self.endpoints:
                             group.create_task(endpoint.run(held))
                 if not stop.is_set():
@@ -96,11 +102,9 @@ class Deliverer:
                         self.store.release_lease, LEASE, self.holder))
 
     async def close(self) -> None:
-        """Close the connections and threads (after `run` has returned)."""
+        """Close the HTTP connections and the threads (after `run` has returned)."""
         await self.poster.close()
         self._executor.shutdown(wait=False)
-        if self.store is not None:
-            await asyncio.to_thread(self.store.engine.dispose)
 
     async def _lease(self) -> bool:
         held = await self._offload(functools.partial(
@@ -110,6 +114,13 @@ class Deliverer:
                                                     "endpoints": len(self.endpoints)})
         self._lease_until = time.monotonic() + LEASE_TTL_S if held else 0.0
         return held
+
+    async def _relay(self, held: asyncio.Event,
+                     appended: Callable[[float], Awaitable[None]]) -> None:
+        """Wake the endpoints whenever this process appends to a feed."""
+        while not held.is_set():
+            await appended(self.section.poll_s)
+            self.wake()
 
     async def _keep(self, stop: asyncio.Event, held: asyncio.Event) -> None:
         """Renew the lease every third of its time; set `held` (the loops' stop) when the hub
