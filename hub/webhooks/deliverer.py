@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -21,6 +20,7 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.config import HubConfig, read_secret
+from hub.identity import dead_here, holder_name
 from hub.store import Store
 from hub.webhooks.client import Poster
 from hub.webhooks.cursors import Cursors
@@ -47,7 +47,7 @@ class Deliverer:
                  holder: str | None = None) -> None:
         self.section = section = config.webhooks
         self.store = store
-        self.holder = holder or f"{config.hub.id}:{uuid.uuid4().hex[:12]}"
+        self.holder = holder or holder_name(config.hub.id)
         self.feed = feed
         self.cursors = cursors = Cursors(self.store)
         found = [(supplier, name, endpoint)
@@ -107,13 +107,27 @@ class Deliverer:
         self._executor.shutdown(wait=False)
 
     async def _lease(self) -> bool:
-        held = await self._offload(functools.partial(
-            self.store.try_lease, LEASE, self.holder, LEASE_TTL_S))
+        held = await self._offload(self._take)
         if held and not self._lease_until:
             log.info("webhooks lease taken", extra={"holder": self.holder,
                                                     "endpoints": len(self.endpoints)})
         self._lease_until = time.monotonic() + LEASE_TTL_S if held else 0.0
         return held
+
+    def _take(self) -> bool:
+        """Take or renew the lease; take it over at once from a holder on this host that is
+        gone (a hub killed and restarted need not wait for the lease to expire)."""
+        store = self.store
+        if store.try_lease(LEASE, self.holder, LEASE_TTL_S):
+            return True
+        other = store.lease_holder(LEASE)
+        if other is None or not dead_here(other):
+            return False
+        taken = store.take_over_lease(LEASE, other, self.holder, LEASE_TTL_S)
+        if taken:
+            log.info("webhooks lease taken over from a process that is gone",
+                     extra={"previous": other})
+        return taken
 
     async def _relay(self, held: asyncio.Event,
                      appended: Callable[[float], Awaitable[None]]) -> None:

@@ -50,6 +50,7 @@ class Receiver:
     requests: list[Delivery] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     huge_sent: int = 0
+    arrivals: int = 0  # requests received, counted on arrival (a hung one too)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     port: int = 0
@@ -74,6 +75,8 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:
+                with receiver.lock:
+                    receiver.arrivals += 1
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 mode = receiver.mode
