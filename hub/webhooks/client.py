@@ -35,13 +35,15 @@ class Answer:
 
 
 class Poster:
-    """POSTs on one pool of keep-alive connections, shared by every endpoint."""
+    """POSTs of one endpoint, on one keep-alive connection (an endpoint sends one batch at a
+    time). A pool per endpoint: httpcore looks at every connection of a pool on each request,
+    so one pool shared by 50 endpoints cost more than the requests themselves."""
 
-    def __init__(self, section: WebhooksSection, connections: int) -> None:
+    def __init__(self, section: WebhooksSection) -> None:
         self.section = section
         self._pool = httpcore.AsyncConnectionPool(
             network_backend=CheckedBackend(AllowList(section.allow)),
-            max_connections=max(1, connections), keepalive_expiry=30.0, retries=0)
+            max_connections=1, keepalive_expiry=30.0, retries=0)
         total = section.timeout_s
         self._timeouts = {"connect": min(section.connect_timeout_s, total), "read": total,
                           "write": total, "pool": total}

@@ -23,7 +23,7 @@ from hub.config import HubConfig, read_secret
 from hub.identity import dead_here, holder_name
 from hub.store import Store
 from hub.webhooks.client import Poster
-from hub.webhooks.cursors import Cursors
+from hub.webhooks.cursors import Cursors, CursorSaver
 from hub.webhooks.endpoint import Endpoint
 from hub.webhooks.source import FeedReader
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LEASE = "webhooks"
+# Endpoints are woken at most this often: a wake then carries several ingest commits, so a
+# POST carries more events and the feed is read less (at the cost of this much latency).
+COALESCE_S = 0.05
 LEASE_TTL_S = 15.0
 # Threads of webhook delivery's blocking reads and cursor saves: its own, so 50 endpoints
 # never queue ingest's work behind them (give it a store with a pool of as many connections).
@@ -50,15 +53,15 @@ class Deliverer:
         self.holder = holder or holder_name(config.hub.id)
         self.feed = feed
         self.cursors = cursors = Cursors(self.store)
+        saver = CursorSaver(cursors, self._offload)
         found = [(supplier, name, endpoint)
                  for supplier, settings in config.suppliers.items()
                  for name, endpoint in settings.webhooks.items()]
-        self.poster = Poster(section, connections=len(found) + 1)
         self._executor = ThreadPoolExecutor(max_workers=THREADS,
                                             thread_name_prefix="keyop-webhooks")
         self.endpoints = [
-            Endpoint(supplier, name, endpoint, section, feed=feed, cursors=cursors,
-                     poster=self.poster, secret=read_secret(endpoint.secret_file, private=True),
+            Endpoint(supplier, name, endpoint, section, feed=feed, cursors=cursors, saver=saver,
+                     poster=Poster(section), secret=read_secret(endpoint.secret_file, private=True),
                      offload=self._offload)
             for supplier, name, endpoint in found]
         # Returns when this process appends to a feed, or after its timeout (hub/feed.py
@@ -87,8 +90,7 @@ class Deliverer:
                     held = asyncio.Event()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._keep(stop, held))
-                        if self._appended is not None:
-                            group.create_task(self._relay(held, self._appended))
+                        group.create_task(self._watch(held))
                         for endpoint in self.endpoints:
                             group.create_task(endpoint.run(held))
                 if not stop.is_set():
@@ -103,7 +105,8 @@ class Deliverer:
 
     async def close(self) -> None:
         """Close the HTTP connections and the threads (after `run` has returned)."""
-        await self.poster.close()
+        for endpoint in self.endpoints:
+            await endpoint.poster.close()
         self._executor.shutdown(wait=False)
 
     async def _lease(self) -> bool:
@@ -129,12 +132,24 @@ class Deliverer:
                      extra={"previous": other})
         return taken
 
-    async def _relay(self, held: asyncio.Event,
-                     appended: Callable[[float], Awaitable[None]]) -> None:
-        """Wake the endpoints whenever this process appends to a feed."""
+    async def _watch(self, held: asyncio.Event) -> None:
+        """Wake the endpoints whose supplier's feed grew: after each append of this process
+        (at most every COALESCE_S, so one wake carries several commits), and every
+        `webhooks.poll_s` for what other hub processes append."""
+        suppliers = sorted({endpoint.supplier for endpoint in self.endpoints})
+        poll_s = self.section.poll_s
         while not held.is_set():
-            await appended(self.section.poll_s)
-            self.wake()
+            heads = await self._offload(functools.partial(self.feed.heads, suppliers))
+            for endpoint in self.endpoints:
+                if heads.get(endpoint.supplier, 0) > endpoint.state.cursor:
+                    endpoint.wake()
+            if self._appended is not None:
+                await self._appended(poll_s)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(held.wait(), poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.wait(), COALESCE_S)
 
     async def _keep(self, stop: asyncio.Event, held: asyncio.Event) -> None:
         """Renew the lease every third of its time; set `held` (the loops' stop) when the hub

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from common.backoff import Backoff
 from hub.webhooks.client import Answer, Poster
-from hub.webhooks.cursors import Cursors, Health
+from hub.webhooks.cursors import Cursors, CursorSaver, Health
 from hub.webhooks.settings import WebhookEndpoint, WebhooksSection
 from hub.webhooks.signing import HEADER, signature
 from hub.webhooks.source import Entry, FeedReader
@@ -60,13 +60,15 @@ class Endpoint:
 
     def __init__(self, supplier: str, name: str, settings: WebhookEndpoint,
                  section: WebhooksSection, *, feed: FeedReader, cursors: Cursors,
-                 poster: Poster, secret: str, offload: Offload[Any]) -> None:
+                 saver: CursorSaver, poster: Poster, secret: str, offload: Offload[Any]
+                 ) -> None:
         self.supplier = supplier
         self.name = name
         self.settings = settings
         self.section = section
         self.feed = feed
         self.cursors = cursors
+        self.saver = saver
         self.poster = poster
         self._secret = secret
         self._offload = offload
@@ -89,13 +91,14 @@ class Endpoint:
             entries = await self._offload(
                 functools.partial(self.feed.read, supplier, cursor, self.settings.batch))
             if not entries:
-                await _wait_any(stop, self._wake, self.section.poll_s)
+                # The deliverer's watch wakes it when its supplier's feed grows.
+                await _wait_any(stop, self._wake)
                 continue
             chosen, last = self._take(entries)
             if chosen and not await self._deliver(chosen, stop):
                 return  # stopping: the cursor stays before the batch
             cursor = last
-            await self._offload(functools.partial(self.cursors.save, supplier, name, last))
+            await self.saver.save(supplier, name, last)
             self.state.cursor = cursor
 
     def _take(self, entries: Sequence[Entry]) -> tuple[list[Entry], int]:
@@ -170,9 +173,8 @@ class Endpoint:
         return changed
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event) -> None:
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    _, pending = await asyncio.wait(waiters, timeout=timeout,
-                                    return_when=asyncio.FIRST_COMPLETED)
+    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()

@@ -1,9 +1,9 @@
 """What webhook delivery needs of the supplier feed (hub/feed.py): read after a position, and
-the head. A Protocol, so delivery depends on this shape only, not on how the feed is kept."""
+the heads. A Protocol, so delivery depends on this shape only, not on how the feed is kept."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 
@@ -35,4 +35,8 @@ class FeedReader(Protocol):
 
     def head(self, supplier: str) -> int:
         """The position of `supplier`'s newest entry (0 when its feed is empty)."""
+        ...
+
+    def heads(self, suppliers: Iterable[str]) -> dict[str, int]:
+        """`head` of each of `suppliers`, in one read."""
         ...

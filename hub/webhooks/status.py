@@ -21,13 +21,11 @@ class WebhookStatus:
     def rows(self) -> list[dict[str, Any]]:
         """One row per endpoint, in hub.yaml order."""
         saved = self.cursors.all()
-        heads: dict[str, int] = {}
+        heads = self.feed.heads(s for s, c in self.config.suppliers.items() if c.webhooks)
         rows = []
         for supplier, settings in self.config.suppliers.items():
             for name, endpoint in settings.webhooks.items():
-                if supplier not in heads:
-                    heads[supplier] = self.feed.head(supplier)
-                head = heads[supplier]
+                head = heads.get(supplier, 0)
                 row = saved.get((supplier, name))
                 health = row.health if row is not None else None
                 rows.append({

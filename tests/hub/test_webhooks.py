@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class ListFeed:
     def head(self, supplier: str) -> int:
         with self._lock:
             return len(self._entries.get(supplier, []))
+
+    def heads(self, suppliers: Iterable[str]) -> dict[str, int]:
+        return {supplier: self.head(supplier) for supplier in suppliers}
 
 
 def _secret_file(tmp_path: Path, mode: int = 0o600) -> Path:
