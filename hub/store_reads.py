@@ -120,11 +120,6 @@ class ReadsMixin(StoreBase):
                 sa.select(op_state).where(op_state.c.state.not_in(["Completed", "Aborted"]))
                 .order_by(op_state.c.work_order, op_state.c.operation)).all())
 
-    def max_pk(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(packets.c.pk), 0)))
-                       .scalar_one())
-
     def count_packets(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(packets)).scalar_one())

@@ -70,7 +70,9 @@ pytestmark
 _.teardown
 test_protocol
 
-# http.server calls these by name (the webhook receiver of the tests).
+# http.server calls or reads these by name (the webhook receivers of the tests and bench).
 _.do_POST
 _.log_message
 _.daemon_threads
+_.protocol_version
+_.request_queue_size

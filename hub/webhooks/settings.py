@@ -62,7 +62,8 @@ class WebhooksSection(_Strict):
         default=300.0, ge=0,
         description="an endpoint failing this long is marked failing and alerted")
     poll_s: float = Field(default=0.5, gt=0, le=60,
-                          description="how often an idle endpoint looks for new events")
+                          description="how often the hub looks for events that other hub "
+                          "processes stored (its own wake the endpoints at once)")
 
 
 class WebhookEndpoint(_Strict):
