@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from webhook_receiver import Receiver
 
+from hub.api import ApiContext, create_app
 from hub.config import HubConfig, HubConfigError, parse_config
 from hub.store import Store
 from hub.webhooks.allow import AllowList
 from hub.webhooks.cursors import Cursors
 from hub.webhooks.deliverer import Deliverer
+from hub.webhooks.metrics import webhook_metrics
 from hub.webhooks.status import WebhookStatus
 
 SECRET = "s3cret-for-webhook-tests-0123456789"
@@ -442,3 +445,58 @@ def test_allow_list_errors_name_file_line_and_column() -> None:
         parse_config("webhooks:\n  allow: [127.0.0.1, 'Bad Host!']\n", "hub.yaml")
     assert str(error.value).startswith(
         "hub.yaml:2:22: webhooks.allow.1: 'Bad Host!' is not an IP address")
+
+
+def test_the_admin_api_and_metrics_show_every_endpoint(tmp_path: Path) -> None:
+    receiver = Receiver(SECRET).start()
+    receiver.mode = "500"
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    admin_key, acme_key = "admin-key-" + "a" * 32, "acme-key-" + "b" * 32
+    (tmp_path / "admin.key").write_text(admin_key)
+    (tmp_path / "acme.key").write_text(acme_key)
+    config = _config(receiver.url(), db, _secret_file(tmp_path), failing_after_s=0, extra=f"""
+    api_key_file: "{tmp_path / 'acme.key'}"
+api: {{admin_key_file: "{tmp_path / 'admin.key'}"}}
+""")
+    store = Store(db)
+    feed = ListFeed()
+    for _ in range(3):
+        feed.append("acme")
+    deliverer = Deliverer(config, store, feed)
+
+    async def scenario() -> None:
+        async with _running(deliverer):
+            await _until(lambda: deliverer.endpoints[0].state.failing)
+
+    try:
+        asyncio.run(scenario())
+        status = WebhookStatus(config, Cursors(store), feed)
+        context = ApiContext(config, store)
+        context.webhook_status = status.rows
+        try:
+            with TestClient(create_app(context)) as client:
+                refused = client.get("/v1/admin/webhooks",
+                                     headers={"Authorization": f"Bearer {acme_key}"})
+                answer = client.get("/v1/admin/webhooks",
+                                    headers={"Authorization": f"Bearer {admin_key}"})
+        finally:
+            context.close()
+        assert refused.status_code == 403
+        assert answer.status_code == 200
+        (row,) = answer.json()["webhooks"]
+        assert row["supplier"] == "acme" and row["name"] == "erp" and row["failing"]
+        assert (row["cursor"], row["head"], row["lag"], row["last_status"]) == (0, 3, 3, 500)
+        families = {f.name: f for f in webhook_metrics("hub", deliverer, status.rows)}
+        labels = {"hub": "hub", "supplier": "acme", "webhook": "erp"}
+
+        def value(name: str) -> float:
+            (sample,) = [s for s in families[name].samples if s.labels == labels]
+            return sample.value
+
+        assert value("keyop_hub_webhook_failing") == 1
+        assert value("keyop_hub_webhook_lag") == 3
+        assert value("keyop_hub_webhook_failures") >= 1
+        assert value("keyop_hub_webhook_events") == 0
+    finally:
+        receiver.stop()
+        store.close()
