@@ -40,6 +40,10 @@ class Admitted:
     future: bool  # its own time was beyond the allowed skew
 
 
+# Event types only the hub makes (its assignment changes): refused from a gateway.
+HUB_ONLY_PREFIX = "keyop.assignment."
+
+
 class Admission:
     """hub.yaml's gateway bindings and time skew, applied to validated packets."""
 
@@ -66,6 +70,8 @@ class Admission:
 
     def check(self, gateway: str, packet: Packet, received_at: float) -> Admitted | str:
         """The admitted packet with its ordering time, or why it is refused."""
+        if packet.type.startswith(HUB_ONLY_PREFIX):
+            return f"type: {packet.type!r} is made by the hub only (docs/feed.md)"
         problem = self.source_allowed(gateway, packet.source)
         if problem is None and not self.open:
             problem = _outside(self.gateways[gateway], gateway, packet)
@@ -97,6 +103,8 @@ class Admission:
 def _outside(binding: GatewayEntry, gateway: str, packet: Packet) -> str | None:
     """Why a packet lies outside what its gateway is declared for, or None."""
     where = f"hub.yaml gateways.{gateway}"
+    # Every type a gateway may send has an equipment (sync/packet.py); `check` refused others.
+    assert packet.data.equipment is not None
     path = packet.data.equipment.path
     levels = path.split("/")
     if levels[0] != binding.site:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from hub import feed_store, hub_events, routing
+from hub.badrows import BAD_ROW, printable_time
 from hub.config import HubConfig
 from hub.feed_store import Append
 from hub.schema import assignments, packets
@@ -102,7 +103,7 @@ class FeedRouting:
             try:
                 event = pydantic_core.from_json(row.body)
                 body = feed_store.backfilled(routing.redact(event, rules))
-            except (ValueError, TypeError, AttributeError):
+            except BAD_ROW:
                 continue  # a row no packet could have left (hub/badrows.py)
             out.append(Append(supplier, row.id, row.type, body=body, work_order=work_order,
                               operation=row.operation, packet_pk=int(row.pk)))
@@ -110,8 +111,8 @@ class FeedRouting:
 
     def _assignment(self, type_: str, supplier: str, work_order: str, due: float | None,
                     now: float, offset: str) -> Append:
-        data = {"workOrder": {"id": work_order},
-                "assignment": {"due": None if due is None else hub_events.at_offset(due, offset)}}
+        shown = hub_events.at_offset(due, offset) if printable_time(due) else None
+        data = {"workOrder": {"id": work_order}, "assignment": {"due": shown}}
         event = hub_events.hub_event(self.config.hub.id, type_, work_order, now, offset, data)
         return self.hub_append(supplier, event, work_order, None)
 

@@ -18,6 +18,7 @@ import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hub.badrows import BAD_ROW
 from hub.schema import packets
 from sync.packet import format_sequence
 
@@ -51,7 +52,7 @@ def plant_offset(conn: Connection, configured: str | None, work_order: str | Non
         if body is not None:
             try:
                 offset = pydantic_core.from_json(body)["data"]["tzOffset"]
-            except (ValueError, KeyError, TypeError):
+            except BAD_ROW:
                 continue
             if isinstance(offset, str):
                 return offset

@@ -55,7 +55,8 @@ class StateRow(NamedTuple):
         own); None for other events."""
         data = packet.data
         if (not packet.type.startswith("keyop.operation.") or data.workOrder is None
-                or data.operation is None or data.state is None or data.quantities is None):
+                or data.operation is None or data.state is None or data.quantities is None
+                or data.equipment is None):
             return None
         q = data.quantities
         if at is None:

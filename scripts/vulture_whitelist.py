@@ -55,6 +55,8 @@ _.lotId
 _.kopVersion
 _.runId
 _.tzOffset
+_.ratePerHour
+_.assignment
 _.timeQuality
 _.specversion
 _.datacontenttype

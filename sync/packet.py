@@ -69,6 +69,8 @@ EVENT_TYPES = OPERATION_TYPES | frozenset(
         "keyop.outbox.gap",
         "keyop.alert.delay_risk",
         "keyop.alert.stalled",
+        "keyop.assignment.added",
+        "keyop.assignment.removed",
     }
 )
 # Data fields each type family requires beyond the always-required ones.
@@ -78,10 +80,13 @@ _REQUIRED_BY_PREFIX: dict[str, tuple[str, ...]] = {
     "keyop.material.": ("epcis",),
     "keyop.station.context": ("scan",),
     "keyop.outbox.gap": ("gap",),
+    "keyop.assignment.": ("workOrder", "assignment"),
 }
+# Every type but these (the hub's assignment events: no station) has an `equipment`.
+_NO_EQUIPMENT_PREFIX = "keyop.assignment."
 # The same, resolved once per type (Packet's validator runs on every packet ingested).
 _REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
-    type_: tuple(
+    type_: (() if type_.startswith(_NO_EQUIPMENT_PREFIX) else ("equipment",)) + tuple(
         name
         for prefix, names in _REQUIRED_BY_PREFIX.items()
         if type_.startswith(prefix)
@@ -89,6 +94,9 @@ _REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {
     )
     for type_ in EVENT_TYPES
 }
+# CloudEvents extension attribute the hub sets on an event it appends to a supplier's feed as
+# part of a newly assigned order's history (docs/feed.md); never taken from a gateway.
+BACKFILL_ATTRIBUTE = "keyopbackfill"
 
 
 class PacketError(ValueError):
@@ -260,6 +268,23 @@ class Alarm(_Model):
     severity: Name
     active: bool
     text: Text | None = None
+    # The hub's alerts only: `raised`, `cleared`, or `missed` (a delay risk closed by a
+    # completion after the due time).
+    status: Literal["raised", "cleared", "missed"] | None = None
+
+
+class Estimate(_Model):
+    """The hub's completion estimate of an operation (alerts)."""
+
+    ratePerHour: float
+    completion: Time | None = None
+    due: Time | None = None
+
+
+class Assignment(_Model):
+    """An order assigned to (or taken from) a supplier (`keyop.assignment.*`)."""
+
+    due: Time | None = None
 
 
 class Param(_Model):
@@ -292,7 +317,7 @@ class Data(_Model):
     workOrder: WorkOrder | None = None
     operation: Operation | None = None
     runId: Annotated[str, _text(PATH_MAX)] | None = None
-    equipment: Equipment
+    equipment: Equipment | None = None
     state: State | None = None
     quantities: Quantities | None = None
     delta: Delta | None = None
@@ -304,6 +329,8 @@ class Data(_Model):
     epcis: dict[str, Any] | None = None
     scan: Scan | None = None
     gap: Gap | None = None
+    estimate: Estimate | None = None
+    assignment: Assignment | None = None
     tzOffset: str = Field(pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
     timeQuality: Literal["synced", "unsynced", "estimated"]
     origin: Origin | None = None
@@ -580,5 +607,11 @@ def json_schema() -> dict[str, Any]:
             "then": {"properties": {"data": {"required": list(names)}}},
         }
         for prefix, names in _REQUIRED_BY_PREFIX.items()
-    ]
+    ] + [{
+        "if": {"properties": {"type": {"not": {"pattern": "^" + re.escape(_NO_EQUIPMENT_PREFIX)}}}},
+        "then": {"properties": {"data": {"required": ["equipment"]}}},
+    }]
+    schema["properties"][BACKFILL_ATTRIBUTE] = {
+        "const": True, "title": "Keyopbackfill",
+        "description": "set by the hub on an event of a newly assigned order's history"}
     return schema

@@ -1,11 +1,11 @@
-"""Delay alerts: completion estimated from the progress rate, raised and cleared once per
-change, only to the suppliers concerned, on MQTT (publish marked on PUBACK) and in the API."""
+"""Delay alerts: completion estimated from the progress rate, raised and cleared (or missed)
+once per change, only to the suppliers concerned, as events of their feeds (every channel)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,10 @@ from fastapi.testclient import TestClient
 from hub.alerts import Alerts, estimate
 from hub.api import ApiContext, create_app
 from hub.config import HubConfig, hash_key, parse_config
-from hub.schema import alerts as alerts_table
+from hub.feed import Feed
 from hub.schema import op_state
 from hub.store import Incoming, Store
 from sync import packet as pk
-from sync import topics
 
 T0 = 1_795_000_000.0
 MINUTE = 60.0
@@ -55,8 +54,8 @@ def packet(seq: int, good: int, *, work_order: str = "WO-1001", state: str = "Ru
 
 @pytest.fixture
 def setup(hub_db_url: str) -> Iterator[tuple[Store, Alerts, ApiContext]]:
-    store = Store(hub_db_url)
     cfg = config(hub_db_url)
+    store = Store(hub_db_url, cfg)
     context = ApiContext(cfg, store)
     yield store, Alerts(cfg, store, context), context
     store.close()
@@ -98,42 +97,61 @@ def test_alerts_raised_and_cleared_once_per_change(
     assert alerts.evaluate(now=T0 + 750) == 1
     assert alerts.evaluate(now=T0 + 760) == 0
 
-    sent: list[tuple[str, bytes]] = []
-
-    async def publish_all() -> int:
-        loop = asyncio.get_running_loop()
-
-        def publish(topic: str, payload: bytes) -> asyncio.Future[None]:
-            sent.append((topic, payload))
-            done: asyncio.Future[None] = loop.create_future()
-            done.set_result(None)
-            return done
-
-        first = await alerts.publish_pending(publish)
-        again = await alerts.publish_pending(publish)
-        assert again == 0  # acknowledged ones are not sent twice
-        return first
-
-    assert asyncio.run(publish_all()) == 5
-    acme = [json.loads(p) for t, p in sent if t == topics.sup_alerts("acme")]
-    bolt = [json.loads(p) for t, p in sent if t == topics.sup_alerts("bolt")]
-    assert [(a["type"], a["data"]["alarm"]["active"]) for a in acme] == [
-        ("keyop.alert.delay_risk", True), ("keyop.alert.stalled", True),
-        ("keyop.alert.stalled", False), ("keyop.alert.delay_risk", False)]
+    # Each alert is in its supplier's feed, after the events it is about.
+    feed = Feed(store)
+    acme = [json.loads(e.body) for e in feed.read_types("acme", 0, 100, "keyop.alert.")]
+    bolt = [json.loads(e.body) for e in feed.read_types("bolt", 0, 100, "keyop.alert.")]
+    assert [e.type for e in feed.read("bolt", 0, 100)] == [
+        "keyop.operation.progress", "keyop.operation.progress", "keyop.alert.stalled"]
+    assert [(a["type"], a["data"]["alarm"]["active"], a["data"]["alarm"]["status"])
+            for a in acme] == [
+        ("keyop.alert.delay_risk", True, "raised"), ("keyop.alert.stalled", True, "raised"),
+        ("keyop.alert.stalled", False, "cleared"), ("keyop.alert.delay_risk", False, "cleared")]
     assert [(a["type"], a["data"]["workOrder"]["id"]) for a in bolt] == [
         ("keyop.alert.stalled", "WO-1002")]
     for alert in acme + bolt:
         parsed = pk.from_obj(alert)  # a valid v1 packet, made by the hub
         assert parsed.source == "hub/hub"
-    assert acme[0]["data"]["estimate"]["due"] == pk.format_time(T0 + 15 * MINUTE)
-    assert [int(a["sequence"]) for a in acme] == sorted(int(a["sequence"]) for a in acme)
+        # Times at the plant's offset (its events' tzOffset), not UTC.
+        assert alert["data"]["tzOffset"] == "+08:00"
+        assert alert["time"].endswith("+08:00") and alert["recordedtime"].endswith("+08:00")
+    due = datetime.fromisoformat(acme[0]["data"]["estimate"]["due"])
+    assert due.timestamp() == T0 + 15 * MINUTE and due.utcoffset() == timedelta(hours=8)
+    assert acme[0]["data"]["estimate"]["ratePerHour"] == pytest.approx(600, rel=0.01)
+    # The hub's events are numbered per supplier: no gaps, nothing of the other's volume.
+    assert [int(a["sequence"]) for a in acme] == [1, 2, 3, 4]
+    assert [int(a["sequence"]) for a in bolt] == [1]
 
     with TestClient(create_app(context)) as client:
         assert client.get("/v1/alerts").status_code == 401
         page = client.get("/v1/alerts", headers={"Authorization": f"Bearer {KEY}"}).json()
         assert [a["id"] for a in page["alerts"]] == [a["id"] for a in acme]
+        # The same alerts are in /v1/events, at the same positions.
+        events = client.get("/v1/events", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert [e for e in events["events"] if e["type"].startswith("keyop.alert.")] == acme
+        assert page["next"] == max(e.position for e in feed.read("acme", 0, 100)
+                                   if e.type.startswith("keyop.alert."))
         assert client.get("/v1/alerts", params={"after": page["next"]},
                           headers={"Authorization": f"Bearer {KEY}"}).json()["alerts"] == []
+
+
+def test_a_late_completion_closes_a_delay_risk_as_missed(
+        setup: tuple[Store, Alerts, ApiContext]) -> None:
+    store, alerts, _context = setup
+    store.store_batch([packet(seq, 10 * seq) for seq in range(1, 6)], received_at=T0 + 300)
+    assert alerts.evaluate(now=T0 + 310) == 1  # at risk: due at minute 15
+    # Completed at minute 20, after the due time: missed, not cleared.
+    store.store_batch([packet(20, 500, state="Completed", kind="completed")],
+                      received_at=T0 + 20 * MINUTE)
+    assert alerts.evaluate(now=T0 + 20 * MINUTE + 10) == 1
+    raised, closed = (json.loads(e.body)
+                      for e in Feed(store).read_types("acme", 0, 10, "keyop.alert."))
+    assert raised["data"]["alarm"]["status"] == "raised"
+    assert closed["type"] == "keyop.alert.delay_risk"
+    assert closed["data"]["alarm"]["active"] is False
+    assert closed["data"]["alarm"]["status"] == "missed"
+    assert "after its due time" in closed["data"]["alarm"]["text"]
+    pk.from_obj(closed)
 
 
 def test_an_assignment_due_time_and_supplier_count(setup: tuple[Store, Alerts, ApiContext],
@@ -164,7 +182,7 @@ def test_an_estimate_that_overflows_counts_as_never_finishing() -> None:
     assert found.rate_per_s == pytest.approx(10 / MINUTE) and found.completion is not None
 
 
-def test_one_bad_operation_does_not_stop_the_evaluation_or_the_publishing(
+def test_one_bad_operation_does_not_stop_the_evaluation(
         setup: tuple[Store, Alerts, ApiContext], caplog: pytest.LogCaptureFixture) -> None:
     store, alerts, context = setup
     store.store_batch([packet(seq, 10 * seq) for seq in range(1, 6)], received_at=T0 + 300)
@@ -188,29 +206,9 @@ def test_one_bad_operation_does_not_stop_the_evaluation_or_the_publishing(
                if r.getMessage().startswith("delay alerts: work order WO-1001 operation OP40")]
     assert len(skipped) == 2, skipped  # not again at the second evaluation
     assert "skipped for supplier acme: JSONDecodeError" in skipped[0]
-    with store.engine.begin() as conn:
-        conn.execute(alerts_table.update().values(body="not json")
-                     .where(alerts_table.c.pk == min(r.pk for r in store.unpublished_alerts())))
-    store.add_alerts([{**alerts.alert_row(store.states([("WO-1001", "OP30")])[("WO-1001", "OP30")],
-                                     "acme", "stalled", True, None, None, T0 + 330),
-                       }])
-    sent: list[str] = []
-
-    async def publish_all() -> int:
-        loop = asyncio.get_running_loop()
-
-        def publish(topic: str, payload: bytes) -> asyncio.Future[None]:
-            sent.append(json.loads(payload)["type"])
-            done: asyncio.Future[None] = loop.create_future()
-            done.set_result(None)
-            return done
-
-        return await alerts.publish_pending(publish)
-
-    assert asyncio.run(publish_all()) == 1  # the bad body skipped, the next one published
-    assert sent == ["keyop.alert.stalled"]
-    assert len(store.unpublished_alerts()) == 1  # the bad one stays, readable as it is
-    assert any("not published: JSONDecodeError" in r.getMessage() for r in caplog.records)
+    # OP30's alert went to both feeds all the same.
+    assert [e.type for e in Feed(store).read_types("acme", 0, 10, "keyop.alert.")] == [
+        "keyop.alert.delay_risk"]
 
 
 def test_a_due_time_beyond_year_9999_is_ignored_with_a_warning(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,7 +64,7 @@ routes:
 @pytest.fixture
 def api(tmp_path: Path, hub_db_url: str) -> Iterator[Api]:
     config, keys = make_config(tmp_path, hub_db_url)
-    store = Store(hub_db_url)
+    store = Store(hub_db_url, config)
     batch = [incoming(seq, work_order="WO-1001", params=RESTRICTED) for seq in (1, 2, 3)]
     batch += [incoming(seq, work_order="WO-1003", operation="OP40") for seq in (4, 5)]
     raw = [incoming(seq, work_order="WO-1002") for seq in (6, 7)]
@@ -227,7 +228,15 @@ def test_admin_assigns_an_order_to_a_supplier(api: Api) -> None:
     assert ok.status_code == 200, ok.text
     order = api.get("cargo", "/v1/orders/WO-1002").json()
     assert order["due"] == "2026-11-30T12:00:00.000Z"
-    assert [int(e["sequence"]) for e in api.get("cargo", "/v1/events").json()["events"]] == [6, 7]
+    # The assignment is an event of cargo's feed, followed by the order's history so far,
+    # each event marked as backfill.
+    added, *history = api.get("cargo", "/v1/events").json()["events"]
+    assert added["type"] == "keyop.assignment.added"
+    assert added["data"]["workOrder"] == {"id": "WO-1002"}
+    assert (datetime.fromisoformat(added["data"]["assignment"]["due"])
+            == datetime(2026, 11, 30, 12, tzinfo=UTC))
+    assert [int(e["sequence"]) for e in history] == [6, 7]
+    assert all(e["keyopbackfill"] is True for e in history)
     # Partner params still follow cargo's own rules.
     assert api.get("acme", "/v1/orders/WO-1002").status_code == 404
 

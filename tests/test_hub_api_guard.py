@@ -77,8 +77,9 @@ def keys() -> dict[str, str]:
 
 
 @pytest.fixture
-def store(hub_db_url: str) -> Iterator[Store]:
-    made = Store(hub_db_url)
+def store(hub_db_url: str, keys: dict[str, str]) -> Iterator[Store]:
+    # With the config: ingest appends to acme's feed, which the streams read.
+    made = Store(hub_db_url, config_for(hub_db_url, keys))
     made.store_batch([incoming(seq) for seq in range(1, 4)])
     yield made
     made.close()

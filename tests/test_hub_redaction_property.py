@@ -101,11 +101,13 @@ SCHEMA: dict[str, Any] = {
         "materials": [{"use": None, "materialId": None, "lotId": None, "epcs": None,
                        "quantity": None, "uom": None}],
         "parts": [{"serial": None, "status": None}],
-        "alarm": {"code": None, "severity": None, "active": None, "text": None},
+        "alarm": {"code": None, "severity": None, "active": None, "text": None, "status": None},
         "params": {"*": {"value": None, "uom": None, "class": None}},
         "epcis": FREE,
         "scan": {"kind": None, "code": None, "fields": FREE},
         "gap": {"fromSequence": None, "toSequence": None, "reason": None},
+        "estimate": {"ratePerHour": None, "completion": None, "due": None},
+        "assignment": {"due": None},
         "tzOffset": None,
         "timeQuality": None,
         # `origin` is docs/packet.md's too, but never a supplier's: not listed, so never allowed.
@@ -141,7 +143,8 @@ UNKNOWN_NAMES = st.one_of(st.sampled_from(["__all__", "origin", "internal", "plc
                                            "traceparent", "partitionkey"]),
                           st.from_regex(r"x[A-Za-z0-9]{0,6}", fullmatch=True))
 ORDER_TYPES = sorted(t for t in pk.EVENT_TYPES
-                     if t.startswith(("keyop.operation.", "keyop.quality.", "keyop.alert.")))
+                     if t.startswith(("keyop.operation.", "keyop.quality.", "keyop.alert.",
+                                       "keyop.assignment.")))
 
 
 @st.composite
@@ -178,6 +181,8 @@ def packets(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         data["quantities"] = {"uom": "C62", "planned": 500, "produced": good + scrap,
                               "good": good, "scrap": scrap, "rework": 0}
         data["delta"] = {"good": 1, "scrap": 0}
+    if type_.startswith("keyop.assignment.") or draw(st.booleans()):
+        data["assignment"] = {"due": draw(st.sampled_from([None, "2026-11-21T08:14:03.120Z"]))}
     if type_.endswith(".alarm") or type_.startswith("keyop.alert.") or draw(st.booleans()):
         data["alarm"] = {"code": "A7", "severity": "warning", "active": True, "text": text()}
     scan = {"kind": "barcode", "code": draw(st.one_of(WORD, st.just(path))),

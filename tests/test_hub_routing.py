@@ -25,6 +25,7 @@ from hub.config import (
     load_config,
     parse_config,
 )
+from hub.feed import Feed
 from hub.routing import (
     public_run_id,
     redact,
@@ -351,15 +352,15 @@ routes:
     finally:
         hub.close()
         edge.close()
-    store = Store(hub_db_url)
+    store = Store(hub_db_url, config)
     try:
         alerts = Alerts(config, store, ApiContext(config, store))
         assert alerts.evaluate(now=time.time() + 3600) == 2  # stalled, for acme and bolt
-        (acme_alert,) = store.alerts_for("acme", 0, 10)
+        (acme_alert,) = Feed(store).read_types("acme", 0, 10, "keyop.alert.")
     finally:
         store.close()
     seen = [m.payload.decode() for m in acme.received()] + [feed.text, orders.text,
-                                                           acme_alert.body]
+                                                           acme_alert.body.decode()]
     assert all(PATH not in text for text in seen), [t for t in seen if PATH in t]
     assert json.loads(acme_alert.body)["data"]["equipment"] == {"path": "Welding cell 2"}
     # The supplier without a public name sees the path: the check above can fail.

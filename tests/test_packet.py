@@ -50,7 +50,8 @@ def test_round_trip_keeps_every_field() -> None:
         (lambda e: e["data"]["quantities"].update(good=-1), "data.quantities.good"),
         (lambda e: e["data"]["params"]["weldCurrent"].update({"class": "secret"}),
          "data.params.weldCurrent.class"),
-        (lambda e: e["data"].pop("equipment"), "data.equipment: Field required"),
+        (lambda e: e["data"].pop("equipment"),
+         "data.equipment required for type keyop.operation.progress"),
     ],
 )
 def test_validation_names_the_field(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -83,6 +84,24 @@ def test_schema_names_types_and_conditional_requirements() -> None:
     assert any("quantities" in rule["then"]["properties"]["data"]["required"]
                for rule in schema["allOf"])
     json.dumps(schema)
+
+
+def test_schema_has_the_hub_events_of_the_supplier_feed() -> None:
+    schema = pk.json_schema()
+    types = schema["properties"]["type"]["enum"]
+    assert {"keyop.assignment.added", "keyop.assignment.removed"} <= set(types)
+    defs = schema["$defs"]
+    assert set(defs["Estimate"]["properties"]) == {"ratePerHour", "completion", "due"}
+    assert set(defs["Assignment"]["properties"]) == {"due"}
+    assert defs["Alarm"]["properties"]["status"]["anyOf"][0]["enum"] == [
+        "raised", "cleared", "missed"]
+    assert schema["properties"]["keyopbackfill"]["const"] is True
+    # Every type but the assignments has an equipment; assignments have a work order.
+    (rule,) = [r for r in schema["allOf"]
+               if r["then"]["properties"]["data"]["required"] == ["equipment"]]
+    assert rule["if"]["properties"]["type"]["not"]["pattern"] == r"^keyop\.assignment\."
+    assert any(r["then"]["properties"]["data"]["required"] == ["workOrder", "assignment"]
+               for r in schema["allOf"])
 
 
 def test_topics_refuse_wildcards_and_sanitise_orders() -> None:
