@@ -500,3 +500,14 @@ api: {{admin_key_file: "{tmp_path / 'admin.key'}"}}
     finally:
         receiver.stop()
         store.close()
+
+
+def test_the_documented_configuration_loads() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, "docs/webhooks.md")
+    (name, endpoint), = config.suppliers["acme"].webhooks.items()
+    assert name == "erp" and endpoint.batch == 100 and endpoint.start == "head"
+    assert endpoint.accepts("keyop.alert.stalled") and endpoint.accepts(
+        "keyop.operation.completed") and not endpoint.accepts("keyop.operation.progress")
+    assert config.webhooks.allow == ["erp.acme.example", "10.20.0.0/24"]
