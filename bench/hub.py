@@ -244,6 +244,7 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     import numpy as np
 
     from devstack.mosquitto import PrivateBroker
+    from hub.feed import Feed
     from hub.service import HubService
 
     if split_roles and workers < 2:
@@ -308,9 +309,12 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         edge_result = results.get(timeout=900)
         edge.join(30)
         total = per_gateway * gateways
+        # Fan-out is done when every supplier's cursor has reached the end of its feed.
         assert service.store is not None
         store = service.store
-        _wait_fanout(store, list(config.suppliers))
+        heads = Feed(store).heads(config.suppliers)
+        while any(store.get_cursors(config.suppliers)[s] < heads[s] for s in heads):
+            time.sleep(0.05)
         t_fanout = time.monotonic()
         t_webhooks = _wait_webhooks(service) if receiver else None
         live_events, live_requests = (receiver.events, receiver.requests) if receiver else (0, 0)
@@ -363,15 +367,6 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         "ack_latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
         **hooked,
     }
-
-
-def _wait_fanout(store: Any, suppliers: list[str]) -> None:
-    """Fan-out is done when every supplier's MQTT cursor has reached its feed's head."""
-    from hub.feed import Feed
-
-    heads = Feed(store).heads(suppliers)
-    while any(cursor < heads[s] for s, cursor in store.get_cursors(suppliers).items()):
-        time.sleep(0.05)  # polls the database another thread writes: nothing to await
 
 
 def _wait_webhooks(service: Any) -> float:

@@ -15,12 +15,12 @@ also lock other rows (ingest: progress rows and packet keys) cannot deadlock on 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from hub.schema import feed, feed_heads
@@ -77,21 +77,14 @@ def append(conn: Connection, items: Sequence[Append], now: float) -> list[Append
         count = counts.setdefault(item.supplier, [0, 0])
         count[0] += 1
         count[1] += item.render is not None
-    insert = (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(feed_heads)
-    values = insert.values([{"supplier": s, "position": n, "hub_seq": h}
-                            for s, (n, h) in sorted(counts.items())])
-    stmt = values.on_conflict_do_update(
-        index_elements=[feed_heads.c.supplier],
-        set_={"position": feed_heads.c.position + values.excluded.position,
-              "hub_seq": feed_heads.c.hub_seq + values.excluded.hub_seq},
-    ).returning(feed_heads.c.supplier, feed_heads.c.position, feed_heads.c.hub_seq)
+    raised = _raise_heads(conn, sorted((s, n, h) for s, (n, h) in counts.items()))
     # Next free numbers: the new head minus what this transaction appends.
     nxt: dict[str, list[int]] = {}
-    for supplier, position, hub_seq in conn.execute(stmt).all():
+    for supplier, position, hub_seq in raised:
         n, h = counts[supplier]
         nxt[supplier] = [int(position) - n + 1, int(hub_seq) - h + 1]
     done: list[Appended] = []
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for item in items:
         numbers = nxt[item.supplier]
         position = numbers[0]
@@ -103,13 +96,44 @@ def append(conn: Connection, items: Sequence[Append], now: float) -> list[Append
             assert item.body is not None, "Append needs a body or a render"
             body = item.body
         done.append(Appended(item.supplier, position, item, body))
-        rows.append({"supplier": item.supplier, "position": position,
-                     "event_id": item.event_id, "type": item.type,
-                     "work_order": item.work_order, "operation": item.operation,
-                     "packet_pk": item.packet_pk, "stored_at": now,
-                     "body": body.decode("utf-8")})
-    conn.execute(feed.insert(), rows)
+        rows.append((item.supplier, position, item.event_id, item.type, item.work_order,
+                     item.operation, item.packet_pk, now, body.decode("utf-8")))
+    # On the driver's executemany: thousands of rows a second pass here, and SQLAlchemy's
+    # per-row parameter processing would be most of the cost.
+    conn.exec_driver_sql(_INSERT_QMARK if conn.dialect.paramstyle == "qmark"
+                         else _INSERT_FORMAT, rows)
     return done
+
+
+def _raise_heads(conn: Connection, rows: list[tuple[str, int, int]]
+                 ) -> list[tuple[str, int, int]]:
+    """Add `(supplier, entries, hub events)` to the feed heads (creating them), locking each
+    row, in supplier order; the new `(supplier, position, hub_seq)`. Fixed statements on the
+    driver: one per supplier on SQLite (in-process), one for all on PostgreSQL (a round trip)."""
+    if conn.dialect.name == "sqlite":
+        raised = []
+        for supplier, n, h in rows:
+            position, hub_seq = conn.exec_driver_sql(_HEAD_SQLITE, (supplier, n, h)).one()
+            raised.append((supplier, int(position), int(hub_seq)))
+        return raised
+    result = conn.exec_driver_sql(_HEADS_PG, (json.dumps(rows),))
+    return [(s, int(p), int(h)) for s, p, h in result.all()]
+
+
+_UPDATE_HEAD = ("ON CONFLICT (supplier) DO UPDATE SET position = feed_heads.position + "
+                "excluded.position, hub_seq = feed_heads.hub_seq + excluded.hub_seq "
+                "RETURNING ")
+_HEAD_SQLITE = ("INSERT INTO feed_heads (supplier, position, hub_seq) VALUES (?, ?, ?) "
+                + _UPDATE_HEAD + "position, hub_seq")
+_HEADS_PG = ("INSERT INTO feed_heads (supplier, position, hub_seq) "
+             "SELECT k.e->>0, (k.e->>1)::int8, (k.e->>2)::int8 "
+             "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS k(e, n) ORDER BY k.n "
+             + _UPDATE_HEAD + "supplier, position, hub_seq")
+_COLUMNS = ("supplier", "position", "event_id", "type", "work_order", "operation", "packet_pk",
+            "stored_at", "body")
+_INSERT_FORMAT = (f"INSERT INTO feed ({', '.join(_COLUMNS)}) "
+                  f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})")
+_INSERT_QMARK = _INSERT_FORMAT.replace("%s", "?")
 
 
 def event_ids(conn: Connection, supplier: str, work_order: str) -> set[str]:

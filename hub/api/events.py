@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,6 +17,9 @@ from fastapi.responses import StreamingResponse
 from hub.api.auth import supplier
 from hub.api.context import ApiContext
 from hub.api.orders import _context, _limit
+from hub.badrows import reason
+from hub.feed import FeedEntry
+from hub.log_throttle import RepeatedWarnings
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -40,7 +44,7 @@ async def list_events(
     context = _context(request)
     found, following = await context.run(context.events_after, who, after,
                                          _limit(request, limit))
-    return {"events": [json.loads(entry.body) for entry in found], "next": following}
+    return {"events": _decoded(found), "next": following}
 
 
 @router.get("/stream", summary="live events (text/event-stream)",
@@ -64,6 +68,24 @@ async def stream(
     return StreamingResponse(_events(request, context, who, start),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
+
+
+def _decoded(entries: list[FeedEntry]) -> list[Any]:
+    """The entries' events as JSON values; an entry whose body is not JSON (a row written by
+    hand: the hub writes only events it encoded) is left out with a warning."""
+    found = []
+    for entry in entries:
+        try:
+            found.append(json.loads(entry.body))
+        except ValueError as error:
+            _warnings.warning(f"body:{entry.supplier}:{entry.position}", "feed entry %s/%d "
+                              "left out of a page: %s", entry.supplier, entry.position,
+                              reason(error), extra={"supplier": entry.supplier,
+                                                    "position": entry.position})
+    return found
+
+
+_warnings = RepeatedWarnings(logging.getLogger(__name__), window_s=300)
 
 
 def _catch_up(context: ApiContext, who: str, cursor: int) -> tuple[bytes, int]:
@@ -106,5 +128,5 @@ async def list_alerts(
     context = _context(request)
     found = await context.run(context.feed.read_types, who, after, _limit(request, limit),
                               "keyop.alert.")
-    return {"alerts": [json.loads(entry.body) for entry in found],
+    return {"alerts": _decoded(found),
             "next": found[-1].position if found else after}
