@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.webhooks import BenchReceiver, drain_rate, wait_drained, webhook_yaml
 from devstack.workload import render_progress, work_order
 from sync import topics
 
@@ -123,23 +124,31 @@ def _edge_main(port: int, gateways: list[str], per_gateway: int, suppliers: int,
 
 
 def _config(broker: Any, url: str, suppliers: int, supplier_batch: bool = False,
-            client_id: str = "keyop-hub-bench", roles: str = "ingest, fanout") -> Any:
+            client_id: str = "keyop-hub-bench", roles: str = "ingest, fanout",
+            webhooks: tuple[list[str], dict[str, str]] | None = None) -> Any:
     from hub.config import parse_config
 
-    names = [f"s{i:03d}" for i in range(suppliers)]
+    names = _suppliers(suppliers)
     flags = ", ".join(f"{role}: {str(role in roles).lower()}" for role in ("ingest", "fanout"))
     lines = [f'hub: {{id: bench, database: "{url}", {flags}}}',
              f"mqtt: {{host: 127.0.0.1, port: {broker.port}, client_id: {client_id}, "
              "share_group: bench, ingest_queue: 2000}",
-             "api: {enabled: false}", "alerts: {enabled: false}", "suppliers:"]
+             "api: {enabled: false}", "alerts: {enabled: false}"]
+    section, endpoints = webhooks or ([], {})
+    lines += [*section, "suppliers:"]
     batch = str(supplier_batch).lower()
-    lines += [f"  {n}: {{partner_params: {str(i % 2 == 0).lower()}, batch: {batch}}}"
+    lines += [f"  {n}: {{partner_params: {str(i % 2 == 0).lower()}, batch: {batch}"
+              + (f", {endpoints[n]}" if n in endpoints else "") + "}"
               for i, n in enumerate(names)]
     lines.append("routes:")
     for i, name in enumerate(names):
         orders = ", ".join(work_order(i, k) for k in range(4))
         lines.append(f"  - {{supplier: {name}, work_orders: [{orders}]}}")
     return parse_config("\n".join(lines) + "\n", "bench-hub.yaml")
+
+
+def _suppliers(count: int) -> list[str]:
+    return [f"s{i:03d}" for i in range(count)]
 
 
 class _Port:
@@ -196,8 +205,8 @@ def _database(kind: str, work: Path) -> tuple[str, Any]:
 
 def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
                   batch: int = 50, window: int = 500, supplier_batch: bool = False,
-                  workers: int = 1, split_roles: bool = False, hostile: float = 0.0
-                  ) -> dict[str, Any]:
+                  workers: int = 1, split_roles: bool = False, hostile: float = 0.0,
+                  webhooks: bool = False) -> dict[str, Any]:
     import numpy as np
 
     from devstack.mosquitto import PrivateBroker
@@ -210,10 +219,13 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
     url, drop = _database(db, work)
     per_gateway = -(-packets // gateways)
     names = [f"bench-{i:02d}" for i in range(gateways)]
+    # --webhooks: one endpoint per supplier, on a receiver process on loopback.
+    receiver = BenchReceiver().start() if webhooks else None
+    hooks = webhook_yaml(receiver, _suppliers(suppliers), work) if receiver else None
     with PrivateBroker(workdir=work / "broker") as broker:
         # Split roles: this process only fans out, the extra workers only ingest.
         config = _config(broker, url, suppliers, supplier_batch,
-                         roles="fanout" if split_roles else "ingest, fanout")
+                         roles="fanout" if split_roles else "ingest, fanout", webhooks=hooks)
         service = HubService(config)
         loop_box: dict[str, Any] = {}
         ready_hub = threading.Event()
@@ -270,6 +282,9 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         while any(store.get_cursors(config.suppliers)[s] < heads[s] for s in heads):
             time.sleep(0.05)
         t_fanout = time.monotonic()
+        t_webhooks = _wait_webhooks(service) if receiver else None
+        live_events, live_requests = (receiver.events, receiver.requests) if receiver else (0, 0)
+        hooked: dict[str, Any] = {}
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         fanout = service.fanout
         assert fanout is not None
@@ -277,11 +292,23 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         dead_letters = sum(row.items for row in store.dead_letter_rows())
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         hub_thread.join(60)
+        if receiver is not None:
+            # Capacity too: endpoints new to the database drain the whole stored feed.
+            fresh = webhook_yaml(receiver, _suppliers(suppliers), work, endpoint="drain")
+            hooked = drain_rate(_config(broker, url, suppliers, supplier_batch,
+                                        webhooks=fresh), receiver)
         stop_workers.set()
         for worker in extra:
             worker.join(60)
     if drop is not None:
         drop()
+    if receiver is not None and t_webhooks is not None:
+        receiver.stop()
+        # Live: events the receiver took (answered 200) while ingest ran, over the time from
+        # the first publish to the moment every endpoint's cursor reached its feed's head.
+        hooked.update({"webhook_events": live_events, "webhook_requests": live_requests,
+                       "webhook_s": round(t_webhooks - t0, 3),
+                       "webhook_events_per_s": round(live_events / (t_webhooks - t0))})
     latencies = np.array(edge_result["latencies"]) * 1000.0
     ingest_s = edge_result["finished"] - edge_result["started"]
     fanout_s = t_fanout - t0
@@ -304,4 +331,11 @@ def run_bench_hub(packets: int, suppliers: int, db: str, *, gateways: int = 4,
         "ingest_packets_per_s": round(total / ingest_s),
         "fanout_messages_per_s": round(fanout.published / fanout_s),
         "ack_latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
+        **hooked,
     }
+
+
+def _wait_webhooks(service: Any) -> float:
+    """When every webhook endpoint's saved cursor reached its supplier's feed head."""
+    wait_drained(service.webhook_status)
+    return time.monotonic()

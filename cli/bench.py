@@ -94,6 +94,9 @@ def _add_hub_bench(bench_sub: Any) -> None:
     hub.add_argument("--hostile", type=float, default=0.0, metavar="PCT",
                      help="this share of the packets are hostile (wrong types, out of range, "
                      "impossible dates, huge strings, NaN): each must become a dead letter")
+    hub.add_argument("--webhooks", action="store_true",
+                     help="each supplier has one webhook on a loopback receiver: reports "
+                     "webhook_events_per_s (docs/webhooks.md)")
     hub.add_argument("--supplier-batch", action="store_true",
                      help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
 
@@ -132,7 +135,8 @@ def _hub_bench(args: argparse.Namespace) -> dict[str, Any]:
     return run_bench_hub(args.packets, args.suppliers, args.db, gateways=args.gateways,
                          batch=args.batch, window=args.window,
                          supplier_batch=args.supplier_batch, workers=args.workers,
-                         split_roles=args.split_roles, hostile=args.hostile)
+                         split_roles=args.split_roles, hostile=args.hostile,
+                         webhooks=args.webhooks)
 
 
 def _delivery_bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,14 +49,13 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.config import HubConfig, HubConfigError, load_config
+from hub.config import HubConfig, HubConfigError, check_private, load_config
 from hub.mqtt import INFLIGHT_MAX
 from sync import topics
 from sync.packet import MAX_EVENT_BYTES
@@ -194,24 +193,12 @@ def _secret_for(path: Path) -> tuple[str, bool]:
         hint = " (a symbolic link: give the file itself)" if os.path.islink(path) else ""
         raise HubConfigError(f"{path}: cannot open secret file{hint}: {error.strerror}") from None
     with os.fdopen(fd, encoding="utf-8") as handle:
-        _check_private(path, os.fstat(handle.fileno()))
+        check_private(path, os.fstat(handle.fileno()))
         text = handle.read()
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if len(secret) < 16:
         raise HubConfigError(f"{path}: secret is shorter than 16 characters")
     return secret, False
-
-
-def _check_private(path: Path, info: os.stat_result) -> None:
-    """Refuse a secret file that is not a regular file of ours, closed to group and others."""
-    if not stat.S_ISREG(info.st_mode):
-        raise HubConfigError(f"{path}: secret file is not a regular file")
-    if info.st_uid != os.geteuid():
-        raise HubConfigError(f"{path}: secret file is owned by uid {info.st_uid}, not by the user "
-                          f"running this command (uid {os.geteuid()}): chown it")
-    if info.st_mode & 0o077:
-        raise HubConfigError(f"{path}: secret file has mode {stat.S_IMODE(info.st_mode):04o}: "
-                          "group or others may read or write it; chmod 600 it")
 
 
 def _private_dir(path: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
+import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +30,7 @@ from sqlalchemy.engine import url as sa_url
 from common import yamlsrc
 from common.mqtt_tls import TlsSettings
 from hub import config_include
+from hub.webhooks.settings import WebhookEndpoint, WebhooksSection
 from sync.packet import ID_PATTERN
 
 
@@ -135,17 +138,36 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def read_secret(path: str | Path, min_length: int = 16) -> str:
+def read_secret(path: str | Path, min_length: int = 16, *, private: bool = False) -> str:
     """A secret from a file: its first line, stripped (`min_length`: 16 for keyop's own
-    generated secrets; a database password is the database's business)."""
+    generated secrets; a database password is the database's business). `private`: the file
+    must also be a regular file of ours, closed to group and others (`check_private`)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW) if private else None
+        if fd is None:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            with os.fdopen(fd, encoding="utf-8") as handle:
+                check_private(Path(path), os.fstat(handle.fileno()))
+                text = handle.read()
     except OSError as error:
         raise HubConfigError(f"{path}: cannot read secret: {error.strerror}") from None
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if len(secret) < min_length:
         raise HubConfigError(f"{path}: secret is shorter than {min_length} characters")
     return secret
+
+
+def check_private(path: Path, info: os.stat_result) -> None:
+    """Refuse a secret file that is not a regular file of ours, closed to group and others."""
+    if not stat.S_ISREG(info.st_mode):
+        raise HubConfigError(f"{path}: secret file is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise HubConfigError(f"{path}: secret file is owned by uid {info.st_uid}, not by the user "
+                             f"running this command (uid {os.geteuid()}): chown it")
+    if info.st_mode & 0o077:
+        raise HubConfigError(f"{path}: secret file has mode {stat.S_IMODE(info.st_mode):04o}: "
+                             "group or others may read or write it; chmod 600 it")
 
 
 class SupplierConfig(_Strict):
@@ -178,6 +200,8 @@ class SupplierConfig(_Strict):
     mqtt_password_file: str | None = Field(
         default=None, description="file holding the broker password (`keyop hub acl`)"
     )
+    webhooks: dict[str, WebhookEndpoint] = Field(
+        default_factory=dict, description="webhook endpoints by name (docs/webhooks.md)")
 
 
 class GatewayEntry(_Strict):
@@ -310,6 +334,7 @@ class HubConfig(_Strict):
     api: ApiSection = ApiSection()
     alerts: AlertsSection = AlertsSection()
     retention: RetentionSection = RetentionSection()
+    webhooks: WebhooksSection = WebhooksSection()
     gateways: dict[str, GatewayEntry] = Field(default_factory=dict)
     suppliers: dict[str, SupplierConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
@@ -325,6 +350,12 @@ class HubConfig(_Strict):
                         f"{section}.{name}: id {name!r} must match {ID_PATTERN} "
                         "(lowercase letters, digits, '-')"
                     )
+        for supplier, settings in self.suppliers.items():
+            for endpoint in settings.webhooks:
+                if not re.match(ID_PATTERN, endpoint):
+                    raise ValueError(
+                        f"suppliers.{supplier}.webhooks.{endpoint}: name {endpoint!r} must "
+                        f"match {ID_PATTERN} (lowercase letters, digits, '-')")
         for index, route in enumerate(self.routes):
             if route.supplier not in self.suppliers:
                 known = ", ".join(sorted(self.suppliers)) or "none"

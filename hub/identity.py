@@ -57,7 +57,7 @@ def _lease_name(kind: str, value: str) -> str:
     return f"{kind}:sha256:{hashlib.sha256(value.encode()).hexdigest()[:40]}"
 
 
-def _dead_here(holder: str) -> bool:
+def dead_here(holder: str) -> bool:
     """Whether a lease holder (as `holder_name` writes it) ran on this host and is gone."""
     found = _HOLDER.search(holder)
     if found is None or found[2] != socket.gethostname():
@@ -145,7 +145,7 @@ class ClientLease:
             if self.store.try_lease(name, self.holder, self.ttl_s):
                 continue
             other = self.store.lease_holder(name) or "(unknown)"
-            if not (_dead_here(other)
+            if not (dead_here(other)
                     and self.store.take_over_lease(name, other, self.holder, self.ttl_s)):
                 return name, other
             log.info("hub identity lease taken over from a process that is gone",

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from common import metrics
 from hub.feed import Feed
+from hub.webhooks.metrics import webhook_metrics
 
 if TYPE_CHECKING:
     from hub.service import HubService
@@ -95,6 +96,8 @@ class HubCollector(Collector):
             yield from self._tasks()
         if service.store is not None:
             yield self._fanout_lag()
+        if service.webhook_status is not None:
+            yield from webhook_metrics(hub_id, service.webhooks, service.webhook_status.rows)
 
     def _tasks(self) -> Iterator[Metric]:
         supervisor = self.service.supervisor

@@ -185,3 +185,21 @@ leases = sa.Table(
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
 )
+
+# Webhook delivery cursors (hub/webhooks/cursors.py): per supplier and endpoint name, the feed
+# position of the last entry settled (answered with a 2xx, or not of a type it takes).
+webhook_cursors = sa.Table(
+    "webhook_cursors",
+    metadata,
+    sa.Column("supplier", sa.String(64), primary_key=True),
+    sa.Column("endpoint", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    # The delivery's health, written on each change by the delivering process, so every hub
+    # process's admin API and /metrics show it: the outage's first failure (Unix time), whether
+    # it has lasted webhooks.failing_after_s (the hub alert), the last answer or error.
+    sa.Column("failing_since", sa.Double),
+    sa.Column("failing", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(512)),
+)

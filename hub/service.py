@@ -31,6 +31,7 @@ from hub.badrows import reason
 from hub.config import HubConfig, HubConfigError, load_config
 from hub.db_errors import transient
 from hub.fanout import FanOut
+from hub.feed import Feed
 from hub.hubstatus import publish_status
 from hub.identity import ClientIdInUse, ClientLease
 from hub.log_throttle import RepeatedWarnings
@@ -42,6 +43,10 @@ from hub.server import ApiServer
 from hub.store import DeadLetter, Ident, Incoming, Store, StoreResult
 from hub.supervisor import Supervisor
 from hub.validate import decode_events, validate_event
+from hub.webhooks.cursors import Cursors
+from hub.webhooks.deliverer import THREADS as WEBHOOK_THREADS
+from hub.webhooks.deliverer import Deliverer
+from hub.webhooks.status import WebhookStatus
 from sync import topics
 from sync.packet import Packet, PacketError, format_sequence
 
@@ -100,6 +105,8 @@ class HubService:
         self.supervisor: Supervisor | None = None
         self.retention: Retention | None = None
         self.notifier = Notifier()
+        self.webhooks: Deliverer | None = None  # the fan-out role's webhook delivery
+        self.webhook_status: WebhookStatus | None = None
         # Gaps already reported, so a hole is logged once, not on every batch while it lasts.
         self._gaps_seen: set[tuple[str, str, int]] = set()
 
@@ -116,6 +123,17 @@ class HubService:
         # Migrations and the first connection block: keep them off the loop.
         self.store = store = await asyncio.to_thread(Store, self.config.hub.database_url(),
                                                      self.config)
+        feed = Feed(store)
+        self.webhook_status = WebhookStatus(self.config, Cursors(store), feed)
+        if self.config.hub.fanout and any(s.webhooks for s in self.config.suppliers.values()):
+            # Its own connections, so its reads never wait for one that ingest holds.
+            view = store.with_own_pool(WEBHOOK_THREADS)
+            try:  # an unreadable or open secret file stops the hub here (HubConfigError)
+                self.webhooks = Deliverer(self.config, view, Feed(view), appended=feed.wait)
+            except HubConfigError:
+                await asyncio.to_thread(store.close)
+                raise
+        webhooks = self.webhooks
         # One process per client id: a second one stops here (hub/identity.py), before it
         # could take the first one's broker session.
         lease = ClientLease(store, self.config.mqtt, self.config.hub.id)
@@ -126,6 +144,7 @@ class HubService:
             raise
         self.context = context = await asyncio.to_thread(ApiContext, self.config, store)
         context.metrics = registry_for(self)
+        context.webhook_status = self.webhook_status.rows
         roles = self.config.hub
         self.mqtt = mqtt = HubMqtt(self.config.mqtt, roles.id, loop, ingest=roles.ingest)
         self.fanout = fanout = (FanOut(self.config, store, mqtt,
@@ -149,6 +168,8 @@ class HubService:
             tasks.spawn("ingest", lambda: self._ingest(stop))
         if fanout is not None:
             tasks.spawn("fanout", lambda: fanout.run(stop))
+        if webhooks is not None:
+            tasks.spawn("webhooks", lambda: webhooks.run(stop))
         jobs: list[Job] = []
         if self.config.alerts.enabled:
             self.alerts = alerts = Alerts(self.config, store, context)
@@ -175,6 +196,10 @@ class HubService:
             # Ingest ends after the batch in hand is stored and acknowledged; the fan-out
             # saves its cursors (hub/fanout.py).
             await tasks.close(grace_s=5.0)
+            if webhooks is not None:
+                await webhooks.close()
+                if webhooks.store is not store:
+                    await asyncio.to_thread(webhooks.store.close)
             pings.cancel()
             await asyncio.gather(pings, return_exceptions=True)
             await mqtt.close()

@@ -107,6 +107,11 @@ class StoreBase:
     def _writing(self) -> threading.Lock | _NoLock:
         return self._write_lock or _NoLock()
 
+    def writing(self) -> threading.Lock | _NoLock:
+        """Hold around a write transaction of a module with tables of its own: SQLite has one
+        writer per file (hub/webhooks/cursors.py)."""
+        return self._writing()
+
     @staticmethod
     def _take_write_lock(conn: Connection) -> None:
         """Make a transaction that reads before it writes take the database's write lock

@@ -83,3 +83,9 @@ _.updatedAt
 _.asOf
 _.lastIngest
 _.ingestLagSeconds
+# http.server calls or reads these by name (the webhook receivers of the tests and bench).
+_.do_POST
+_.log_message
+_.daemon_threads
+_.protocol_version
+_.request_queue_size

@@ -1,4 +1,5 @@
-"""PUT /v1/admin/orders/{order}/assignment: the hub operator assigns an order to suppliers."""
+"""The hub operator's routes: `PUT /v1/admin/orders/{order}/assignment` assigns an order to
+suppliers; `GET /v1/admin/webhooks` shows every webhook endpoint's delivery status."""
 
 from __future__ import annotations
 
@@ -42,3 +43,33 @@ async def put_assignment(request: Request, _who: Annotated[str, Depends(admin)],
     await context.run(context.reload)
     return {"workOrder": order, "suppliers": sorted(set(body.suppliers)),
             "due": None if body.due is None else body.due.isoformat()}
+
+
+class WebhookEndpointStatus(BaseModel):
+    """One webhook endpoint's delivery (docs/webhooks.md, "Watching deliveries")."""
+
+    supplier: str
+    name: str
+    url: str
+    types: list[str]
+    cursor: int | None = Field(description="feed position settled last (null: never started)")
+    head: int = Field(description="the supplier's newest feed position")
+    lag: int | None = Field(description="positions after the cursor")
+    failing: bool = Field(description="failing for webhooks.failing_after_s: the hub alert")
+    failing_since: float | None = Field(description="Unix time of the outage's first failure")
+    last_status: int | None = Field(description="HTTP status at the last change of health")
+    last_error: str | None = Field(description="why delivery failed, at the last change")
+
+
+class WebhooksStatus(BaseModel):
+    webhooks: list[WebhookEndpointStatus]
+
+
+@router.get("/webhooks", summary="webhook endpoints and their delivery status",
+            response_model=WebhooksStatus)
+async def get_webhooks(request: Request, _who: Annotated[str, Depends(admin)]
+                       ) -> dict[str, Any]:
+    context = _context(request)
+    status = context.webhook_status
+    rows = [] if status is None else await context.run(status)
+    return {"webhooks": rows}

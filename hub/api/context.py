@@ -47,6 +47,8 @@ class ApiContext:
         self.metrics: CollectorRegistry | None = None
         # Set by the running hub: whether its broker connection is up (hub/api/health.py).
         self.broker_up: Callable[[], bool] | None = None
+        # Set by the running hub: every webhook endpoint's status (hub/webhooks/status.py).
+        self.webhook_status: Callable[[], list[dict[str, Any]]] | None = None
         self._lock = threading.Lock()
         self._router = routing.Router(config)
         self._due: dict[str, float] = {}

@@ -89,7 +89,7 @@ def test_schema_names_types_and_conditional_requirements() -> None:
 
 
 def test_schema_has_the_hub_events_of_the_supplier_feed() -> None:
-    schema = pk.json_schema()
+    schema = json_schema()
     types = schema["properties"]["type"]["enum"]
     assert {"keyop.assignment.added", "keyop.assignment.removed"} <= set(types)
     defs = schema["$defs"]

@@ -6,8 +6,9 @@ simulator, Mosquitto, `keyop hub`).
 The channels follow docs/feed.md as a supplier's client would: the MQTT subscriber keeps a
 persistent session and, when it finds its session gone (the broker restart), catches up
 through `GET /v1/events` from the last position it processed; the REST poller pages with
-`after`; the SSE follower reconnects with `Last-Event-ID`. A channel is a small class with
-`start`, `stop` and `seen`: another one (webhooks) joins by being added to `channels`.
+`after`; the SSE follower reconnects with `Last-Event-ID`; the webhook receiver (a loopback
+HTTP server, docs/webhooks.md) takes what the hub POSTs, and is down for a while. A channel is
+a small class with `start`, `stop` and `seen`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from webhook_receiver import Receiver
 
 from devstack.faults import FaultRig
 from devstack.mosquitto import free_port
@@ -222,6 +224,31 @@ class MqttSubscriber(Channel):
         self.client.loop_stop()
 
 
+class WebhookChannel(Channel):
+    """The supplier's webhook endpoint. A batch's events hold the positions keyop-feed-first
+    to -last (no type filter); they are taken in the order the receiver answered 2xx."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        super().__init__("webhook")
+        self.receiver = receiver
+
+    def start(self) -> None:
+        pass  # the receiver runs from the start: the hub.yaml names its port
+
+    def last(self) -> int:
+        return max((int(d.headers["keyop-feed-last"]) for d in self.receiver.accepted),
+                   default=0)
+
+    def stop(self) -> None:
+        super().stop()
+        for delivery in self.receiver.accepted:
+            assert delivery.signed, "a delivery whose signature does not verify"
+            first = int(delivery.headers["keyop-feed-first"])
+            for offset, event in enumerate(delivery.events):
+                self.take(first + offset, event)
+        self.receiver.stop()
+
+
 class Rig(FaultRig):
     """The fault rig with the supplier's keys, short alerts and a due time already past."""
 
@@ -230,6 +257,8 @@ class Rig(FaultRig):
         self.key, self.admin = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.api_port = free_port()
         self._store: Store | None = None
+        self.webhook_secret = secrets.token_hex(32)
+        self.receiver = Receiver(self.webhook_secret).start()
         stack = self.stack
         write = stack.write_configs
 
@@ -243,6 +272,13 @@ class Rig(FaultRig):
             hub["alerts"] = {"interval_s": 1, "margin_s": 0, "stall_after_s": 2}
             hub["suppliers"][SUPPLIER]["api_key_file"] = "bolt.key"
             hub["orders"] = {"WO-5002": {"due": "2026-01-01T00:00:00Z"}}
+            secret = stack.workdir / "bolt-webhook.secret"
+            secret.write_text(self.webhook_secret)
+            secret.chmod(0o600)
+            hub["webhooks"] = {"allow": ["127.0.0.1"], "retry_min_s": 0.2, "retry_max_s": 1,
+                               "poll_s": 0.2}
+            hub["suppliers"][SUPPLIER]["webhooks"] = {"erp": {
+                "url": self.receiver.url(), "secret_file": str(secret), "start": "oldest"}}
             hub_file.write_text(yaml.safe_dump(hub, sort_keys=False))
             return gateway_file, hub_file
 
@@ -297,7 +333,8 @@ def test_every_channel_carries_the_same_feed(tmp_path: Path) -> None:
             api = Api(rig.api_port, rig.key)
             mqtt_channel = MqttSubscriber(stack.host, stack.port, api)
             sse = SseFollower(api)
-            channels = [mqtt_channel, RestPoller(api), sse]
+            webhook = WebhookChannel(rig.receiver)
+            channels = [mqtt_channel, RestPoller(api), sse, webhook]
             for channel in channels:
                 channel.start()
             types = lambda: {e.type for e in rig.feed()}  # noqa: E731
@@ -314,6 +351,8 @@ def test_every_channel_carries_the_same_feed(tmp_path: Path) -> None:
             head = len(rig.feed())
             await wait_for(lambda: all(c.last() >= head for c in channels),
                            "every channel past the kill")
+            # The webhook receiver is down for a while: the hub retries, nothing is lost.
+            rig.receiver.stop()
             # Reassigned away: a removed event; then the broker restarts (sessions lost).
             await asyncio.to_thread(rig.assign, "WO-5001", [])
             broker = stack.broker
@@ -321,6 +360,7 @@ def test_every_channel_carries_the_same_feed(tmp_path: Path) -> None:
             broker.stop()
             await asyncio.sleep(2)
             broker.start()
+            rig.receiver.start()
             await asyncio.to_thread(wait_hub_online, stack.host, stack.port, 60)
             await wait_for(lambda: mqtt_channel.sessions_lost >= 1, "the lost MQTT session")
             # The running order is assigned to bolt too; production pauses: it stalls.

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_hub_store import incoming
+from hubkit import incoming
 
 from hub.config import HubConfig, parse_config
 from hub.feed import Feed, FeedEntry
 from hub.store import Incoming, Store
 from sync import packet as pk
+from sync import packet_codec as codec
 
 SOURCES = ["plant1/edge-01", "plant1/edge-02", "plant1/edge-03"]
 RESTRICTED = {"weldCurrent": {"value": 212.5, "class": "restricted"},
@@ -184,7 +185,7 @@ def test_assignments_are_events_with_backfill_and_nothing_is_deleted(store: Stor
     # At the plant's offset: the events' tzOffset (tests/factories.py writes +08:00).
     assert added["data"]["assignment"]["due"] == "2026-11-18T19:06:40.000+08:00"
     assert added["time"].endswith("+08:00")
-    pk.from_obj(added)
+    codec.from_obj(added)
     assert [int(e["sequence"]) for e in history] == [1, 2]
     assert all(e["keyopbackfill"] is True for e in history)
     # The order's next event follows, not marked.
@@ -295,7 +296,7 @@ def test_a_gateway_cannot_send_the_hubs_own_events(hub_db_url: str) -> None:
         raw["type"] = type_
         raw["data"].update(alarm={"code": "x", "severity": "warning", "active": True},
                            assignment={"due": None})
-        packet = pk.from_obj(raw)
+        packet = codec.from_obj(raw)
         assert admission.check("edge-01", packet, time.time()) == (
             f"type: {type_!r} is made by the hub only (docs/feed.md)")
     assert not isinstance(admission.check("edge-01", item(1, "WO-1001").packet, time.time()),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hubkit import incoming
 from test_hub_api import make_config
 from test_hub_api_guard import Served
-from test_hub_store import incoming
 
 from hub.schema import feed, feed_heads
 from hub.store import Store
