@@ -95,7 +95,7 @@ class Api:
         response.raise_for_status()
         body = response.json()
         events: list[dict[str, Any]] = body["events"]
-        assert body["next"] == after + len(events)  # positions have no gaps
+        assert body["next"] == str(after + len(events))  # positions have no gaps
         return events
 
 
