@@ -51,7 +51,7 @@ from drivers.opcua_nodes import (
     data_type_problems,
     resolve_nodes,
 )
-from drivers.opcua_security import apply_security, connect_reason
+from drivers.opcua_security import TrustCheck, apply_security, connect_reason
 from drivers.opcua_subscription import (
     BATCH_MAX,
     CLOSED,
@@ -109,6 +109,7 @@ class OpcUaDriver:
         self._subscriptions = Subscriptions(config.name, config.endpoint, self.stats, self._bad)
         self._missing: set[str] = set()  # signals whose node the server does not have
         self._connected_once = False
+        self._check: TrustCheck | None = None  # our check of the server's certificate
 
     def counters(self) -> DriverCounters:
         """A snapshot of the counters, for the status API and the metrics exporter."""
@@ -223,11 +224,12 @@ class OpcUaDriver:
             self._subscriptions.put(LOST)
 
         client.connection_lost_callback = on_lost
+        self._check = None
         try:
-            await asyncio.wait_for(apply_security(client, cfg.security),
-                                   timeout=cfg.timeout_s * 2)
+            self._check = await asyncio.wait_for(apply_security(client, cfg.security),
+                                                 timeout=cfg.timeout_s * 2)
             await asyncio.wait_for(client.connect(), timeout=cfg.timeout_s * 2)
-        except _CONNECT_ERRORS as exc:
+        except (*_CONNECT_ERRORS, AssertionError) as exc:  # see connect_reason on the assert
             await self._quiet_disconnect(client)
             raise SessionLost(self._connect_reason(exc)) from exc
         if self._closed.is_set():  # close() ran while we were connecting
@@ -247,7 +249,7 @@ class OpcUaDriver:
     def _connect_reason(self, exc: BaseException) -> str:
         cfg = self.config
         return connect_reason(exc, endpoint=cfg.endpoint, timeout_s=cfg.timeout_s,
-                              trust_dir=cfg.security.trust_dir)
+                              sec=cfg.security, check=self._check)
 
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
