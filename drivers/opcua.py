@@ -45,6 +45,7 @@ from asyncua import Client, ua
 
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten
 from drivers.opcua_counters import OpcUaCounters
+from drivers.opcua_logs import fold_asyncua_logs
 from drivers.opcua_nodes import (
     check_security,
     check_signal,
@@ -110,6 +111,8 @@ class OpcUaDriver:
         self._missing: set[str] = set()  # signals whose node the server does not have
         self._connected_once = False
         self._check: TrustCheck | None = None  # our check of the server's certificate
+        self._fold = fold_asyncua_logs()
+        self._folded_at = 0  # the fold's count when the current fault began
 
     def counters(self) -> DriverCounters:
         """A snapshot of the counters, for the status API and the metrics exporter."""
@@ -241,8 +244,11 @@ class OpcUaDriver:
             self.stats.reconnects += 1
         self._connected_once = True
         if self._fault is not None:
-            log.info("opcua device %s: connected again after %s", self.name, self._fault,
-                     extra={"device": self.name, "address": cfg.endpoint, "reason": "recovered"})
+            folded = self._fold.folded - self._folded_at
+            log.info("opcua device %s: connected again after %s (%d asyncua log lines folded)",
+                     self.name, self._fault, folded,
+                     extra={"device": self.name, "address": cfg.endpoint, "reason": "recovered",
+                            "folded": folded})
             self._fault = None
         return client
 
@@ -358,6 +364,7 @@ class OpcUaDriver:
     def _lost_samples(self, reason: str) -> list[Sample]:
         """One BAD sample per signal not yet reported bad; the reason logged once."""
         if self._fault is None:
+            self._folded_at = self._fold.folded
             log.error("opcua device %s: %s", self.name, reason,
                       extra={"device": self.name, "address": self.config.endpoint,
                              "reason": reason})

@@ -213,3 +213,41 @@ def test_record_fails_when_a_source_never_delivered(tmp_path: Path) -> None:
     assert (f"no usable sample from plc-1: security: {plc.endpoint} rejected keyop's client "
             "certificate: BadCertificateUntrusted") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_reconnect_cycle_logs_one_keyop_line_each_way_and_no_asyncua_traceback(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    plc = OpcUaPlc()
+
+    async def body() -> int:
+        await plc.start()
+        driver = OpcUaDriver(OpcUaDeviceConfig(
+            "plc-1", plc.endpoint, (OpcUaSignal("w.good", plc.node_id("W1", "PartCount"), 0.05),),
+            **FAST))  # type: ignore[arg-type]
+        col = Collector(driver)  # type: ignore[arg-type]
+        station = plc.stations["W1"]
+        try:
+            await col.wait_for(lambda s: any(x.good for x in s), timeout=15)
+            folded = driver._fold.folded
+            await plc.stop()  # the PLC goes off with a publish request pending
+            await col.wait_for(lambda s: not s[-1].good, timeout=15)
+            deadline = time.monotonic() + 15
+            while driver.connect_failures < 3:  # and stays off for a few attempts
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            station.count_good()
+            await plc.start()
+            await col.wait_for(lambda s: s[-1].good and s[-1].value == 1, timeout=15)
+            return driver._fold.folded - folded
+        finally:
+            await col.close()
+            await plc.close()
+
+    with caplog.at_level(logging.WARNING):
+        folded = arun(body, timeout=60)
+    client_side = [r for r in caplog.records
+                   if not r.name.startswith(("asyncua.server", "asyncuagds"))]
+    assert [(r.name, r.levelno) for r in client_side] == [("drivers.opcua", logging.ERROR)]
+    assert not [r for r in client_side if r.exc_info]
+    assert folded > 0, "asyncua did log about the outage: folded, not shown"
