@@ -22,6 +22,7 @@ from edgekit import Collector, arun
 from devstack.mosquitto import free_port
 from drivers.base import Quality
 from drivers.opcua import OpcUaDeviceConfig, OpcUaDriver, OpcUaSecurity, OpcUaSignal
+from drivers.opcua_security import connect_reason
 from gateway.config import (
     ApiSettings,
     GatewayConfig,
@@ -91,6 +92,19 @@ def test_a_server_rejecting_our_certificate_is_named_once_with_its_thumbprint(
     client_side = [r for r in caplog.records
                    if not r.name.startswith(("asyncua.server", "asyncuagds"))]
     assert not [r for r in client_side if r.exc_info], "no traceback on our side"
+
+
+def test_the_assert_asyncua_raises_on_a_refused_secure_channel_is_named(tmp_path: Path) -> None:
+    """A server that answers OpenSecureChannel with a fault (node-opcua, many PLCs) makes
+    asyncua fail on an assert; asyncua's server refuses later, so this is the reason alone."""
+    cert, key = generate_certificate(tmp_path, "keyop-client", "urn:keyop:gateway",
+                                     server=False)
+    sec = OpcUaSecurity("Basic256Sha256", "Sign", str(cert), str(key), None)
+    assert connect_reason(AssertionError(), endpoint="opc.tcp://plc:4840", timeout_s=1.0,
+                          sec=sec) == (
+        "security: opc.tcp://plc:4840 refused the secure channel (most often: it rejects "
+        f"keyop's client certificate); trust keyop's certificate {cert} ({prints(cert)}) on "
+        "the server, e.g. in its trusted clients list")
 
 
 def test_a_server_certificate_we_refuse_is_worded_as_ours(tmp_path: Path) -> None:
