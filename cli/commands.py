@@ -108,9 +108,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_CONFIG
     with args.out.open("w") as out:
-        count = asyncio.run(record(loaded.drivers, out, args.duration))
-    print(f"{count} sample(s) written to {args.out}", file=sys.stderr)
-    return EXIT_OK
+        result = asyncio.run(record(loaded.drivers, out, args.duration))
+    print(f"{result.count} sample(s) written to {args.out}", file=sys.stderr)
+    silent = result.silent(loaded.drivers)
+    for line in silent:
+        print(f"no usable sample from {line}", file=sys.stderr)
+    return EXIT_FAILED if silent else EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

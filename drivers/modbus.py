@@ -35,7 +35,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten, make_samples
-from drivers.modbus_faults import EXCEPTION_NAMES, Faults, ReadFailed
+from drivers.modbus_faults import EXCEPTION_NAMES, Faults, ReadFailed, unit_exception
 from drivers.modbus_link import LinkDown, ModbusLink, SerialBus, TcpLink
 from drivers.modbus_plan import (
     MAX_BITS_PER_READ,
@@ -322,12 +322,8 @@ class ModbusDriver:
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise ReadFailed(
-                f"modbus_exception: {name} (code {code}) reading {read.ref} "
-                f"from unit {self.config.unit_id}",
-                link=False,
-                code=code,
-            )
+            raise ReadFailed(unit_exception(name, code, read.ref, self.config.unit_id),
+                             link=False, code=code)
         values = response.bits if read.bits else response.registers
         if len(values) < read.count:
             raise ReadFailed(f"bad_response: {len(values)} values for {read.ref}", link=False)

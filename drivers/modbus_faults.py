@@ -27,6 +27,18 @@ EXCEPTION_NAMES = {
     11: "gateway target failed to respond",
 }
 
+#: Exceptions a device or a TCP gateway answers for a unit id it does not serve (pymodbus'
+#: own server answers 4; gateways answer 10 or 11).
+_WRONG_UNIT_CODES = frozenset({4, 10, 11})
+
+
+def unit_exception(name: str, code: int, ref: str, unit: int) -> str:
+    """The reason for an exception response, naming the unit (and hinting at a wrong one)."""
+    reason = f"modbus_exception: {name} (code {code}) reading {ref} from unit {unit}"
+    if code in _WRONG_UNIT_CODES:
+        reason += f"; check that {unit} is the device's unit id"
+    return reason
+
 
 class ReadFailed(Exception):
     """A read did not produce values; `link` tells whether the connection is at fault."""

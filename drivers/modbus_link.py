@@ -202,10 +202,12 @@ class TcpLink(_Link):
         if client is None or not client.connected:
             reason = f"comm_lost: connection to {self.name} lost"
         else:
-            reason = (f"comm_timeout: no answer from {self.name} within {self.timeout_s:g}s "
-                      f"({type(exc).__name__})")
+            reason = (f"comm_timeout: no answer from {self.name} (unit {unit}) within "
+                      f"{self.timeout_s:g}s ({type(exc).__name__})")
             if self._answered:
                 reason += "; the connection answered before and may be half-open"
+            else:  # a TCP device (or gateway) stays silent for a unit id it does not serve
+                reason += f"; check that the device answers for unit {unit}"
         # A late answer would arrive out of step with the next request: start afresh.
         self.lost(reason)
         return reason, True

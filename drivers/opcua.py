@@ -45,13 +45,14 @@ from asyncua import Client, ua
 
 from drivers.base import ConfigError, DriverCounters, Quality, Sample, flatten
 from drivers.opcua_counters import OpcUaCounters
+from drivers.opcua_logs import fold_asyncua_logs
 from drivers.opcua_nodes import (
     check_security,
     check_signal,
     data_type_problems,
     resolve_nodes,
 )
-from drivers.opcua_security import apply_security, connect_reason
+from drivers.opcua_security import TrustCheck, apply_security, connect_reason
 from drivers.opcua_subscription import (
     BATCH_MAX,
     CLOSED,
@@ -109,6 +110,9 @@ class OpcUaDriver:
         self._subscriptions = Subscriptions(config.name, config.endpoint, self.stats, self._bad)
         self._missing: set[str] = set()  # signals whose node the server does not have
         self._connected_once = False
+        self._check: TrustCheck | None = None  # our check of the server's certificate
+        self._fold = fold_asyncua_logs()
+        self._folded_at = 0  # the fold's count when the current fault began
 
     def counters(self) -> DriverCounters:
         """A snapshot of the counters, for the status API and the metrics exporter."""
@@ -223,11 +227,12 @@ class OpcUaDriver:
             self._subscriptions.put(LOST)
 
         client.connection_lost_callback = on_lost
+        self._check = None
         try:
-            await asyncio.wait_for(apply_security(client, cfg.security),
-                                   timeout=cfg.timeout_s * 2)
+            self._check = await asyncio.wait_for(apply_security(client, cfg.security),
+                                                 timeout=cfg.timeout_s * 2)
             await asyncio.wait_for(client.connect(), timeout=cfg.timeout_s * 2)
-        except _CONNECT_ERRORS as exc:
+        except (*_CONNECT_ERRORS, AssertionError) as exc:  # see connect_reason on the assert
             await self._quiet_disconnect(client)
             raise SessionLost(self._connect_reason(exc)) from exc
         if self._closed.is_set():  # close() ran while we were connecting
@@ -239,15 +244,18 @@ class OpcUaDriver:
             self.stats.reconnects += 1
         self._connected_once = True
         if self._fault is not None:
-            log.info("opcua device %s: connected again after %s", self.name, self._fault,
-                     extra={"device": self.name, "address": cfg.endpoint, "reason": "recovered"})
+            folded = self._fold.folded - self._folded_at
+            log.info("opcua device %s: connected again after %s (%d asyncua log lines folded)",
+                     self.name, self._fault, folded,
+                     extra={"device": self.name, "address": cfg.endpoint, "reason": "recovered",
+                            "folded": folded})
             self._fault = None
         return client
 
     def _connect_reason(self, exc: BaseException) -> str:
         cfg = self.config
         return connect_reason(exc, endpoint=cfg.endpoint, timeout_s=cfg.timeout_s,
-                              trust_dir=cfg.security.trust_dir)
+                              sec=cfg.security, check=self._check)
 
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
@@ -356,6 +364,7 @@ class OpcUaDriver:
     def _lost_samples(self, reason: str) -> list[Sample]:
         """One BAD sample per signal not yet reported bad; the reason logged once."""
         if self._fault is None:
+            self._folded_at = self._fold.folded
             log.error("opcua device %s: %s", self.name, reason,
                       extra={"device": self.name, "address": self.config.endpoint,
                              "reason": reason})

@@ -84,6 +84,9 @@ def create_app(gateway: Gateway, control: MappingControl, token: str | None = No
                 "reconnects": uplink.reconnects,
             } if uplink else None,
             "drivers": [driver.name for driver in gateway.drivers],
+            "devices": [{"name": driver.name, "up": bool(gateway.device_up.get(driver.name)),
+                         "fault": gateway.device_fault.get(driver.name)}
+                        for driver in gateway.drivers],
         }
 
     registry = registry_for(gateway)

@@ -226,6 +226,7 @@ class Gateway:
         self.stopping = False
         self.backlog_at_start: StartBacklog | None = None
         self.device_up: dict[str, bool] = {}
+        self.device_fault: dict[str, str] = {}  # why a device is down, while it is
         """Per device: whether its latest read was good (a failed read is all bad)."""
         self._feeders: dict[Driver, asyncio.Task[None]] = {}
 
@@ -335,6 +336,15 @@ class Gateway:
         assert self.uplink is not None and self.outbox is not None
         await self.uplink.wait_acked(self.outbox.last_seq, None)  # bounded by the caller
 
+    def _note_fault(self, name: str, batch: Sequence[Sample]) -> None:
+        """Keep the reason of a device's bad batch for /api/status, until a good one."""
+        if not batch:
+            return
+        if batch[0].good:
+            self.device_fault.pop(name, None)
+        elif batch[0].quality is Quality.BAD:
+            self.device_fault[name] = batch[0].reason or "bad sample"
+
     async def _supervise(self, driver: Driver, pipeline: Pipeline) -> None:
         backoff = RESTART_BACKOFF_MIN_S
         up, name = self.device_up, driver.name
@@ -342,6 +352,7 @@ class Gateway:
             try:
                 async for batch in sample_batches(driver):
                     up[name] = batch[0].good if batch else up.get(name, False)
+                    self._note_fault(name, batch)
                     await pipeline.samples.put(batch)
                     backoff = RESTART_BACKOFF_MIN_S
                 return

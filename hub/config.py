@@ -108,7 +108,9 @@ class MqttSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str = Field(default="keyop-hub-1", min_length=1, max_length=128)
-    share_group: str = Field(default="keyop-hub", pattern=ID_PATTERN)
+    # The shared subscription group the ingesting processes split the uplink in; null: a
+    # plain subscription, for a broker without shared subscriptions (one hub process only).
+    share_group: str | None = Field(default="keyop-hub", pattern=ID_PATTERN)
     username: str | None = None
     # The hub's broker password is read from this file (never written in hub.yaml).
     password_file: str | None = None

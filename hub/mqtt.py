@@ -53,6 +53,7 @@ _RETRY_MIN_S = 1.0
 _RETRY_MAX_S = 30.0
 # MQTT 5 DISCONNECT reason: another connection with this client id took the session.
 SESSION_TAKEN_OVER = 0x8E
+SHARED_NOT_SUPPORTED = 0x9E  # SUBACK / DISCONNECT: "Shared Subscriptions not supported"
 # Mosquitto 2.0.11 closes the older connection of a client id without that DISCONNECT, so a
 # takeover also shows as connections lost this soon after their CONNACK, this many in a row.
 _FLAP_S = 10.0
@@ -92,6 +93,7 @@ class HubMqtt:
         self._flaps = 0  # connections lost within _FLAP_S of their CONNACK, in a row
         self._backoff = False  # the last connection ended short or taken over: no fast retry
         self._runner: asyncio.Task[None] | None = None
+        self.no_shared = False  # the broker said it has no shared subscriptions (told once)
 
         password = (read_secret(config.password_file)
                     if config.username is not None and config.password_file else None)
@@ -195,7 +197,7 @@ class HubMqtt:
     # -- paho callbacks (on the loop) -----------------------------------------------------
 
     def _on_connect(self, reason_code: ReasonCode, flags: mqtt.ConnectFlags,
-                    _properties: Properties | None) -> None:
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("broker refused the hub", extra={"reason": str(reason_code)})
             return
@@ -208,7 +210,11 @@ class HubMqtt:
                    "session_present": flags.session_present},
         )
         # Subscribing again is harmless with a resumed session and required without one.
-        if self.ingest:
+        if self.ingest and getattr(properties, "SharedSubscriptionAvailable", 1) == 0:
+            self._lacks_shared("its CONNACK says Shared Subscription Available = 0")
+        if self.ingest and self.no_shared:
+            pass  # connected but not ingesting, so not ready (told once in _lacks_shared)
+        elif self.ingest:
             self.connection.subscribe(
                 [(topics.hub_ingest_subscription(self.config.share_group), 1),
                  (topics.hub_status_subscription(), 1)],
@@ -225,6 +231,9 @@ class HubMqtt:
         )
 
     def _on_subscribe(self, reason_codes: list[ReasonCode]) -> None:
+        if any(code.value == SHARED_NOT_SUPPORTED for code in reason_codes):
+            self._lacks_shared("it refused the subscription with reason 0x9E")
+            return
         refused = [str(code) for code in reason_codes if code.is_failure]
         if refused:
             log.error("broker refused the hub's subscriptions", extra={"reasons": refused})
@@ -238,6 +247,10 @@ class HubMqtt:
         lived = (time.monotonic() - self._connected_at if self._connected_at is not None
                  else None)
         self._connected_at = None
+        if reason_code.value == SHARED_NOT_SUPPORTED:
+            self._lacks_shared("it disconnected the hub with reason 0x9E")
+            self._lost.set()
+            return
         explicit = reason_code.value == SESSION_TAKEN_OVER
         short = lived is not None and lived < _FLAP_S
         self._flaps = self._flaps + 1 if short or explicit else 0
@@ -247,6 +260,17 @@ class HubMqtt:
         else:
             log.warning("hub lost the broker; reconnecting", extra={"reason": str(reason_code)})
         self._lost.set()
+
+    def _lacks_shared(self, how: str) -> None:
+        """A broker without shared subscriptions: said once, as an error; the hub stays
+        connected without ingesting (not ready) instead of reconnecting in a loop."""
+        if self.config.share_group is None or self.no_shared:
+            return
+        self.no_shared = True
+        log.error("the broker lacks shared subscriptions (%s): the hub cannot ingest with "
+                  "share group %r; for one hub process, set mqtt.share_group: null in "
+                  "hub.yaml (a plain subscription)", how, self.config.share_group,
+                  extra={"host": self.config.host, "port": self.config.port})
 
     def _report_takeover(self, explicit: bool) -> None:
         self.takeovers += 1

@@ -152,6 +152,7 @@ class Engine:
         if sample.quality is not _GOOD:
             if sample.signal in self._rebase:
                 self.values.pop(sample.signal, None)
+            self._counter_lost(sample.signal)
             return _EMPTY  # a bad reading changes nothing else; the last good value stands
         name = sample.signal
         value = sample.value
@@ -175,6 +176,12 @@ class Engine:
         if sample.monotonic >= self._deadline:
             self.tick(sample.monotonic, sample.time, out)
         return out
+
+    def _counter_lost(self, signal: str) -> None:
+        """A bad reading of a counter register: its stations note the run it counts for."""
+        for runtime in self.stations:
+            if signal in (runtime.good_signal, runtime.scrap_signal):
+                runtime.counter_lost(signal)
 
     def tick(self, monotonic: float, time: float, out: list[Draft] | None = None) -> list[Draft]:
         """Let time pass: hold times, stalled alarms and timed progress are due now."""

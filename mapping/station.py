@@ -225,6 +225,8 @@ class StationRuntime:
         self._now = 0.0
         self._time = 0.0
         self._origin_signal = ""
+        # Counter signals read bad (link down) -> the run active then ("" for none).
+        self._lost: dict[str, str] = {}
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -251,15 +253,44 @@ class StationRuntime:
             if good is not None:
                 raw = value if type(value) is int else _as_int(value) or 0
                 delta = good.advance(raw)
-                if delta:
-                    self._count(delta, 0, out)
+                if delta or self._lost:
+                    self._counted(name, delta, 0, out)
         elif name == self.scrap_signal:
             scrap = self.state.scrap
             if scrap is not None:
                 raw = value if type(value) is int else _as_int(value) or 0
                 delta = scrap.advance(raw)
-                if delta:
-                    self._count(0, delta, out)
+                if delta or self._lost:
+                    self._counted(name, 0, delta, out)
+
+    # -- counts across a link loss -------------------------------------------------------------
+
+    def counter_lost(self, name: str) -> None:
+        """Counter `name` read bad (its link is down): what it advances by until it reads again
+        was produced under the run active now, whatever starts in between."""
+        if name not in self._lost:
+            run = self.state.run
+            self._lost[name] = run.run_id if run is not None and run.active else ""
+
+    def _counted(self, name: str, good: int, scrap: int, out: list[Draft]) -> None:
+        """Credit a counter's advance: to the current run, unless it was counted during a link
+        loss under another run (or none), then it is a `count_gap` alarm with its count."""
+        then = self._lost.pop(name, None)
+        if not good + scrap:
+            return
+        run = self.state.run
+        now = run.run_id if run is not None and run.active else ""
+        if then is None or then == now:
+            self._count(good, scrap, out)
+            if now and "count_gap" in self.state.alarms_active:
+                self._alarm("count_gap", False, "warning", f"counting into {now}", out)
+            return
+        self.state.alarms_active.discard("count_gap")  # each gap is told, with its count
+        kind = "good" if good else "scrap"
+        under = f"under run {then}" if then else "with no run active"
+        self._alarm("count_gap", True, "warning",
+                    f"{good + scrap} {kind} parts counted while the link was down ({under}) "
+                    "are credited to no run", out)
 
     def _at(self, deadline: float, now: float, time: float) -> None:
         """A timed event carries the instant its time elapsed, not the tick that noticed it

@@ -52,8 +52,9 @@ def hub_status() -> str:
     return f"{PREFIX}/hub/status"
 
 
-def hub_ingest_subscription(group: str = HUB_SHARE_GROUP) -> str:
-    return f"$share/{group}/{PREFIX}/up/+/events"
+def hub_ingest_subscription(group: str | None = HUB_SHARE_GROUP) -> str:
+    """The hub's ingest filter: shared by `group`, or plain (one hub process) for None."""
+    return f"$share/{group}/{PREFIX}/up/+/events" if group else f"{PREFIX}/up/+/events"
 
 
 def hub_status_subscription() -> str:

@@ -104,6 +104,54 @@ def test_bad_samples_change_nothing_and_counting_resumes() -> None:
     ]
 
 
+def _outage(rec: Recorder, order: int) -> None:
+    """Order `order` runs with 10 parts counted, then the press's link goes down."""
+    rec.feed("press.good", 0)
+    rec.feed("press.scrap", 0)
+    rec.feed("press.order", order)
+    rec.feed("press.planned", 100)
+    rec.feed("press.busy", False)
+    rec.feed("press.busy", True)
+    rec.feed("press.good", 10)
+    for signal in ("press.good", "press.scrap", "press.order", "press.busy"):
+        rec.feed(signal, None, Quality.BAD)
+
+
+def _told(rec: Recorder) -> list[tuple[str, str, object]]:
+    return [(d.type.rsplit(".", 1)[1], d.data["runId"],
+             d.data["quantities"]["good"] if "quantities" in d.data else d.data["alarm"]["text"])
+            for d in rec.packets]
+
+
+def test_parts_counted_during_an_outage_never_go_to_a_run_started_after_it() -> None:
+    rec = Recorder()
+    _outage(rec, 1001)
+    rec.feed("press.order", 1002)  # the reconnect batch: the new order first
+    rec.feed("press.busy", False)
+    rec.feed("press.busy", True)
+    rec.feed("press.good", 17)  # seven parts made while the link was down, under run 1
+    rec.feed("press.good", 18)  # the new run's first part
+    first, second = "WO-1001.OP10.press-1.1", "WO-1002.OP10.press-1.2"
+    assert _told(rec)[-3:] == [
+        ("started", second, 0),
+        ("alarm", second, f"7 good parts counted while the link was down (under run {first}) "
+                          "are credited to no run"),
+        ("alarm", second, f"counting into {second}"),
+    ]
+    run = rec.engine.states["press-1"].run
+    assert run is not None and (run.run_id, run.good) == (second, 1)
+
+
+def test_parts_counted_during_an_outage_go_to_the_run_active_then() -> None:
+    rec = Recorder()
+    _outage(rec, 1001)
+    rec.feed("press.good", 17)  # the reconnect batch: the counter first
+    rec.feed("press.order", 1002)
+    told = _told(rec)
+    assert ("aborted", "WO-1001.OP10.press-1.1", 17) in told
+    assert not [t for t in told if t[0] == "alarm"]
+
+
 def test_order_change_mid_run_aborts_the_run() -> None:
     rec = Recorder()
     rec.feed("press.good", 0)

@@ -390,7 +390,8 @@ def test_slow_device_gives_timeout_then_recovers() -> None:
             await col.wait_for(lambda s: any(not x.good for x in s))
             bad = next(x for x in col.samples if not x.good)
             assert bad.reason is not None
-            assert bad.reason.startswith(f"comm_timeout: no answer from 127.0.0.1:{port} within")
+            assert bad.reason.startswith(
+                f"comm_timeout: no answer from 127.0.0.1:{port} (unit 1) within")
             device.response_delay_s = 0.0
             device.count_good()
             await col.wait_for(lambda s: good_values(s).get("press.good") == 6)
@@ -398,6 +399,26 @@ def test_slow_device_gives_timeout_then_recovers() -> None:
         finally:
             await col.close()
             await device.stop()
+
+    arun(body)
+
+
+def test_a_wrong_unit_id_is_named_with_a_hint() -> None:
+    async def body() -> None:
+        device = PressDevice(unit_id=1)  # answers any other unit with exception 4
+        port = await device.start()
+        cfg = replace(press_config(port, timeout_s=0.2), unit_id=9)
+        col = Collector(ModbusDriver(cfg))
+        try:
+            await col.wait_for(lambda s: len(s) >= len(PRESS_SIGNALS))
+        finally:
+            await col.close()
+            await device.stop()
+        assert not any(x.good for x in col.samples)
+        reasons = {x.reason for x in col.samples}
+        assert reasons == {f"modbus_exception: server device failure (code 4) reading {ref} "
+                           "from unit 9; check that 9 is the device's unit id"
+                           for ref in ("hr:0+6", "co:0+1")}
 
     arun(body)
 

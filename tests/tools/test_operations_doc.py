@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "operations.md").read_text()
-SOURCES = "\n".join(p.read_text() for room in ("gateway", "hub", "edge_store", "sync", "common")
+ROOMS = ("gateway", "hub", "edge_store", "sync", "common", "drivers")
+SOURCES = "\n".join(p.read_text() for room in ROOMS
                     for p in (ROOT / room).rglob("*.py"))
 
 
