@@ -103,7 +103,8 @@ def open_outbox(config: GatewayConfig, compiled: CompiledMapping | None = None, 
 
 
 class _Produced(NamedTuple):
-    """What the engine produced for one batch of samples, and its state right after."""
+    """What the engine produced for one batch of samples; `state`, when taken, is the
+    engine's snapshot right after it."""
 
     drafts: list[Draft]
     state: dict[str, Any] | None
@@ -123,8 +124,12 @@ class Pipeline:
     hand-off per request instead of per signal); drafts are committed in emission order, so
     the outbox sequence follows the engine's output exactly.
 
-    With `keep_state`, each commit also stores the engine's snapshot taken right after the
-    last packet it holds, in the same transaction: a restart continues from there.
+    With `keep_state`, each commit also stores the engine's snapshot as of right after the
+    last packet it holds, in the same transaction: a restart continues from there. The engine
+    never holds drafts across an await (it waits for room before a batch, not after), so when
+    the committer has taken every queued draft, the engine's state now is that snapshot: one
+    snapshot per commit. A commit is cut short of the queue only after a batch whose snapshot
+    the engine took itself (once per `COMMIT_BATCH` drafts).
     """
 
     def __init__(self, engine: Engine, writer: GroupWriter, source: str, *,
@@ -135,8 +140,10 @@ class Pipeline:
         self.keep_state = keep_state
         self.stats = GatewayStats()
         self.samples: asyncio.Queue[Sequence[Sample] | None] = asyncio.Queue(SAMPLE_BATCHES)
-        # Batches' outputs (each at least one draft); the bound slows the engine to the disk.
-        self._drafts: asyncio.Queue[_Produced | None] = asyncio.Queue(DRAFT_QUEUE)
+        # Batches' outputs (each at least one draft); at DRAFT_QUEUE the engine waits for room.
+        self._drafts: asyncio.Queue[_Produced | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._since_state = 0  # drafts queued since the engine's last own snapshot
         self.on_commit: list[Callable[[list[int]], None]] = []
 
     def _render(self, draft: Draft, packet_id: str, seq: int, epoch: str) -> bytes:
@@ -150,7 +157,11 @@ class Pipeline:
         progress); `self.engine` may be swapped by a mapping reload between two samples.
         """
         stats = self.stats
+        drafts = self._drafts
         while (batch := await self.samples.get()) is not None:
+            while drafts.qsize() >= DRAFT_QUEUE:
+                self._room.clear()
+                await self._room.wait()
             engine = self.engine
             produced: list[Draft] = []
             for sample in batch:
@@ -164,9 +175,12 @@ class Pipeline:
                         stats.bad_samples += 1
                     produced += engine.step(sample)
             if produced:
-                state = engine.snapshot() if self.keep_state else None
-                await self._drafts.put(_Produced(produced, state))
-        await self._drafts.put(None)
+                state = None
+                self._since_state += len(produced)
+                if self.keep_state and self._since_state >= COMMIT_BATCH:
+                    state, self._since_state = engine.snapshot(), 0
+                drafts.put_nowait(_Produced(produced, state))
+        drafts.put_nowait(None)
 
     async def tick_forever(self, interval: float = TICK_INTERVAL_S) -> None:
         """Ticker task: time passes for the engine even when no sample arrives."""
@@ -177,27 +191,39 @@ class Pipeline:
 
     async def commit_drafts(self) -> None:
         """Committer task: takes every draft waiting and commits them in one group."""
+        queue = self._drafts
         done = False
         while not done:
-            first = await self._drafts.get()
+            first = await queue.get()
             if first is None:
                 break
             batch = [first]
             size = len(first.drafts)
-            while size < COMMIT_BATCH and not self._drafts.empty():
-                item = self._drafts.get_nowait()
+            while not queue.empty() and (size < COMMIT_BATCH or batch[-1].state is None):
+                item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
                 batch.append(item)
                 size += len(item.drafts)
-            await self._commit([self._unit(produced) for produced in batch])
+            self._room.set()
+            units = self._units(batch)
+            if self.keep_state and queue.empty():
+                # Every draft the engine produced is in `units`: its state now goes with them.
+                units[-1] = units[-1]._replace(state=self.engine.snapshot())
+            await self._commit(units)
 
-    def _unit(self, produced: _Produced) -> _Unit:
-        drafts = produced.drafts
-        return _Unit([Entry(pid, partial(self._render, draft, pid), draft.priority, draft.type)
-                      for draft, pid in zip(drafts, new_ids(len(drafts)), strict=True)],
-                     produced.state)
+    def _units(self, batch: list[_Produced]) -> list[_Unit]:
+        ids = new_ids(sum(len(produced.drafts) for produced in batch))  # one clock read
+        units, start = [], 0
+        for produced in batch:
+            mine = ids[start:start + len(produced.drafts)]
+            start += len(mine)
+            units.append(_Unit([Entry(pid, partial(self._render, draft, pid), draft.priority,
+                                      draft.type)
+                                for draft, pid in zip(produced.drafts, mine, strict=True)],
+                               produced.state))
+        return units
 
     async def save_state(self) -> None:
         """Store the engine's state alone (every draft committed: the daemon is stopping)."""
@@ -221,8 +247,8 @@ class Pipeline:
                 # queues behind them slow the drivers down) and the outbox raised the alarm.
                 if isinstance(error, OutboxFull) and len(entries) > 1:
                     # A batch may be larger than the room the bound will ever leave: halves,
-                    # in order, fit one after the other; each carries its last unit's state
-                    # (a unit split in two: its first half none).
+                    # in order, fit one after the other; each carries its last unit's state,
+                    # if the engine took one there (else the next half's commit brings it).
                     if len(units) > 1:
                         half = len(units) // 2
                         await self._commit(units[:half])

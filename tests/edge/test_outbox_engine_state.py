@@ -137,3 +137,58 @@ def test_a_corrupt_stored_state_is_refused_with_one_line(
     assert errors[0].getMessage() == "engine state refused: the stations start idle"
     assert errors[0].error  # type: ignore[attr-defined]
     assert json.dumps(errors[0].error)  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_every_pipeline_commit_carries_the_state_right_after_its_last_packet(
+        tmp_path: Path) -> None:
+    from gateway.runtime import COMMIT_BATCH, Pipeline
+
+    doc = yamlsrc.load((Path(__file__).parents[2] / "config" / "mapping.yaml").read_text(),
+                       "mapping.yaml")
+    doc.value["stations"]["press-1"]["progress"]["every"] = 1  # a packet per part
+    mapping = compile_document(doc)
+    parts = 2 * COMMIT_BATCH + 500
+    commits: list[tuple[int, int | None]] = []
+
+    class Recording(GroupWriter):
+        async def append_many(self, entries: list[Entry], state: bytes | None = None
+                              ) -> list[int]:
+            seqs = await super().append_many(entries, state)
+            good = None
+            if state is not None:
+                engine = Engine(mapping)
+                engine.restore(json.loads(state), 0.0)
+                run = engine.states["press-1"].run
+                good = run.good if run else None
+            last = (json.loads(entries[-1].render(seqs[-1], "e"))["data"]["quantities"]["good"]
+                    if entries else -1)
+            commits.append((last, good))
+            return seqs
+
+    async def run() -> None:
+        with Outbox(tmp_path / "o.db", SOURCE) as outbox:
+            writer = Recording(outbox)
+            pipeline = Pipeline(Engine(mapping), writer, SOURCE)
+            values = [("press.order", 42), ("press.planned", parts + 10), ("press.good", 0),
+                      ("press.busy", False), ("press.busy", True),
+                      *(("press.good", n) for n in range(1, parts + 1))]
+
+            async def feed() -> None:
+                for n, (signal, value) in enumerate(values):
+                    await pipeline.samples.put(
+                        [Sample(signal, value, Quality.GOOD, 1_795_154_400 + n, float(n))])
+                await pipeline.close()
+
+            # The engine maps everything first: a backlog the committer must cut.
+            await asyncio.wait_for(asyncio.gather(feed(), pipeline.map_samples()), 20)
+            await asyncio.wait_for(pipeline.commit_drafts(), 20)
+            await pipeline.save_state()
+            await writer.close()
+
+    asyncio.run(run())
+    packets = [c for c in commits if c[0] >= 0]
+    assert len(packets) >= 2 and packets[0][0] >= COMMIT_BATCH - 10  # a cut backlog
+    for last_good, state_good in packets:
+        assert state_good == last_good  # the state right after the commit's last packet
+    assert commits[-1] == (-1, parts)  # the stop stores the final state alone
