@@ -87,7 +87,8 @@ class Engine:
         # Why each signal's latest value was refused, while it is; and how many were.
         self.refusals: dict[str, str] = {}
         self.refused = 0
-        self.now = 0.0  # the monotonic instant of the latest sample or tick
+        # The monotonic instant of the latest sample or tick (a reload goes on from it).
+        self.now = previous.now if previous else 0.0
         self._deadline = NEVER
         for runtime in self.stations:
             self.wake_at(runtime.next_deadline())

@@ -203,6 +203,16 @@ def test_a_changed_operation_drops_the_station_state() -> None:
     assert line.engine.states["s1"].run is None
 
 
+def test_a_reloaded_engine_snapshots_from_where_its_predecessor_was() -> None:
+    line = Line()
+    _running(line)
+    line.at(2, "load", 150)
+    reloaded = Engine(_compile(PRESS), previous=line.engine)  # s1 unchanged: kept
+    saved = _through_json(reloaded)
+    assert saved["at"] == 2.0
+    assert saved["stations"]["s1"]["triggers"]["alarm:overload"]["deadline"] == 10.0
+
+
 @pytest.mark.parametrize("damage", [
     lambda s: [s],
     lambda s: {**s, "version": 99},
