@@ -88,7 +88,7 @@ class Engine:
         self.refusals: dict[str, str] = {}
         self.refused = 0
         # The monotonic instant of the latest sample or tick (a reload goes on from it).
-        self.now = previous.now if previous else 0.0
+        self.now: float = previous.now if previous else 0.0
         self._deadline = NEVER
         for runtime in self.stations:
             self.wake_at(runtime.next_deadline())
