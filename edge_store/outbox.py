@@ -43,6 +43,7 @@ from edge_store.store import (
     ACKED,
     DELETE_UPTO,
     MAX_SEQ,
+    SET_STATE,
     Entry,
     Render,
     Row,
@@ -99,6 +100,7 @@ class _Batch(NamedTuple):
     priorities: list[int]
     new_bytes: int
     now: float
+    state: bytes | None  # the engine state to store with the rows (None: unchanged)
 
 
 class _DiskFull(Exception):
@@ -209,8 +211,10 @@ class Outbox:
         """
         return self.commit([], ack_upto=upto_seq).deleted
 
-    def commit(self, entries: Sequence[Entry], ack_upto: int = 0) -> Commit:
-        """One transaction: delete acknowledged rows up to `ack_upto` (0: none), then append.
+    def commit(self, entries: Sequence[Entry], ack_upto: int = 0,
+               state: bytes | None = None) -> Commit:
+        """One transaction: delete acknowledged rows up to `ack_upto` (0: none), then append,
+        and store `state` (the engine state that produced the entries) with them.
 
         Returns the stored rows (with their bodies, so the uplink need not read them back),
         any gap rows and evictions. A failed ack delete fails the whole transaction.
@@ -218,20 +222,24 @@ class Outbox:
         with self._store.write_lock:
             self._store.check_open()
             try:
-                return self._commit(entries, ack_upto)
+                return self._commit(entries, ack_upto, state)
             except OutboxFull:
                 if ack_upto <= 0 or not entries:
                     raise
             # The refusal rolled the acknowledged deletes back with it: those must happen
             # anyway (they are what makes room), so delete alone, then try the append again.
-            deleted = self._commit([], ack_upto).deleted
-            result = self._commit(entries, 0)
+            deleted = self._commit([], ack_upto, None).deleted
+            result = self._commit(entries, 0, state)
             result.deleted = deleted
             return result
 
-    def _commit(self, entries: Sequence[Entry], ack_upto: int) -> Commit:
+    def engine_state(self) -> tuple[bytes, float] | None:
+        """The engine state stored by the latest commit that carried one, and its time."""
+        return self._store.engine_state()
+
+    def _commit(self, entries: Sequence[Entry], ack_upto: int, state: bytes | None) -> Commit:
         """One try, and under `evict_low_priority` a second one that evicts for a full disk."""
-        batch = self._batch(entries)
+        batch = self._batch(entries, state)
         try:
             return self._transaction(batch, ack_upto, disk_full=False)
         except OutboxFull:
@@ -252,10 +260,10 @@ class Outbox:
                 f"outbox {self.path}: disk full (SQLITE_FULL) even after evicting"
             ) from None
 
-    def _batch(self, entries: Sequence[Entry]) -> _Batch:
+    def _batch(self, entries: Sequence[Entry], state: bytes | None) -> _Batch:
         rows = self._store.render(entries, self._store.last_seq + 1)
         return _Batch(rows, [entry.priority for entry in entries],
-                      sum(len(row.body) for row in rows), time.time())
+                      sum(len(row.body) for row in rows), time.time(), state)
 
     def _transaction(self, batch: _Batch, ack_upto: int, *, disk_full: bool) -> Commit:
         """Delete the acknowledged rows, insert the batch within the bounds, name what was
@@ -271,6 +279,8 @@ class Outbox:
                 last = batch.rows[-1].seq if batch.rows else store.last_seq
                 result.gap_rows, last = self._room.record(result.evictions, last, batch.now,
                                                           set_last=result.deleted > 0)
+                if batch.state is not None:
+                    store.raw.execute(SET_STATE, (batch.state, batch.now))
         except sqlite3.Error as error:
             raise self._failure(error, batch) from error
         self._settle(result, batch, tally, last)

@@ -73,11 +73,24 @@ gaps_table = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
 )
 
+# One row: the mapping engine's state as of the latest commit that carried one, written in
+# that commit's transaction, so the packets and the state that produced them go together.
+engine_state_table = sa.Table(
+    "engine_state",
+    _metadata,
+    sa.Column("singleton", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
 INSERT = "INSERT INTO outbox (seq, id, priority, created, body, kind) VALUES (?, ?, ?, ?, ?, ?)"
 PENDING = "SELECT seq, id, kind, body FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 ACKED = "SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox WHERE seq <= ?"
 DELETE_UPTO = "DELETE FROM outbox WHERE seq <= ?"
 SET_LAST = "UPDATE outbox_meta SET last_seq = ? WHERE singleton = 1"
+SET_STATE = ("INSERT INTO engine_state (singleton, body, at) VALUES (1, ?, ?) "
+             "ON CONFLICT (singleton) DO UPDATE SET body = excluded.body, at = excluded.at")
+GET_STATE = "SELECT body, at FROM engine_state WHERE singleton = 1"
 MAX_SEQ = 2**62
 
 Render = Callable[[int, str], bytes]
@@ -260,6 +273,17 @@ class Store:
                 return [Row(s, i, k, b) for s, i, k, b in result]
             except sqlite3.Error as error:
                 raise OutboxError(f"outbox {self.path}: pending read failed: {error}") from error
+
+    def engine_state(self) -> tuple[bytes, float] | None:
+        """The engine state of the latest commit that carried one, and when it was written."""
+        with self.read_lock:
+            self.check_open()
+            try:
+                row = self.raw_read.execute(GET_STATE).fetchone()
+            except sqlite3.Error as error:
+                raise OutboxError(f"outbox {self.path}: engine state read failed: {error}"
+                                  ) from error
+        return None if row is None else (bytes(row[0]), float(row[1]))
 
     def check_open(self) -> None:
         if self.closed:

@@ -45,6 +45,7 @@ ACK_ROWS_NOW = 2_000
 class _Append:
     entries: list[Entry]
     future: asyncio.Future[list[int]] = field(repr=False)
+    state: bytes | None = field(default=None, repr=False)  # the engine state behind them
 
 
 @dataclass(slots=True)
@@ -114,15 +115,17 @@ class OutboxWorker:
     def add_delete_listener(self, callback: Callable[[int], None]) -> None:
         self._delete_listeners.append(callback)
 
-    def append(self, entries: list[Entry]) -> asyncio.Future[list[int]]:
+    def append(self, entries: list[Entry], state: bytes | None = None
+               ) -> asyncio.Future[list[int]]:
         """Queue `entries` as one unit (one transaction, consecutive seqs); the future resolves
-        with their seqs once committed, or fails with an `OutboxError`."""
+        with their seqs once committed, or fails with an `OutboxError`. `state` is stored in
+        the same transaction (the latest unit's state wins within a group commit)."""
         future: asyncio.Future[list[int]] = self.loop.create_future()
         with self._cond:
             if self._stopping:
                 future.set_exception(OutboxClosed(f"outbox {self.outbox.path} is closed"))
                 return future
-            self._appends.append(_Append(entries, future))
+            self._appends.append(_Append(entries, future, state))
             self._cond.notify()
         return future
 
@@ -275,8 +278,10 @@ class OutboxWorker:
         outcome: list[_Outcome] = []
         while True:
             entries = [entry for unit in units for entry in unit.entries]
+            # Units are in emission order: the last state given is the newest.
+            state = next((u.state for u in reversed(units) if u.state is not None), None)
             try:
-                result: Commit = self.outbox.commit(entries, ack)
+                result: Commit = self.outbox.commit(entries, ack, state)
             except RenderError as error:
                 outcome.append((units.pop(_owner(units, error.index)), error))
                 continue

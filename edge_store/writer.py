@@ -67,20 +67,22 @@ class GroupWriter:
         """
         return (await self.append_many([entry]))[0]
 
-    async def append_many(self, entries: list[Entry]) -> list[int]:
+    async def append_many(self, entries: list[Entry], state: bytes | None = None) -> list[int]:
         """Queue `entries` as one unit: all committed in one transaction with consecutive
         sequences in the given order, or none (the error is raised, nothing is stored).
+        `state` (the engine state that produced them) is stored in that same transaction;
+        a unit of a state alone is a commit too.
 
         The unit counts once against `max_queue` and is never split across transactions.
         """
         if self._closing:
             raise OutboxClosed("outbox writer is closed")
-        if not entries:
+        if not entries and state is None:
             return []
         worker = self.start()
         assert self._room is not None
         async with self._room:
-            future = worker.append(list(entries))
+            future = worker.append(list(entries), state)
             self._outstanding.add(future)
             try:
                 return await future

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, NamedTuple
 
 from common.heap import settle_heap
 from common.sdnotify import Notifier, watchdog
@@ -25,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.control import MappingControl
 from gateway.ids import new_ids
 from gateway.outbox_gap import gap_entry_factory
+from gateway.resume import encode_state, restored_engine
 from gateway.service import StartBacklog, bounded, pending, status_line
 from mapping.engine import CompiledMapping, Engine
 from sync.packet import Draft
@@ -100,21 +102,48 @@ def open_outbox(config: GatewayConfig, compiled: CompiledMapping | None = None, 
     )
 
 
+class _Produced(NamedTuple):
+    """What the engine produced for one batch of samples; `state`, when taken, is the
+    engine's snapshot right after it."""
+
+    drafts: list[Draft]
+    state: dict[str, Any] | None
+
+
+class _Unit(NamedTuple):
+    """The outbox entries of one `_Produced` (ids fixed, so a retry stores the same)."""
+
+    entries: list[Entry]
+    state: dict[str, Any] | None
+
+
 class Pipeline:
     """Mapping engine → outbox, shared by the daemon, replay-style benchmarks and tests.
 
     `samples` takes batches of samples in order (a driver's request at a time: one queue
     hand-off per request instead of per signal); drafts are committed in emission order, so
     the outbox sequence follows the engine's output exactly.
+
+    With `keep_state`, each commit also stores the engine's snapshot as of right after the
+    last packet it holds, in the same transaction: a restart continues from there. The engine
+    never holds drafts across an await (it waits for room before a batch, not after), so when
+    the committer has taken every queued draft, the engine's state now is that snapshot: one
+    snapshot per commit. A commit is cut short of the queue only after a batch whose snapshot
+    the engine took itself (once per `COMMIT_BATCH` drafts).
     """
 
-    def __init__(self, engine: Engine, writer: GroupWriter, source: str) -> None:
+    def __init__(self, engine: Engine, writer: GroupWriter, source: str, *,
+                 keep_state: bool = True) -> None:
         self.engine = engine
         self.writer = writer
         self.source = source
+        self.keep_state = keep_state
         self.stats = GatewayStats()
         self.samples: asyncio.Queue[Sequence[Sample] | None] = asyncio.Queue(SAMPLE_BATCHES)
-        self._drafts: asyncio.Queue[Draft | None] = asyncio.Queue(DRAFT_QUEUE)
+        # Batches' outputs (each at least one draft); at DRAFT_QUEUE the engine waits for room.
+        self._drafts: asyncio.Queue[_Produced | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._since_state = 0  # drafts queued since the engine's last own snapshot
         self.on_commit: list[Callable[[list[int]], None]] = []
 
     def _render(self, draft: Draft, packet_id: str, seq: int, epoch: str) -> bytes:
@@ -128,20 +157,30 @@ class Pipeline:
         progress); `self.engine` may be swapped by a mapping reload between two samples.
         """
         stats = self.stats
+        drafts = self._drafts
         while (batch := await self.samples.get()) is not None:
+            while drafts.qsize() >= DRAFT_QUEUE:
+                self._room.clear()
+                await self._room.wait()
+            engine = self.engine
+            produced: list[Draft] = []
             for sample in batch:
                 if sample.signal == TICK:
-                    drafts = self.engine.tick(sample.monotonic, sample.time)
+                    engine.tick(sample.monotonic, sample.time, produced)
                 else:
                     stats.samples += 1
                     # A count or planned value a packet cannot carry is a bad sample too.
-                    sample = self.engine.screen(sample)
+                    sample = engine.screen(sample)
                     if not sample.good:
                         stats.bad_samples += 1
-                    drafts = self.engine.step(sample)
-                for draft in drafts:
-                    await self._drafts.put(draft)
-        await self._drafts.put(None)
+                    produced += engine.step(sample)
+            if produced:
+                state = None
+                self._since_state += len(produced)
+                if self.keep_state and self._since_state >= COMMIT_BATCH:
+                    state, self._since_state = engine.snapshot(), 0
+                drafts.put_nowait(_Produced(produced, state))
+        drafts.put_nowait(None)
 
     async def tick_forever(self, interval: float = TICK_INTERVAL_S) -> None:
         """Ticker task: time passes for the engine even when no sample arrives."""
@@ -152,30 +191,55 @@ class Pipeline:
 
     async def commit_drafts(self) -> None:
         """Committer task: takes every draft waiting and commits them in one group."""
+        queue = self._drafts
         done = False
         while not done:
-            first = await self._drafts.get()
+            first = await queue.get()
             if first is None:
                 break
             batch = [first]
-            while len(batch) < COMMIT_BATCH and not self._drafts.empty():
-                item = self._drafts.get_nowait()
+            size = len(first.drafts)
+            while not queue.empty() and (size < COMMIT_BATCH or batch[-1].state is None):
+                item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
                 batch.append(item)
-            entries = [
-                Entry(pid, partial(self._render, draft, pid), draft.priority, draft.type)
-                for draft, pid in zip(batch, new_ids(len(batch)), strict=True)
-            ]
-            await self._commit(entries)
+                size += len(item.drafts)
+            self._room.set()
+            units = self._units(batch)
+            if self.keep_state and queue.empty():
+                # Every draft the engine produced is in `units`: its state now goes with them.
+                units[-1] = units[-1]._replace(state=self.engine.snapshot())
+            await self._commit(units)
 
-    async def _commit(self, entries: list[Entry]) -> None:
+    def _units(self, batch: list[_Produced]) -> list[_Unit]:
+        ids = new_ids(sum(len(produced.drafts) for produced in batch))  # one clock read
+        units, start = [], 0
+        for produced in batch:
+            mine = ids[start:start + len(produced.drafts)]
+            start += len(mine)
+            units.append(_Unit([Entry(pid, partial(self._render, draft, pid), draft.priority,
+                                      draft.type)
+                                for draft, pid in zip(produced.drafts, mine, strict=True)],
+                               produced.state))
+        return units
+
+    async def save_state(self) -> None:
+        """Store the engine's state alone (every draft committed: the daemon is stopping)."""
+        if self.keep_state:
+            await self._commit([_Unit([], self.engine.snapshot())])
+
+    async def _commit(self, units: list[_Unit]) -> None:
+        """Commit the units' entries with the newest unit's state, in one transaction."""
+        entries = [entry for unit in units for entry in unit.entries]
+        latest = units[-1].state
+        state = encode_state(latest) if latest is not None else None
         backoff = FULL_RETRY_MIN_S
         failing = False
         while True:
             try:
-                seqs = await self.writer.append_many(entries)
+                seqs = await self.writer.append_many(entries, state)
                 break
             except OutboxError as error:
                 # Nothing accepted is dropped: the same entries (same ids) are tried again.
@@ -183,10 +247,16 @@ class Pipeline:
                 # queues behind them slow the drivers down) and the outbox raised the alarm.
                 if isinstance(error, OutboxFull) and len(entries) > 1:
                     # A batch may be larger than the room the bound will ever leave: halves,
-                    # in order, fit one after the other.
-                    half = len(entries) // 2
-                    await self._commit(entries[:half])
-                    await self._commit(entries[half:])
+                    # in order, fit one after the other; each carries its last unit's state,
+                    # if the engine took one there (else the next half's commit brings it).
+                    if len(units) > 1:
+                        half = len(units) // 2
+                        await self._commit(units[:half])
+                        await self._commit(units[half:])
+                    else:
+                        half = len(entries) // 2
+                        await self._commit([_Unit(entries[:half], None)])
+                        await self._commit([_Unit(entries[half:], units[0].state)])
                     return
                 self.stats.commit_failures += 1
                 if not failing:
@@ -266,7 +336,9 @@ class Gateway:
         writer = GroupWriter(outbox)
         writer.start()
         uplink = Uplink(uplink_config(self.config), outbox)
-        pipeline = Pipeline(Engine(self.compiled), writer, self.config.source)
+        engine = restored_engine(self.compiled, outbox, asyncio.get_running_loop().time(),
+                                 time.time())
+        pipeline = Pipeline(engine, writer, self.config.source)
         pipeline.on_commit.append(lambda _seqs: uplink.wake())
         self.pipeline, self.uplink = pipeline, uplink
         stats = outbox.stats()
@@ -332,6 +404,7 @@ class Gateway:
         await pipeline.close()
         await mapper
         await committer
+        await pipeline.save_state()
         await writer.close()
         assert self.uplink is not None and self.outbox is not None
         await self.uplink.wait_acked(self.outbox.last_seq, None)  # bounded by the caller

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from drivers.base import Quality, Sample
 from drivers.base import SampleValue as Value
+from mapping import snapshot
 from mapping.errors import Problem
 from mapping.filters import SignalFilter
 from mapping.materials import CompiledMaterialPoint, MaterialRuntime
@@ -80,12 +81,14 @@ class Engine:
         self._checks = {name: tuple(found) for name, found in checks.items()}
         # Signals whose edges are counted: after a bad reading (a lost link) the next good one
         # is a new baseline, not an edge, so a reconnect counts no part.
-        self._rebase = frozenset(
+        self.rebase_signals = frozenset(
             name for station in mapping.stations for key, trigger in station.triggers.items()
             if key in (COUNT_GOOD, COUNT_SCRAP) for name in trigger.signals)
         # Why each signal's latest value was refused, while it is; and how many were.
         self.refusals: dict[str, str] = {}
         self.refused = 0
+        # The monotonic instant of the latest sample or tick (a reload goes on from it).
+        self.now: float = previous.now if previous else 0.0
         self._deadline = NEVER
         for runtime in self.stations:
             self.wake_at(runtime.next_deadline())
@@ -147,10 +150,20 @@ class Engine:
         return Sample(sample.signal, sample.value, Quality.BAD, sample.time, sample.monotonic,
                       reason)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The state a restart continues from, as a JSON-able dict (`mapping.snapshot`)."""
+        return snapshot.take(self)
+
+    def restore(self, data: object, now: float) -> list[str]:
+        """Continue from `snapshot()`'s output at monotonic `now`; return notes on what no
+        longer matched the mapping; `snapshot.SnapshotError` for a snapshot that is not one."""
+        return snapshot.restore(self, data, now)
+
     def step(self, sample: Sample) -> list[Draft]:
         """Apply one sample; return the packets it causes, in order."""
+        self.now = sample.monotonic
         if sample.quality is not _GOOD:
-            if sample.signal in self._rebase:
+            if sample.signal in self.rebase_signals:
                 self.values.pop(sample.signal, None)
             self._counter_lost(sample.signal)
             return _EMPTY  # a bad reading changes nothing else; the last good value stands
@@ -186,6 +199,7 @@ class Engine:
     def tick(self, monotonic: float, time: float, out: list[Draft] | None = None) -> list[Draft]:
         """Let time pass: hold times, stalled alarms and timed progress are due now."""
         drafts = out if out is not None else []
+        self.now = monotonic
         if monotonic < self._deadline:
             return drafts
         self._deadline = NEVER

@@ -43,7 +43,7 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], set[str]]] = {
         tuple(p for p in PRODUCTION if p != "gateway"), {"gateway"}),
 }
 # The engine's modules stay pure: no I/O, no clock, no randomness.
-PURE = ("engine", "station", "triggers", "expr", "filters", "materials", "replay")
+PURE = ("engine", "station", "triggers", "expr", "filters", "materials", "replay", "snapshot")
 IMPURE_IMPORTS = {"time", "asyncio", "socket", "os", "pathlib", "subprocess", "random",
                   "threading", "sqlalchemy", "paho"}
 
