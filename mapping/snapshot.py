@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import SampleValue as Value
 from mapping.station import (
     ALARM_PREFIX,
+    COUNT_GAP,
     COUNT_GOOD,
     COUNT_SCRAP,
     WRONG_TRAVELLER,
@@ -84,6 +85,7 @@ def _station(runtime: StationRuntime, at: float) -> dict[str, Any]:
         "scanned_planned": state.scanned_planned,
         "alarms": sorted(state.alarms_active),
         "counters": counters,
+        "lost": dict(runtime.lost_runs),
         "triggers": {key: {"text": t.trigger.text, "raw": t.raw, "level": t.level,
                            "deadline": _rel(t.deadline, at)}
                      for key, t in state.triggers.items()},
@@ -199,12 +201,14 @@ def _plan(runtime: StationRuntime, data: dict[str, Any], where: str, now: float
                          notes)
     triggers = _triggers(runtime, _get(data, "triggers", dict, where), f"{where}.triggers",
                          now, notes)
+    lost = _lost(runtime, _get(data, "lost", dict, where, optional=True) or {},
+                 f"{where}.lost")
     counted_data = _get(data, "counted_at", dict, where)
     counted = {key: now + (_time(counted_data, key, f"{where}.counted_at") or 0.0)
                for key in counted_data if key in (COUNT_GOOD, COUNT_SCRAP)}
     alarms = set()
     defined = {key[len(ALARM_PREFIX):] for key in runtime.compiled.triggers
-               if key.startswith(ALARM_PREFIX)} | {WRONG_TRAVELLER}
+               if key.startswith(ALARM_PREFIX)} | {WRONG_TRAVELLER, COUNT_GAP}
     if runtime.spec.stalled is not None:
         defined.add("stalled")
     for code in _get(data, "alarms", list, where):
@@ -222,10 +226,23 @@ def _plan(runtime: StationRuntime, data: dict[str, Any], where: str, now: float
         state.run, state.alarms_active, state.counted_at = run, alarms, counted
         for track, last in counters:
             track.last = last
+        runtime.lost_runs = lost
         for trigger_state, (raw, level, deadline) in triggers:
             trigger_state.raw, trigger_state.level, trigger_state.deadline = raw, level, deadline
 
     return apply, notes
+
+
+def _lost(runtime: StationRuntime, data: dict[str, Any], where: str) -> dict[str, str]:
+    """The counters read bad when the snapshot was taken, each with the run active then; a
+    signal that is no longer a counter of the station is left out."""
+    counters = {runtime.good_signal, runtime.scrap_signal}
+    found = {}
+    for name in data:
+        run = _get(data, name, str, where)
+        if name in counters:
+            found[name] = run
+    return found
 
 
 def _counters(runtime: StationRuntime, data: dict[str, Any], where: str, notes: list[str]

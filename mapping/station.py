@@ -37,6 +37,7 @@ START, COMPLETE, ABORT, PAUSE, RESUME = "start", "complete", "abort", "pause", "
 COUNT_GOOD, COUNT_SCRAP = "count:good", "count:scrap"
 ALARM_PREFIX = "alarm:"
 WRONG_TRAVELLER = "wrong_traveller"
+COUNT_GAP = "count_gap"  # parts counted during a link loss that no run may take
 
 
 @dataclass(slots=True)
@@ -225,8 +226,9 @@ class StationRuntime:
         self._now = 0.0
         self._time = 0.0
         self._origin_signal = ""
-        # Counter signals read bad (link down) -> the run active then ("" for none).
-        self._lost: dict[str, str] = {}
+        # Counter signals read bad (link down) -> the run active then ("" for none); kept in
+        # the engine's snapshot (mapping/snapshot.py).
+        self.lost_runs: dict[str, str] = {}
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -253,14 +255,14 @@ class StationRuntime:
             if good is not None:
                 raw = value if type(value) is int else _as_int(value) or 0
                 delta = good.advance(raw)
-                if delta or self._lost:
+                if delta or self.lost_runs:
                     self._counted(name, delta, 0, out)
         elif name == self.scrap_signal:
             scrap = self.state.scrap
             if scrap is not None:
                 raw = value if type(value) is int else _as_int(value) or 0
                 delta = scrap.advance(raw)
-                if delta or self._lost:
+                if delta or self.lost_runs:
                     self._counted(name, 0, delta, out)
 
     # -- counts across a link loss -------------------------------------------------------------
@@ -268,27 +270,27 @@ class StationRuntime:
     def counter_lost(self, name: str) -> None:
         """Counter `name` read bad (its link is down): what it advances by until it reads again
         was produced under the run active now, whatever starts in between."""
-        if name not in self._lost:
+        if name not in self.lost_runs:
             run = self.state.run
-            self._lost[name] = run.run_id if run is not None and run.active else ""
+            self.lost_runs[name] = run.run_id if run is not None and run.active else ""
 
     def _counted(self, name: str, good: int, scrap: int, out: list[Draft]) -> None:
         """Credit a counter's advance: to the current run, unless it was counted during a link
         loss under another run (or none), then it is a `count_gap` alarm with its count."""
-        then = self._lost.pop(name, None)
+        then = self.lost_runs.pop(name, None)
         if not good + scrap:
             return
         run = self.state.run
         now = run.run_id if run is not None and run.active else ""
         if then is None or then == now:
             self._count(good, scrap, out)
-            if now and "count_gap" in self.state.alarms_active:
-                self._alarm("count_gap", False, "warning", f"counting into {now}", out)
+            if now and COUNT_GAP in self.state.alarms_active:
+                self._alarm(COUNT_GAP, False, "warning", f"counting into {now}", out)
             return
-        self.state.alarms_active.discard("count_gap")  # each gap is told, with its count
+        self.state.alarms_active.discard(COUNT_GAP)  # each gap is told, with its count
         kind = "good" if good else "scrap"
         under = f"under run {then}" if then else "with no run active"
-        self._alarm("count_gap", True, "warning",
+        self._alarm(COUNT_GAP, True, "warning",
                     f"{good + scrap} {kind} parts counted while the link was down ({under}) "
                     "are credited to no run", out)
 
