@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.api.auth import admin
-from hub.api.errors import responses
+from hub.api.errors import invalid, responses
 from hub.api.models import AssignmentResult
 from hub.api.orders import OrderId, _context
 from sync.packet import ID_PATTERN
@@ -35,9 +35,9 @@ async def put_assignment(request: Request, _who: Annotated[str, Depends(admin)],
     context = _context(request)
     unknown = sorted(set(body.suppliers) - set(context.config.suppliers))
     if unknown:
-        raise HTTPException(status_code=422, detail=f"suppliers: unknown {unknown}")
+        raise invalid("body.suppliers", f"unknown {unknown}")
     if body.due is not None and body.due.tzinfo is None:
-        raise HTTPException(status_code=422, detail="due: needs a time zone (e.g. Z)")
+        raise invalid("body.due", "needs a time zone (e.g. Z)")
     due = body.due.timestamp() if body.due is not None else None
     await context.run(context.store.set_assignment, order, body.suppliers, due)
     await context.run(context.reload)

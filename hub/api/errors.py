@@ -54,6 +54,13 @@ def error_body(status: int, detail: str, errors: list[FieldProblem] | None = Non
     return ApiError(status=status, detail=detail, errors=errors or []).model_dump()
 
 
+def invalid(location: str, message: str) -> RequestValidationError:
+    """A 422 for one parameter a route checks itself (`query.limit`, `body.due`), answered
+    as request validation's are: `errors` names it."""
+    return RequestValidationError([{"loc": tuple(location.split(".")), "msg": message,
+                                    "type": "value_error"}])
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI error responses of a route: the guard's and `statuses`."""
     headers = {

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from hub.api.auth import supplier
 from hub.api.context import ApiContext
-from hub.api.errors import responses
+from hub.api.errors import invalid, responses
 from hub.api.models import (
     CURSOR_MAX,
     CURSOR_PATTERN,
@@ -39,14 +39,14 @@ KEEPALIVE_S = 15.0
 STREAM_PAGE = 100
 
 
-def position(after: str | None, name: str = "after") -> int | None:
+def position(after: str | None, name: str = "query.after") -> int | None:
     """A feed cursor (`after`, `Last-Event-ID`) as the position it names; 422 when it is not
     one (a feed's cursor is a decimal position)."""
     if after is None:
         return None
     if not after.isdigit() or not after.isascii() or int(after) > MAX_CURSOR:
-        raise HTTPException(status_code=422, detail=f"{name}: not a cursor of this feed "
-                            "(pass the `next` of a page, or an SSE message's id)")
+        raise invalid(name, "not a cursor of this feed (pass the `next` of a page, or an "
+                      "SSE message's id)")
     return int(after)
 
 
@@ -101,7 +101,7 @@ async def stream(
         raise HTTPException(status_code=400, detail="give either the Last-Event-ID header or "
                             "the `after` parameter, not both (they would name two places to "
                             "resume from)")
-    start = position(last_event_id, "Last-Event-ID") if last_event_id is not None \
+    start = position(last_event_id, "header.last-event-id") if last_event_id is not None \
         else position(after)
     if start is None:
         start = await context.run(context.feed.head, who)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from hub.api.auth import supplier
 from hub.api.context import ApiContext
-from hub.api.errors import responses
+from hub.api.errors import invalid, responses
 from hub.api.models import AfterQuery, LimitQuery, OperationList, OrderDetail, OrderPage
 from hub.orders import OrderFilter
 from hub.risk import Risk
@@ -33,7 +33,7 @@ def _limit(request: Request, limit: int | None) -> int:
     if limit is None:
         return min(100, maximum)
     if limit > maximum:
-        raise HTTPException(status_code=422, detail=f"limit: at most {maximum}")
+        raise invalid("query.limit", f"at most {maximum}")
     return limit
 
 
@@ -57,7 +57,7 @@ async def list_orders(
     moves past every order looked at: a short page with a `next` is not the end."""
     context = _context(request)
     if updated_since is not None and updated_since.tzinfo is None:
-        raise HTTPException(status_code=422, detail="updated_since: needs a time zone (e.g. Z)")
+        raise invalid("query.updated_since", "needs a time zone (e.g. Z)")
     wanted = OrderFilter(
         closed=None if status == "all" else status == "closed",
         updated_since=None if updated_since is None else updated_since.timestamp(),

@@ -22,6 +22,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _destination(value: str) -> str:
     """An allow-list entry: an IP address, a network (CIDR) or a host name."""
     try:
@@ -82,6 +90,10 @@ class WebhookEndpoint(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        # The HTTP client takes ASCII URLs only (it raises on anything else, at delivery).
+        if not value.isascii() or not value.isprintable() or " " in value:
+            raise ValueError(f"{value!r}: only printable ASCII without spaces (percent-encode "
+                             "the path; a non-ASCII host in its xn-- form)")
         try:
             parts = urlsplit(value)
             port = parts.port  # raises on a port that is not a number in range
@@ -91,6 +103,8 @@ class WebhookEndpoint(_Strict):
             raise ValueError(f"{value!r}: the scheme must be http or https")
         if not parts.hostname:
             raise ValueError(f"{value!r}: no host")
+        if not _HOST_NAME.match(parts.hostname) and not _is_ip(parts.hostname):
+            raise ValueError(f"{value!r}: the host is neither an IP address nor a host name")
         if parts.username is not None or parts.password is not None:
             raise ValueError(f"{value!r}: no credentials in the URL (the signature "
                              "authenticates the hub)")

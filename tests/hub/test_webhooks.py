@@ -424,6 +424,19 @@ def test_a_secret_file_open_to_others_is_refused(tmp_path: Path) -> None:
     ('url: "https://user:pw@erp.example.com/x"',
      "hub.yaml:7:9: suppliers.acme.webhooks.erp.url: 'https://user:pw@erp.example.com/x': no "
      "credentials in the URL"),
+    # The HTTP client takes ASCII URLs only: a non-ASCII host once stopped every endpoint.
+    ('url: "https://\u00e9rp.example.com/x"',
+     "hub.yaml:7:9: suppliers.acme.webhooks.erp.url: 'https://\u00e9rp.example.com/x': "
+     "only printable ASCII without spaces"),
+    ('url: "https://erp.example.com/b\u00f6m"',
+     "hub.yaml:7:9: suppliers.acme.webhooks.erp.url: 'https://erp.example.com/b\u00f6m': "
+     "only printable ASCII without spaces"),
+    ('url: "https://erp example.com/x"',
+     "hub.yaml:7:9: suppliers.acme.webhooks.erp.url: 'https://erp example.com/x': "
+     "only printable ASCII without spaces"),
+    ('url: "https://erp_1.example.com/x"',
+     "hub.yaml:7:9: suppliers.acme.webhooks.erp.url: 'https://erp_1.example.com/x': "
+     "the host is neither an IP address nor a host name"),
     ('url: "https://erp.example.com/x"\n        types: [keyop.alert*]',
      "hub.yaml:8:17: suppliers.acme.webhooks.erp.types.0: 'keyop.alert*' is not an event type"),
     ('url: "https://erp.example.com/x"\n        batch: 0',
