@@ -81,8 +81,8 @@ class Orders:
     def page(self, supplier: str, wanted: OrderFilter, after: str | None, limit: int
              ) -> tuple[list[dict[str, Any]], str | None]:
         """Up to `limit` orders after work order `after`, by work order id, and the cursor of
-        the next page (None at the end). Looks at SCAN_ROWS operation rows at most: a page
-        may be short and still have a `next`."""
+        the next page (None at the end). Once it has looked at SCAN_ROWS operation rows and
+        holds an order, it answers: a page may be short and still have a `next`."""
         known = self._known(supplier)
         pending = sorted(w for w in known if after is None or w > after)
         found: list[dict[str, Any]] = []
@@ -110,8 +110,10 @@ class Orders:
             if end is None:
                 return found, None
             cursor = end
-            if scanned >= SCAN_ROWS:
-                return found, cursor
+            if scanned >= SCAN_ROWS and found:
+                # A short page's cursor is the last order it holds: `end` may be another
+                # supplier's work order, and a cursor must never name one.
+                return found, str(found[-1]["workOrder"])
 
     def one(self, supplier: str, work_order: str) -> dict[str, Any] | None:
         """One order with its timeline; None when it does not concern the supplier."""
