@@ -35,6 +35,9 @@ LEASE = "webhooks"
 # Endpoints are woken at most this often: a wake then carries several ingest commits, so a
 # POST carries more events and the feed is read less (at the cost of this much latency).
 COALESCE_S = 0.05
+# After an unexpected failure, one endpoint's loop starts again this long after (doubling up
+# to the maximum while it keeps failing); the other endpoints go on meanwhile.
+RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
 LEASE_TTL_S = 15.0
 # Threads of webhook delivery's blocking reads and cursor saves: its own, so 50 endpoints
 # never queue ingest's work behind them (give it a store with a pool of as many connections).
@@ -92,7 +95,7 @@ class Deliverer:
                         group.create_task(self._keep(stop, held))
                         group.create_task(self._watch(held))
                         for endpoint in self.endpoints:
-                            group.create_task(endpoint.run(held))
+                            group.create_task(_isolated(endpoint, held))
                 if not stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), LEASE_TTL_S / 3)
@@ -163,3 +166,21 @@ class Deliverer:
                     return
         finally:
             held.set()
+
+
+async def _isolated(endpoint: Endpoint, held: asyncio.Event) -> None:
+    """`endpoint.run` until `held` is set; an unexpected error (a database error reading the
+    feed, a bug) restarts this endpoint's loop from its saved cursor after a pause, and never
+    cancels the other endpoints' deliveries."""
+    delay = RESTART_MIN_S
+    while not held.is_set():
+        try:
+            await endpoint.run(held)
+            return
+        except Exception:
+            log.exception("webhook %s/%s: delivery loop failed; restarting it in %.0f s",
+                          endpoint.supplier, endpoint.name, delay,
+                          extra={"supplier": endpoint.supplier, "endpoint": endpoint.name})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(held.wait(), delay)
+        delay = min(delay * 2, RESTART_MAX_S)

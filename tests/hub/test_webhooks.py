@@ -25,6 +25,7 @@ from webhook_receiver import Receiver
 from hub.api import ApiContext, create_app
 from hub.config import HubConfig, HubConfigError, parse_config
 from hub.store import Store
+from hub.webhooks import deliverer as deliverer_module
 from hub.webhooks.allow import AllowList
 from hub.webhooks.cursors import Cursors
 from hub.webhooks.deliverer import Deliverer
@@ -524,3 +525,55 @@ def test_the_documented_configuration_loads() -> None:
     assert endpoint.accepts("keyop.alert.stalled") and endpoint.accepts(
         "keyop.operation.completed") and not endpoint.accepts("keyop.operation.progress")
     assert config.webhooks.allow == ["erp.acme.example", "10.20.0.0/24"]
+
+
+class FlakyFeed(ListFeed):
+    """A feed whose reads fail for one supplier a few times (as a database error would)."""
+
+    def __init__(self, failing: str, failures: int) -> None:
+        super().__init__()
+        self.failing, self.failures = failing, failures
+
+    def read(self, supplier: str, after: int, limit: int) -> list[Entry]:
+        if supplier == self.failing and self.failures > 0:
+            self.failures -= 1
+            raise OSError("disk I/O error")
+        return super().read(supplier, after, limit)
+
+
+def test_one_endpoints_failure_never_stops_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(deliverer_module, "RESTART_MIN_S", 0.05)
+    receiver = Receiver(SECRET).start()
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    secret = _secret_file(tmp_path)
+    bolt = (f"  bolt:\n    webhooks:\n      erp:\n        url: \"{receiver.url()}\"\n"
+            f"        secret_file: \"{secret}\"\n        start: oldest\n")
+    config = _config(receiver.url(), db, secret, extra=bolt)
+    store = Store(db)
+    feed = FlakyFeed("acme", failures=3)
+    for _ in range(6):
+        feed.append("acme", "keyop.operation.progress")
+        feed.append("bolt", "keyop.operation.progress")
+
+    def delivered(supplier: str) -> int:
+        return sum(len(d.events) for d in receiver.accepted
+                   if d.headers["keyop-supplier"] == supplier)
+
+    async def scenario() -> None:
+        async with _running(Deliverer(config, store, feed)):
+            # bolt is served while acme's loop fails and restarts.
+            await _until(lambda: delivered("bolt") == 6)
+            await _until(lambda: delivered("acme") == 6)
+
+    try:
+        asyncio.run(scenario())
+        assert feed.failures == 0
+        failed = [r for r in caplog.records if "delivery loop failed" in r.getMessage()]
+        assert len(failed) == 3 and all("webhook acme/erp" in r.getMessage() for r in failed)
+        assert [e["id"] for e in receiver.accepted[0].events]  # real deliveries, signed
+        assert len(set(receiver.ids())) == 12
+    finally:
+        receiver.stop()
+        store.close()
