@@ -1,0 +1,96 @@
+"""One order's operations on a time axis (the Gantt-like view): running and paused spans
+from the supplier's state-change events, against the due time and now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.board.view import Row
+from sync.packet import parse_time
+
+WIDTH = 1000  # SVG user units; the picture scales to the page
+LANE = 36
+LEFT = 110
+
+
+@dataclass(slots=True)
+class Span:
+    start: float
+    end: float
+    kind: str  # "running" | "paused"
+    x: float = 0.0
+    w: float = 0.0
+
+
+@dataclass(slots=True)
+class Lane:
+    operation: str
+    y: float
+    spans: list[Span] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Chart:
+    lanes: list[Lane]
+    start: float
+    end: float
+    height: float
+    due_x: float | None
+    now_x: float
+    ticks: list[tuple[float, float]]  # (x, time)
+    eta_x: float | None = None
+    short: bool = False  # under an hour: ticks show seconds
+    left: int = LEFT
+    width: int = WIDTH
+
+
+def _spans(events: list[dict[str, Any]], now: float) -> dict[str, list[Span]]:
+    """Running and paused spans per operation, from started/paused/resumed/completed."""
+    spans: dict[str, list[Span]] = {}
+    open_: dict[str, tuple[float, str]] = {}
+    for event in events:
+        data = event.get("data") or {}
+        op = (data.get("operation") or {}).get("id")
+        at = event.get("time")
+        if not op or not isinstance(at, str):
+            continue
+        when = parse_time(at)
+        kind = str(event.get("type", "")).rsplit(".", 1)[-1]
+        if op in open_:
+            began, was = open_.pop(op)
+            spans.setdefault(op, []).append(Span(began, when, was))
+        if kind in ("started", "resumed"):
+            open_[op] = (when, "running")
+        elif kind == "paused":
+            open_[op] = (when, "paused")
+        spans.setdefault(op, [])
+    for op, (began, was) in open_.items():
+        spans[op].append(Span(began, max(now, began), was))
+    return spans
+
+
+def gantt(row: Row, events: list[dict[str, Any]], now: float) -> Chart:
+    spans = _spans(events, now)
+    operations = sorted(set(row.cells) | set(spans))
+    times = [t for s in spans.values() for span in s for t in (span.start, span.end)]
+    start = min(times, default=now)
+    end = max([*times, now, *([row.due] if row.due else []), *([row.eta] if row.eta else [])])
+    if end - start < 60:
+        end = start + 60
+    scale = (WIDTH - LEFT - 10) / (end - start)
+
+    def x(t: float) -> float:
+        return round(LEFT + (t - start) * scale, 1)
+
+    lanes = []
+    for i, op in enumerate(operations):
+        lane = Lane(op, 30 + i * LANE)
+        for span in spans.get(op, []):
+            span.x, span.w = x(span.start), max(2.0, round((span.end - span.start) * scale, 1))
+            lane.spans.append(span)
+        lanes.append(lane)
+    ticks = [(x(start + (end - start) * k / 4), start + (end - start) * k / 4) for k in range(5)]
+    return Chart(lanes, start, end, 40 + len(operations) * LANE,
+                 x(row.due) if row.due else None, x(now), ticks,
+                 x(row.eta) if row.eta else None, end - start < 3600)
