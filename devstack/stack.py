@@ -166,7 +166,7 @@ class Stack:
         """Sections of gateway.yaml to update (`{"outbox": {"max_packets": 500}}`)."""
         self.log_level = log_level
         self.hub_overrides = hub_overrides or {}
-        """Sections of hub.yaml to replace (`{"alerts": {...}}`)."""
+        """Sections of hub.yaml to update (`{"alerts": {"interval_s": 1}}`)."""
         self.board_users = board_users or {}
         """Board users: name -> (supplier, or None for the plant; password)."""
         self.gateway_starts = 0
@@ -215,7 +215,11 @@ class Stack:
             {"supplier": "bolt", "work_orders": ["WO-*[02468]"]},
         ]
         hub["board"] = self.board_section()
-        hub.update(self.hub_overrides)
+        for section, values in self.hub_overrides.items():
+            if isinstance(values, dict) and isinstance(hub.get(section), dict):
+                hub[section].update(values)
+            else:
+                hub[section] = values
         hub_file = _dump(self.workdir / "hub.yaml", hub)
         return gateway_file, hub_file
 

@@ -74,6 +74,9 @@ _TEXT: dict[str, dict[str, str]] = {
     "skip": {"en": "Skip to the orders", "zh-CN": "跳到工单列表"},
     "reason": {"en": "Reason", "zh-CN": "原因"},
     "events": {"en": "Events", "zh-CN": "事件"},
+    "stalled": {"en": "stalled", "zh-CN": "停滞"},
+    "delay_risk": {"en": "delay risk", "zh-CN": "延期风险"},
+    "due_later": {"en": "Due later", "zh-CN": "交期在后"},
 }
 
 
@@ -134,9 +137,12 @@ class Texts:
         except (OverflowError, OSError, ValueError):
             return "—"
         clock = local.strftime("%H:%M:%S" if seconds else "%H:%M")
+        other_year = local.year != dt.datetime.now(self.zone).year
         if self.language == "zh-CN":
-            return f"{local.month}月{local.day}日 {clock}"
-        return f"{local.strftime('%b')} {local.day} {clock}"
+            year = f"{local.year}年" if other_year else ""
+            return f"{year}{local.month}月{local.day}日 {clock}"
+        year = f", {local.year}" if other_year else ""
+        return f"{local.strftime('%b')} {local.day}{year} {clock}"
 
     def iso(self, epoch: float | None) -> str:
         """RFC 3339 with the plant's offset (for <time datetime>)."""

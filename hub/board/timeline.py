@@ -41,6 +41,7 @@ class Chart:
     ticks: list[tuple[float, float]]  # (x, time)
     eta_x: float | None = None
     short: bool = False  # under an hour: ticks show seconds
+    due_later: bool = False  # the due time is past the axis' end (marked at the edge)
     left: int = LEFT
     width: int = WIDTH
 
@@ -75,9 +76,14 @@ def gantt(row: Row, events: list[dict[str, Any]], now: float) -> Chart:
     operations = sorted(set(row.cells) | set(spans))
     times = [t for s in spans.values() for span in s for t in (span.start, span.end)]
     start = min(times, default=now)
-    end = max([*times, now, *([row.due] if row.due else []), *([row.eta] if row.eta else [])])
-    if end - start < 60:
-        end = start + 60
+    end = max([*times, now, *([row.eta] if row.eta else [])])
+    if row.due is not None:
+        end = max(end, row.due)
+    # A due time far beyond the work so far would squash it: the axis then stops at four
+    # times the work's span, and the due time is marked at its right edge as later.
+    reach = start + 4 * max(max([*times, now]) - start, 300)
+    due_later = row.due is not None and row.due > reach
+    end = min(max(end, start + 60), reach)
     scale = (WIDTH - LEFT - 10) / (end - start)
 
     def x(t: float) -> float:
@@ -91,6 +97,7 @@ def gantt(row: Row, events: list[dict[str, Any]], now: float) -> Chart:
             lane.spans.append(span)
         lanes.append(lane)
     ticks = [(x(start + (end - start) * k / 4), start + (end - start) * k / 4) for k in range(5)]
+    eta = row.eta if row.eta is not None and row.eta <= end else None
     return Chart(lanes, start, end, 40 + len(operations) * LANE,
-                 x(row.due) if row.due else None, x(now), ticks,
-                 x(row.eta) if row.eta else None, end - start < 3600)
+                 x(min(row.due, end)) if row.due else None, x(now), ticks,
+                 x(eta) if eta else None, end - start < 3600, due_later)

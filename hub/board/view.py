@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.alerts import estimate
+from hub.badrows import printable_time
 from sync.packet import parse_time
 
 
@@ -96,8 +96,9 @@ def open_alerts(packets: list[tuple[int, dict[str, Any]]]) -> list[Alert]:
 
 
 def estimate_of(cells: list[Cell], operations: list[dict[str, Any]]) -> float | None:
-    """When the order completes at each open operation's average rate since it started (the
-    alerts' estimate, hub/alerts.py, over two points); None when one cannot finish."""
+    """When the order completes if each open operation keeps its average rate since it
+    started; None when one cannot finish (no progress yet, or no planned quantity). A
+    straight division, not the alerts' least-squares fit: a board draws thousands of cells."""
     ends: list[float] = []
     for cell, op in zip(cells, operations, strict=True):
         if cell.state in ("Completed", "Aborted"):
@@ -108,11 +109,13 @@ def estimate_of(cells: list[Cell], operations: list[dict[str, Any]]) -> float | 
         started, last = _time(op.get("startedAt")), _time(op.get("lastEventTime"))
         if started is None or last is None or cell.planned is None:
             return None
-        found = estimate([(started, 0), (last, cell.good)], cell.planned, cell.good, None, 0.0,
-                         False)
-        if found.completion is None:
+        remaining = max(cell.planned - cell.good, 0)
+        if remaining and (cell.good <= 0 or last <= started):
             return None
-        ends.append(found.completion)
+        end = last + remaining * (last - started) / cell.good if remaining else last
+        if not printable_time(end):
+            return None
+        ends.append(end)
     return max(ends) if ends else None
 
 

@@ -165,9 +165,9 @@ def test_a_supplier_sees_its_orders_and_never_anothers(board: Board) -> None:
 def test_the_board_shows_state_reason_progress_risk_and_the_timeline(board: Board) -> None:
     board.login()
     page = board.client.get("/board/s/acme").text
-    row = page[page.index('id="row-WO-1001"'):page.index("</tr>", page.index('id="row-WO-1001"'))]
+    row = page[page.index('id="row-WO-1001"'):page.index('id="row-WO-1002"')]
     assert "state-Paused" in row and "waiting for steel" in row
-    assert '<progress max="100" value="40"' in row
+    assert '<span class="p40"></span>' in row and '<span class="good">40</span>' in row
     assert 'data-risk="on_track"' in row
     late = page[page.index('id="row-WO-1002"'):]
     assert 'data-risk="late"' in late[:200]

@@ -5,17 +5,24 @@
   var body = document.body;
   var supplier = body.dataset.supplier;
   var statusEl = document.getElementById("status");
-  var table = document.getElementById("orders");
+  var table = document.getElementById("order-rows");
   if (!supplier || !table) { return; }
   var base = "/board/s/" + encodeURIComponent(supplier);
   // What tests and `keyop bench board` read: events received and applied, by cursor.
   var board = window.keyopBoard = {
-    cursor: body.dataset.cursor, received: 0, applied: 0, appliedAt: {}, connected: false
+    cursor: body.dataset.cursor, received: 0, applied: 0, appliedAt: {}, arrivedAt: {},
+    connected: false,
+    seen: []  // [cursor, type] of each message, in order (the most recent SEEN_MAX)
   };
+  var SEEN_MAX = 100000;
   var dirty = new Map();   // order -> cursors of the events waiting to be drawn
   var alertsDirty = false;
   var others = [];         // cursors of events that change no row
-  var busy = false;
+  var inFlight = 0;        // fragment requests under way (a few overlap: the hub answers
+  var MAX_IN_FLIGHT = 3;   // while the page draws)
+  var timer = null;
+  var request = 0;         // numbers the requests, so an older answer never undoes a newer
+  var drawnBy = {};        // order -> number of the request that drew its row last
   var source = null;
   var params = new URLSearchParams(window.location.search);
   var show = params.get("show") || "open";
@@ -46,39 +53,43 @@
     return template.content;
   }
 
-  function wanted(tr) {
-    if (show === "open" && tr.dataset.closed === "closed") { return false; }
-    if (show === "closed" && tr.dataset.closed !== "closed") { return false; }
-    if (riskOnly && ["at_risk", "late", "missed"].indexOf(tr.dataset.risk) < 0) { return false; }
-    return !query || tr.dataset.order.toLowerCase().indexOf(query) >= 0;
+  function wanted(row) {
+    if (show === "open" && row.dataset.closed === "closed") { return false; }
+    if (show === "closed" && row.dataset.closed !== "closed") { return false; }
+    if (riskOnly && ["at_risk", "late", "missed"].indexOf(row.dataset.risk) < 0) { return false; }
+    return !query || row.dataset.order.toLowerCase().indexOf(query) >= 0;
   }
 
-  function place(rows) {
-    var tbody = table.tBodies[0];
+  function place(rows, number) {
     rows.forEach(function (tr) {
+      var order = tr.dataset.order;
+      if ((drawnBy[order] || 0) > number) { return; }
+      drawnBy[order] = number;
       var old = document.getElementById(tr.id);
       if (!wanted(tr)) {
         if (old) { old.remove(); }
         return;
       }
-      tr.classList.add("flash");
       if (old) {
         old.replaceWith(tr);
       } else {
-        var empty = tbody.querySelector("tr.empty");
+        var empty = table.querySelector(".row.empty");
         if (empty) { empty.remove(); }
-        tbody.insertBefore(tr, tbody.firstChild);
+        table.insertBefore(tr, table.firstChild);
       }
     });
   }
 
-  function drawRows(orders) {
+  function drawRows(orders, number) {
     var chunks = [];
     for (var i = 0; i < orders.length; i += BATCH) { chunks.push(orders.slice(i, i + BATCH)); }
     return Promise.all(chunks.map(function (chunk) {
       var q = chunk.map(function (o) { return "o=" + encodeURIComponent(o); }).join("&");
       return fetchHtml(base + "/rows?" + q).then(function (html) {
-        place(Array.prototype.slice.call(parse(html).querySelectorAll("tr")));
+        var t0 = performance.now();
+        place(Array.prototype.slice.call(parse(html).querySelectorAll("div.row")), number);
+        board.drawMs = (board.drawMs || 0) + performance.now() - t0;
+        board.draws = (board.draws || 0) + 1;
       });
     }));
   }
@@ -98,7 +109,10 @@
     others = [];
     dirty = new Map();
     alertsDirty = false;
-    var work = [drawRows(Array.from(batch.keys()))];
+    timer = null;
+    inFlight += 1;
+    request += 1;
+    var work = [drawRows(Array.from(batch.keys()), request)];
     if (alerts) { work.push(drawAlerts()); }
     Promise.all(work).then(function () {
       var now = Date.now();
@@ -106,8 +120,8 @@
       batch.forEach(function (cursors) {
         cursors.forEach(function (c) { board.appliedAt[c] = now; board.applied += 1; });
       });
-      busy = false;
-      if (dirty.size || alertsDirty) { schedule(); }
+      inFlight -= 1;
+      if (dirty.size || alertsDirty || others.length) { schedule(); }
     }, function () {
       // Not drawn (the hub is away): keep the work and try again shortly.
       batch.forEach(function (cursors, order) {
@@ -115,14 +129,13 @@
       });
       alertsDirty = alertsDirty || alerts;
       others = rest.concat(others);
-      setTimeout(function () { busy = false; schedule(); }, 1000);
+      setTimeout(function () { inFlight -= 1; schedule(); }, 1000);
     });
   }
 
   function schedule() {
-    if (busy) { return; }
-    busy = true;
-    setTimeout(flush, 30);  // gathers a burst of events into one request
+    if (timer !== null || inFlight >= MAX_IN_FLIGHT) { return; }
+    timer = setTimeout(flush, 20);  // gathers a burst of events into one request
   }
 
   function onMessage(message) {
@@ -131,6 +144,9 @@
     board.cursor = message.lastEventId || board.cursor;
     board.received += 1;
     var type = String(event.type || "");
+    board.seen.push([message.lastEventId, type]);
+    board.arrivedAt[message.lastEventId] = Date.now();
+    if (board.seen.length > SEEN_MAX) { board.seen.splice(0, board.seen.length - SEEN_MAX); }
     var order = event.data && event.data.workOrder && event.data.workOrder.id;
     if (type.indexOf("keyop.alert.") === 0) { alertsDirty = true; }
     if (order) {
