@@ -76,6 +76,24 @@ def login(driver: Any, base: str, user: str) -> None:
     driver.find_element(By.ID, "login").click()
 
 
+def keyboard_to_order(driver: Any, order: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(driver.current_url)  # focus at the top of a fresh page
+    ActionChains(driver).send_keys(Keys.TAB).perform()
+    assert js(driver, "return document.activeElement.className") == "skip"
+    for _ in range(40):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if js(driver, "return document.activeElement.getAttribute('href') || ''").endswith(
+                f"/orders/{order}"):
+            break
+    else:
+        raise AssertionError(f"Tab never reached {order}'s link")
+    assert js(driver, "return getComputedStyle(document.activeElement).outlineStyle") != "none"
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+
+
 async def parts(stack: Stack, count: int) -> None:
     for _ in range(count):
         stack.device.count_good()
@@ -179,8 +197,10 @@ def test_a_supplier_follows_its_orders_live_across_a_hub_restart(tmp_path: Path)
                                 for c, _ in seen), 3, "all drawn")
         assert applied
 
-        # One order's timeline, and the board in Chinese.
-        await asyncio.to_thread(driver.get, f"{base}/board/s/acme/orders/WO-1001")
+        # By keyboard alone: the skip link first, then on to the order, Enter opens its
+        # timeline.
+        await asyncio.to_thread(keyboard_to_order, driver, "WO-1001")
+        await until(lambda: "/orders/WO-1001" in driver.current_url, 5, "the timeline")
         assert "span-running" in driver.page_source
         await asyncio.to_thread(driver.save_screenshot, str(shots / "board-order.png"))
         await asyncio.to_thread(driver.get, f"{base}/board/s/acme?show=all&lang=zh-CN")
