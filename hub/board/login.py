@@ -88,7 +88,9 @@ async def login(request: Request) -> Response:
         request.state.refused = f"board login: no CSRF token ({name!r})"
         return _login_page(request, "login_failed", 403)
     client = (request.client.host if request.client else "")
-    if board.login_limits.take(f"client:{client}") or board.login_limits.take(f"user:{name}"):
+    # Unknown names share one bucket: guessed names cannot grow the limiter without bound.
+    known = name if name in board.settings.users else "?"
+    if board.login_limits.take(f"client:{client}") or board.login_limits.take(f"user:{known}"):
         request.state.refused = f"board login: rate limit ({name!r})"
         return _login_page(request, "login_limited", 429)
     who = await _who(request, fields)

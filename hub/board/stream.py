@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hub.api.context import ApiContext
@@ -64,8 +64,18 @@ def _step(context: ApiContext, supplier: str, cursor: tuple[int, int]
     return b"".join(chunks), (feed, alert_cursor)
 
 
-async def _follow(request: Request, supplier: str, cursor: tuple[int, int]
+async def _follow(request: Request, supplier: str, cursor: tuple[int, int], user: str
                   ) -> AsyncIterator[bytes]:
+    board = board_of(request)
+    try:
+        async for chunk in _messages(request, supplier, cursor):
+            yield chunk
+    finally:
+        board.streams.close_stream(user)
+
+
+async def _messages(request: Request, supplier: str, cursor: tuple[int, int]
+                    ) -> AsyncIterator[bytes]:
     board = board_of(request)
     context = board.context
     token = request.cookies.get(COOKIE, "")
@@ -99,5 +109,10 @@ async def stream(request: Request, session: Current, supplier: str,
     if cursor is None:
         cursor = (await context.run(context.store.max_pk),
                   await context.run(source.alert_head, context, name))
-    return StreamingResponse(_follow(request, name, cursor), media_type="text/event-stream",
+    if not board_of(request).streams.open_stream(session.user):
+        request.state.refused = "board: stream limit"
+        raise HTTPException(status_code=429, detail="too many open boards for this user",
+                            headers={**HEADERS, "Retry-After": "5"})
+    return StreamingResponse(_follow(request, name, cursor, session.user),
+                             media_type="text/event-stream",
                              headers={**HEADERS, "X-Accel-Buffering": "no"})

@@ -41,6 +41,8 @@ class Board:
         self.templates.env.filters["board_time"] = lambda text: (
             parse_time(text) if isinstance(text, str) else None)
         self.login_limits = Limits(settings.login_rate_per_s, settings.login_burst, 1)
+        # Open live streams per user, bounded like an API key's (api.max_streams_per_key).
+        self.streams = Limits(1.0, 1, context.config.api.max_streams_per_key)
 
 
 def board_of(request: Request) -> Board:

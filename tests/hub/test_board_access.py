@@ -4,6 +4,7 @@ orders, the same redaction as the API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -326,3 +327,23 @@ def test_board_config_errors_name_the_place() -> None:
                      f'password_hash: "{HASH}"}}}}}}\n')
     with pytest.raises(ValueError, match=r"board\.timezone"):
         parse_config("board: {timezone: Mars/Olympus}\n")
+
+
+def test_open_boards_per_user_are_bounded_like_an_api_keys_streams(board: Board) -> None:
+    board.login()
+    limit = board.config.api.max_streams_per_key
+    with contextlib.ExitStack() as open_streams:
+        for _ in range(limit):
+            response = open_streams.enter_context(
+                board.client.stream("GET", "/board/s/acme/stream"))
+            assert response.status_code == 200
+        refused = board.client.get("/board/s/acme/stream")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+    # A closed board frees its slot as soon as the stream notices (bounded wait).
+    deadline = time.monotonic() + 10
+    while True:
+        with board.client.stream("GET", "/board/s/acme/stream") as again:
+            if again.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the closed streams never freed their slots"
+        time.sleep(0.1)
