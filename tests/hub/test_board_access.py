@@ -197,6 +197,9 @@ def test_chinese_by_accept_language_and_the_switch(board: Board) -> None:
     assert '<html lang="en">' in en.text and "Paused" in en.text
     switched = board.client.get("/board/s/acme?lang=zh-CN", headers={"Accept-Language": "en"})
     assert '<html lang="zh-CN">' in switched.text
+    # The switch (back to English now) keeps the page's filters.
+    filtered = board.client.get("/board/s/acme?show=all&q=10", headers={"Accept-Language": "en"})
+    assert 'href="/board/s/acme?show=all&amp;q=10&amp;lang=en"' in filtered.text
     # The choice is remembered for the fragments the page fetches.
     rows = board.client.get("/board/s/acme/rows?o=WO-1001", headers={"Accept-Language": "en"})
     assert "已暂停" in rows.text

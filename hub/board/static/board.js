@@ -174,5 +174,14 @@
     };
   }
 
+  // Risk changes with time alone (an order goes late when its due time passes): every
+  // minute the rows on the page are drawn again.
+  setInterval(function () {
+    Array.prototype.forEach.call(table.querySelectorAll(".row[data-order]"), function (row) {
+      if (!dirty.has(row.dataset.order)) { dirty.set(row.dataset.order, []); }
+    });
+    schedule();
+  }, 60000);
+
   connect();
 })();
