@@ -4,7 +4,10 @@ hub/routing.py's redaction, so a board shows exactly what that supplier's API re
 This is the one place the board asks for data. Today's API has no risk status, estimate or
 timeline per order; until it does (issue #14's orders contract), `timeline` reads the
 supplier's own redacted events of the order, and `latest_events` the redacted event behind a
-cell (a paused operation's reason).
+cell (a paused operation's reason). With the contract, `orders` and `orders_named` return
+its order objects (view.row_of then shows their `risk` and `estimatedCompletion`); the board
+draws 500 orders of 10 operations in one read, so the list must stay a few hundred
+milliseconds for the first render to stay under a second.
 """
 
 from __future__ import annotations

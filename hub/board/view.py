@@ -1,8 +1,9 @@
 """The board's rows: the API's order objects turned into what a page draws (cells, progress,
 estimate, risk), and the open alerts.
 
-Risk and estimate are derived here from what the API returns today (issue #14's orders
-contract will carry them; then `risk_of` and `estimate_of` give way to its fields).
+Risk and estimate are derived here from what the API returns today; an order object that
+carries the orders contract's `risk` and `estimatedCompletion` (issue #14) is shown with
+those instead, so `risk_of` and `estimate_of` go once the API gives them.
 """
 
 from __future__ import annotations
@@ -150,9 +151,13 @@ def row_of(order: dict[str, Any], alerts: list[Alert], events: dict[str, Any],
         cells.append(cell)
     row = Row(order["workOrder"], _time(order.get("due")), bool(order.get("closed")),
               {c.operation: c for c in cells})
-    row.eta = estimate_of(cells, operations)
     mine = [a for a in alerts if a.work_order == row.work_order]
     row.alerts = len(mine)
+    if "risk" in order:
+        # The API's own estimate and risk (the orders contract): shown as it gives them.
+        row.eta, row.risk = _time(order.get("estimatedCompletion")), str(order["risk"])
+        return row
+    row.eta = estimate_of(cells, operations)
     completed = row.eta if row.closed else None
     row.risk = risk_of(row, completed, any(a.kind == "delay_risk" for a in mine),
                        time.time() if now is None else now)
