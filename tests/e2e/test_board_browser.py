@@ -217,7 +217,9 @@ def test_the_coordinator_sees_a_stopped_gateway_go_stale(tmp_path: Path) -> None
     shots = artifacts(tmp_path)
 
     async def body(stack: Stack, driver: Any, base: str) -> None:
-        await run_order(stack, 1001, 10, 2, finish=False)
+        await run_order(stack, 1001, 1000, 2, finish=False)
+        # The press keeps making parts, so the gateway keeps reporting until it is stopped.
+        making = asyncio.create_task(parts(stack, 10_000))
         await asyncio.to_thread(login, driver, base, "coordinator")
         await until(lambda: driver.current_url.endswith("/board/plant"), 10, "the plant view")
         row = "#health tr[data-source='plant1/edge-07']"
@@ -225,13 +227,14 @@ def test_the_coordinator_sees_a_stopped_gateway_go_stale(tmp_path: Path) -> None
                                        "return r && r.dataset.stale === 'false'"), 10, "fresh")
         assert "/board/s/acme" in driver.page_source and "/board/s/bolt" in driver.page_source
         await asyncio.to_thread(driver.save_screenshot, str(shots / "board-plant.png"))
+        making.cancel()
         assert stack.stop_gateway() == 0
         await until(lambda: js(driver, f"return document.querySelector(\"{row}\")"
                                        ".dataset.stale === 'true'"), 15, "stale")
         await asyncio.to_thread(driver.save_screenshot, str(shots / "board-plant-stale.png"))
         # The coordinator opens any supplier's board.
         await asyncio.to_thread(driver.get, f"{base}/board/s/acme?show=all")
-        await until(lambda: cell_good(driver, "WO-1001") == "2", 5, "acme's board")
+        await until(lambda: cell_good(driver, "WO-1001") is not None, 5, "acme's board")
         # Logout, and the board is closed again.
         await asyncio.to_thread(lambda: driver.find_element(
             "css selector", "form[action='/board/logout'] button").click())
