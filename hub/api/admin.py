@@ -65,8 +65,8 @@ class WebhooksStatus(BaseModel):
     webhooks: list[WebhookEndpointStatus]
 
 
-@router.get("/webhooks", summary="webhook endpoints and their delivery status",
-            response_model=WebhooksStatus)
+@router.get("/webhooks", operation_id="listWebhooks", response_model=WebhooksStatus,
+            responses=responses(), summary="webhook endpoints and their delivery status")
 async def get_webhooks(request: Request, _who: Annotated[str, Depends(admin)]
                        ) -> dict[str, Any]:
     context = _context(request)

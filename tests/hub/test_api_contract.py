@@ -37,6 +37,7 @@ SUPPLIER_OPERATIONS = {
 }
 ADMIN_OPERATIONS = {
     ("put", "/v1/admin/orders/{order}/assignment"): "putAssignment",
+    ("get", "/v1/admin/webhooks"): "listWebhooks",
     ("get", "/metrics"): "getMetrics",
 }
 ERRORS = {"401", "403", "413", "422", "429"}

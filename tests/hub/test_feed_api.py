@@ -40,10 +40,10 @@ def test_pages_streams_and_alerts_count_feed_positions(
                                       incoming(5, work_order="WO-1001")])
     page = httpx.get(f"{server.url}/v1/events", params={"after": 1, "limit": 2},
                      headers=auth, timeout=5).json()
-    assert [int(e["sequence"]) for e in page["events"]] == [2, 3] and page["next"] == 3
+    assert [int(e["sequence"]) for e in page["events"]] == [2, 3] and page["next"] == "3"
     rest = httpx.get(f"{server.url}/v1/events", params={"after": 3}, headers=auth,
                      timeout=5).json()
-    assert [int(e["sequence"]) for e in rest["events"]] == [5] and rest["next"] == 4
+    assert [int(e["sequence"]) for e in rest["events"]] == [5] and rest["next"] == "4"
 
     async def stream(headers: dict[str, str], want: int) -> list[tuple[int, dict[str, object]]]:
         got: list[tuple[int, dict[str, object]]] = []
@@ -79,4 +79,4 @@ def test_an_entry_that_is_not_json_is_left_out_of_a_page(
                      timeout=5)
     assert page.status_code == 200
     assert [int(e["sequence"]) for e in page.json()["events"]] == [3, 5]
-    assert page.json()["next"] == 5
+    assert page.json()["next"] == "5"
