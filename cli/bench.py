@@ -35,6 +35,7 @@ def add_bench_command(sub: Any) -> None:
     _add_driver_benches(bench_sub)
     _add_delivery_benches(bench_sub)
     _add_hub_bench(bench_sub)
+    _add_board_bench(bench_sub)
     bench.set_defaults(func=cmd_bench)
 
 
@@ -99,6 +100,16 @@ def _add_hub_bench(bench_sub: Any) -> None:
                      "webhook_events_per_s (docs/webhooks.md)")
     hub.add_argument("--supplier-batch", action="store_true",
                      help="suppliers take CloudEvents batches (hub.yaml suppliers.<id>.batch)")
+
+
+def _add_board_bench(bench_sub: Any) -> None:
+    board = bench_sub.add_parser("board", help="the progress board in headless Chromium: "
+                                 "first render and live update rate")
+    board.add_argument("--orders", type=int, default=500)
+    board.add_argument("--operations", type=int, default=10)
+    board.add_argument("--rates", default="50,100,200",
+                       help="live phases: events per second, comma-separated")
+    board.add_argument("--seconds", type=float, default=6.0, help="length of each phase")
 
 
 def _interval(text: str) -> float:
@@ -175,6 +186,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench in ("modbus-poll", "opcua-subscribe", "reconnect"):
         print(json.dumps(_driver_bench(args)))
         return EXIT_OK
+    if args.bench == "board":
+        from bench.board import run_bench_board
+
+        rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
+        board = run_bench_board(args.orders, args.operations, rates, args.seconds)
+        print(json.dumps(board))
+        return EXIT_OK if board["requests_off_loopback"] == 0 else EXIT_FAILED
     if args.bench == "hub":
         hub_result = _hub_bench(args)
         print(json.dumps(hub_result))

@@ -13,9 +13,17 @@ from cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 def add_hub_command(sub: Any) -> None:
     """Register `keyop hub ...` on the CLI's subparsers."""
     hub = sub.add_parser("hub", help="run the collaboration hub")
-    hub.add_argument("hub_command", nargs="?", choices=["run", "acl", "check"], default="run",
+    hub.add_argument("hub_command", nargs="?", choices=["run", "acl", "check", "user"],
+                     default="run",
                      help="run: the hub; acl: write Mosquitto broker accounts and API keys; "
-                          "check: validate hub.yaml, its includes and key files")
+                          "check: validate hub.yaml, its includes and key files; "
+                          "user add NAME: a board user's hub.yaml entry (password on stdin)")
+    hub.add_argument("user_action", nargs="?", choices=["add"], help=argparse.SUPPRESS)
+    hub.add_argument("user_name", nargs="?", help=argparse.SUPPRESS)
+    who = hub.add_mutually_exclusive_group()
+    who.add_argument("--supplier", help="user add: the supplier the user belongs to")
+    who.add_argument("--plant", action="store_true",
+                     help="user add: the plant's coordinator (every supplier, edge health)")
     hub.add_argument("-c", "--config", required=True, type=Path, help="hub.yaml")
     hub.add_argument("--out", type=Path, default=Path("broker-acl"),
                      help="acl: folder for the broker files and generated secrets")
@@ -34,6 +42,11 @@ def cmd_hub(args: argparse.Namespace) -> int:
     if args.hub_command == "run" or args.hub_command is None:
         setup_logging(args.log_level, fmt=args.log_format)
         return hub_main(args.config)
+    if args.hub_command == "user":
+        from cli.board_user import add_user
+
+        return add_user(args.config, args.user_action, args.user_name, args.supplier,
+                        args.plant)
     if args.hub_command == "acl":
         from hub.acl import main as acl_main
 

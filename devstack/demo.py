@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import sys
 import time
@@ -122,8 +123,23 @@ def outcome(stack: Stack, expected: list[sc.Expected], supplier: str = FEED_SUPP
     return compare(expected, stack.observer.snapshot(), supplier, emitted, stored)
 
 
+def board_logins() -> dict[str, tuple[str | None, str]]:
+    """The demo's board users, with fresh passwords: a planner of acme, the coordinator."""
+    return {"acme-planner": (FEED_SUPPLIER, secrets.token_urlsafe(9)),
+            "coordinator": (None, secrets.token_urlsafe(9))}
+
+
+def board_banner(stack: Stack) -> str:
+    """Where the board is, and how to log in."""
+    lines = [f"keyop demo: progress board at http://127.0.0.1:{stack.hub_api_port}/board/"]
+    for name, (supplier, password) in stack.board_users.items():
+        lines.append(f"  log in as {name!r} with password {password!r} "
+                     f"({'supplier ' + supplier if supplier else 'plant coordinator'})")
+    return "\n".join(lines)
+
+
 async def demo(duration: float | None, broker: str | None, workdir: Path | None) -> int:
-    stack = Stack(workdir, broker)
+    stack = Stack(workdir, broker, board_users=board_logins())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -137,6 +153,7 @@ async def demo(duration: float | None, broker: str | None, workdir: Path | None)
             print(feed_line(d), flush=True) if d.supplier == FEED_SUPPLIER else None
         )
         await stack.wait_polled()
+        print(board_banner(stack), file=sys.stderr, flush=True)
         scenario_stop = asyncio.Event()
         run = asyncio.create_task(sc.run(stack.device, sc.Scenario(loop=True, seed=7),
                                          scenario_stop))

@@ -152,7 +152,9 @@ class Stack:
     def __init__(self, workdir: Path | None = None, broker: str | None = None,
                  progress_every: int = 5, *, poll_interval: str | None = None,
                  gateway_overrides: dict[str, dict[str, Any]] | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO",
+                 hub_overrides: dict[str, Any] | None = None,
+                 board_users: dict[str, tuple[str | None, str]] | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="keyop-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.external_broker = broker
@@ -166,12 +168,19 @@ class Stack:
         self.log_level = log_level
         self.gateway_env: dict[str, str] = {}
         """Extra environment of the next gateway processes (e.g. `NOTIFY_SOCKET`)."""
+        self.hub_overrides = hub_overrides or {}
+        """Sections of hub.yaml to update (`{"alerts": {"interval_s": 1}}`)."""
+        self.board_users = board_users or {}
+        """Board users: name -> (supplier, or None for the plant; password)."""
         self.gateway_starts = 0
         self.hub: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self.observer: Observer | None = None
         self.host, self.port = "127.0.0.1", 0
         self.api_port = free_port()
+        # The hub's API (and board) port: fixed for the stack, so a restarted hub is found
+        # where it was (an open board page reconnects to it).
+        self.hub_api_port = free_port()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -201,15 +210,33 @@ class Stack:
         gateway_file = _dump(self.workdir / "gateway.yaml", gateway)
         hub = yaml.safe_load((CONFIG_DIR / "hub.yaml").read_text())
         hub["hub"]["database"] = self.hub_db_url
-        hub["api"]["port"] = 0  # a free port: several stacks may run at once
+        hub["api"]["port"] = self.hub_api_port
         hub["mqtt"].update(host=self.host, port=self.port, client_id=f"keyop-hub-{os.getpid()}")
         # acme follows every order; bolt only the even-numbered ones.
         hub["routes"] = [
             {"supplier": "acme", "work_orders": ["WO-*"]},
             {"supplier": "bolt", "work_orders": ["WO-*[02468]"]},
         ]
+        hub["board"] = self.board_section()
+        for section, values in self.hub_overrides.items():
+            if isinstance(values, dict) and isinstance(hub.get(section), dict):
+                hub[section].update(values)
+            else:
+                hub[section] = values
         hub_file = _dump(self.workdir / "hub.yaml", hub)
         return gateway_file, hub_file
+
+    def board_section(self) -> dict[str, Any]:
+        """config/board-demo.yaml with the stack's board users (passwords hashed here)."""
+        from hub.board.passwords import hash_password
+
+        board: dict[str, Any] = yaml.safe_load((CONFIG_DIR / "board-demo.yaml").read_text())
+        users = board.setdefault("users", {})
+        for name, (supplier, password) in self.board_users.items():
+            entry: dict[str, Any] = {"password_hash": hash_password(password)}
+            entry.update({"plant": True} if supplier is None else {"supplier": supplier})
+            users[name] = entry
+        return board
 
     # -- processes -------------------------------------------------------------------------
 

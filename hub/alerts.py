@@ -8,7 +8,7 @@ holder of the `alerts` lease) each open operation is evaluated:
 - delay risk (hub/risk.py, the rule the orders API shows too): its order has a due time
   (hub.yaml `orders:` or the API's assignment) and a planned quantity, and the completion
   estimated from its progress rate passes the due time by more than `margin_s`. The rate is
-  a least-squares line (numpy) through the last `window` (event time, good) points; no
+  a least-squares line through the last `window` (event time, good) points; no
   progress at all counts as never finishing.
 
 Once per change: an alert row is written only when a kind's status for a supplier differs

@@ -30,6 +30,7 @@ from sqlalchemy.engine import url as sa_url
 from common import yamlsrc
 from common.mqtt_tls import TlsSettings
 from hub import config_include
+from hub.board.settings import BoardSection
 from hub.webhooks.settings import WebhookEndpoint, WebhooksSection
 from sync.packet import ID_PATTERN
 
@@ -341,6 +342,7 @@ class HubConfig(_Strict):
     suppliers: dict[str, SupplierConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     orders: dict[str, OrderConfig] = Field(default_factory=dict)
+    board: BoardSection = BoardSection()
 
     @model_validator(mode="after")
     def _suppliers_known(self) -> HubConfig:
@@ -365,6 +367,10 @@ class HubConfig(_Strict):
                     f"routes.{index}.supplier: unknown supplier {route.supplier!r} "
                     f"(known: {known})"
                 )
+        for name, user in self.board.users.items():
+            if user.supplier is not None and user.supplier not in self.suppliers:
+                raise ValueError(f"board.users.{name}.supplier: unknown supplier "
+                                 f"{user.supplier!r}")
         return self
 
 

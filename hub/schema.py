@@ -203,3 +203,18 @@ webhook_cursors = sa.Table(
     sa.Column("last_status", sa.Integer),
     sa.Column("last_error", sa.String(512)),
 )
+
+# Progress board sessions (hub/board/sessions.py): the cookie holds a random token, the table
+# its hash, so a copy of the database logs nobody in. Rows outlive a hub restart.
+board_sessions = sa.Table(
+    "board_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(80), primary_key=True),
+    sa.Column("user", sa.String(128), nullable=False),
+    # The supplier the session sees; NULL for the plant's coordinator.
+    sa.Column("supplier", sa.String(64)),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index("ix_board_sessions_expires_at", "expires_at"),
+)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system packages keyop needs are present: Python's venv module, Mosquitto, and
-# systemd-analyze (Debian's `systemd`; the tests verify the units with it).
+# systemd-analyze (Debian's `systemd`; the tests verify the units with it) and, for the board's
+# browser tests, headless Chromium with its driver and a CJK font.
 # Installs Debian packages directly as root, through sudo otherwise; says what to install if
 # neither works. Quick when everything is already there.
 set -euo pipefail
@@ -15,6 +16,9 @@ fi
 "$python" -c 'import venv, ensurepip' 2>/dev/null || need+=("python3-venv")
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=("mosquitto")
 command -v systemd-analyze >/dev/null 2>&1 || [ -x /usr/bin/systemd-analyze ] || need+=("systemd")
+[ -x /usr/bin/chromium ] || need+=("chromium")
+[ -x /usr/bin/chromedriver ] || need+=("chromium-driver")
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=("fonts-wqy-microhei")
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -89,3 +89,17 @@ _.log_message
 _.daemon_threads
 _.protocol_version
 _.request_queue_size
+# The board's templates read these by name (hub/board/templates); the audit log reads
+# request.state.note (hub/api/audit.py).
+_.y
+_.due_x
+_.now_x
+_.eta_x
+_.stale
+_.dead_letters_day
+_.last_dead_letter
+_.zone_name
+_.iso
+_.note
+# Selenium's browser options.
+_.binary_location

@@ -74,3 +74,20 @@ def outbox_entry(draft: pk.Draft | None = None, *, source: str = SOURCE, good: i
         return render_event(chosen, seq=seq, source=source, epoch=epoch, id=event_id)
 
     return Entry(id=event_id, render=render, priority=chosen.priority)
+
+
+def operation_event(seq: int, *, type: str = "progress", work_order: str = "WO-1001",
+                    operation: str = "OP10", good: int = 0, scrap: int = 0,
+                    planned: int | None = 100, state: str = "Running",
+                    reason: dict[str, str] | None = None, time: float = BASE_TIME,
+                    source: str = SOURCE, epoch: str = EPOCH) -> bytes:
+    """A `keyop.operation.{type}` packet as the edge renders it (id unique per source, epoch
+    and seq); `reason` goes into `state` (a pause's)."""
+    draft = progress_draft(work_order=work_order, operation=operation, good=good, scrap=scrap,
+                           planned=planned, state=state, time=time)
+    if reason is not None:
+        draft.data["state"]["reason"] = reason
+    draft = pk.Draft(f"keyop.operation.{type}", draft.subject, draft.time, draft.data)
+    salt = sum(f"{source}{epoch}".encode()) % 1000
+    return render_event(draft, seq=seq, source=source, epoch=epoch,
+                        id=f"01JDA5Q1Y4S7M{salt:03d}{seq:010d}", recorded=time + 0.05)

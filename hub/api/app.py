@@ -18,6 +18,10 @@ from hub.api.limits import Limits
 def create_app(context: ApiContext) -> FastAPI:
     """The supplier API over one hub's store. Raises HubConfigError when a key file is unreadable
     or two accounts share a key."""
+    # The board reads through hub/alerts.py, which imports this package: imported here.
+    from hub.board.app import PREFIX as BOARD
+    from hub.board.app import install as install_board
+
     keys = Keys(context.config)
     audit = AuditBuffer(context)
 
@@ -55,9 +59,12 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(health.router)
     errors.install(app)
     docs.install(app, api.public_url)
+    if context.config.board.enabled:
+        install_board(app, context, keys)
     # Starlette runs the middleware added last first: audit, then the guard, then the routes.
     app.add_middleware(GuardMiddleware, keys=keys, limits=limits,
                        max_body_bytes=api.max_body_bytes, public=docs.PUBLIC | health.PATHS,
-                       streams=frozenset({"/v1/stream"}))
+                       streams=frozenset({"/v1/stream"}),
+                       own_sessions=BOARD if context.config.board.enabled else None)
     app.add_middleware(AuditMiddleware, buffer=audit)
     return app

@@ -6,7 +6,8 @@ A request's row is queued before its answer leaves; rows are written at most eve
 request that fills the buffer waits for that write: no answer leaves unrecorded). Refusals
 before a route runs (no valid key, a limit reached) are aggregated: one row per (account,
 client, path, status, reason) and interval, with `count`, and the reason in `query`
-("refused: unknown API key"); a refused caller's query string is not kept.
+("refused: unknown API key"); a refused caller's query string is not kept. A route may put
+a note before the query (`state["note"]`: the board's user).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class AuditMiddleware:
                 "supplier": state.get("principal"),
                 "method": _clean(str(scope.get("method", "")), 8),
                 "path": _clean(str(scope.get("path", "")), 1024),
-                "query": _clean(scope.get("query_string", b"").decode("latin-1"), 1024),
+                "query": _clean(" ".join(filter(None, (
+                    state.get("note"), scope.get("query_string", b"").decode("latin-1")))), 1024),
                 "status": status,
                 "client": _clean(str(client[0]), 64),
                 "count": 1,

@@ -37,17 +37,24 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: ASGIApp, keys: Keys, limits: Limits, max_body_bytes: int,
-                 public: frozenset[str], streams: frozenset[str]) -> None:
+                 public: frozenset[str], streams: frozenset[str],
+                 own_sessions: str | None = None) -> None:
         self.app = app
         self.keys = keys
         self.limits = limits
         self.max_body = max_body_bytes
         self.public = public
         self.streams = streams
+        # A path prefix whose routes check their own sessions (the board, hub/board):
+        # no API key there, but the same bound on bodies.
+        self.own_sessions = own_sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
+            return
+        if self.own_sessions and scope["path"].startswith(self.own_sessions):
+            await self._bounded(scope, receive, send)
             return
         state = scope.setdefault("state", {})
         headers = Headers(scope=scope)

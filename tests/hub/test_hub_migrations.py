@@ -27,11 +27,11 @@ def _diff(engine: sa.Engine) -> list[object]:
 def test_migrations_create_the_schema_the_code_uses(hub_db_url: str) -> None:
     store = Store(hub_db_url)
     try:
-        assert migrate.current_revision(store.engine) == "0005"
+        assert migrate.current_revision(store.engine) == "0006"
         assert _diff(store.engine) == []
         # Starting again is a no-op.
         Store(hub_db_url).close()
-        assert migrate.current_revision(store.engine) == "0005"
+        assert migrate.current_revision(store.engine) == "0006"
     finally:
         store.close()
 
@@ -48,7 +48,7 @@ def test_a_skeleton_database_is_upgraded_in_place(hub_db_url: str) -> None:
     engine.dispose()
     store = Store(hub_db_url)
     try:
-        assert migrate.current_revision(store.engine) == "0005"
+        assert migrate.current_revision(store.engine) == "0006"
         assert store.count_packets() == 1
         assert store.store_batch([incoming(2)]).new == 1
         assert _diff(store.engine) == []
