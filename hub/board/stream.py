@@ -11,11 +11,12 @@ appended between render and stream is missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from hub.api.context import ApiContext
 from hub.board.pages import Current
@@ -42,14 +43,21 @@ def _step(context: ApiContext, supplier: str, cursor: int) -> tuple[bytes, int]:
     return b"".join(b"id: %d\ndata: %s\n\n" % (e.position, e.body) for e in entries), cursor
 
 
-async def _follow(request: Request, supplier: str, cursor: int, user: str
-                  ) -> AsyncIterator[bytes]:
-    board = board_of(request)
-    try:
-        async for chunk in _messages(request, supplier, cursor):
-            yield chunk
-    finally:
-        board.streams.close_stream(user)
+class _HeldStream(StreamingResponse):
+    """A stream that frees its slot when the response ends, however it ends (finished, the
+    client gone, cancelled): in the ASGI call itself, never left to the collection of an
+    abandoned generator, which the daemons' tuned collector may put off for long."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None],
+                 headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _messages(request: Request, supplier: str, cursor: int
@@ -92,6 +100,7 @@ async def stream(request: Request, session: Current, supplier: str,
         request.state.refused = "board: stream limit"
         raise HTTPException(status_code=429, detail="too many open boards for this user",
                             headers={**HEADERS, "Retry-After": "5"})
-    return StreamingResponse(_follow(request, name, cursor, session.user),
-                             media_type="text/event-stream",
-                             headers={**HEADERS, "X-Accel-Buffering": "no"})
+    user = session.user
+    return _HeldStream(_messages(request, name, cursor),
+                       lambda: board_of(request).streams.close_stream(user),
+                       headers={**HEADERS, "X-Accel-Buffering": "no"})
