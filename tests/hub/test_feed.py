@@ -114,6 +114,10 @@ def test_positions_are_gap_free_under_concurrent_writers(hub_db_url: str) -> Non
         while not done.is_set():
             store.set_assignment("WO-3001", ["bolt"] if flip % 2 == 0 else [], None)
             flip += 1
+            # Between two changes, the writers get a turn: SQLite's busy handler is not fair,
+            # and a loop that retakes the write lock at once can starve them past
+            # busy_timeout on a loaded machine (assignments change rarely in a plant).
+            done.wait(0.002)
         store.set_assignment("WO-3001", ["bolt"], None)
 
     def follow() -> None:
