@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from hubkit import incoming
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.config import HubConfig, parse_config
+from hub.db_errors import transient
 from hub.feed import Feed, FeedEntry
 from hub.store import Incoming, Store
 from sync import packet as pk
@@ -99,26 +101,38 @@ def test_positions_are_gap_free_under_concurrent_writers(hub_db_url: str) -> Non
     done = threading.Event()
     followed: list[FeedEntry] = []
 
+    def retried(write: Any) -> None:
+        """A write retried while the database says "busy, try again", as the hub's ingest
+        loop does (hub/db_errors.py): separate SQLite writers queue on a lock that is not
+        fair, so under load one may wait past busy_timeout."""
+        for _ in range(20):
+            try:
+                write()
+                return
+            except SQLAlchemyError as error:
+                if not transient(error):
+                    raise
+                time.sleep(0.05)
+        write()
+
     def ingest(index: int) -> None:
         store = stores[index]
         for b in range(batches):
             first = b * size + 1
             # Each batch: acme's orders, and bolt's WO-2001 and WO-3001 (assigned by turns).
-            store.store_batch([item(seq, ("WO-1001", "WO-2001", "WO-3001")[seq % 3],
-                                    source=SOURCES[index])
-                               for seq in range(first, first + size)])
+            batch = [item(seq, ("WO-1001", "WO-2001", "WO-3001")[seq % 3],
+                          source=SOURCES[index]) for seq in range(first, first + size)]
+            retried(lambda batch=batch: store.store_batch(batch))
 
     def reassign() -> None:
         store = stores[3]
         flip = 0
         while not done.is_set():
-            store.set_assignment("WO-3001", ["bolt"] if flip % 2 == 0 else [], None)
+            suppliers = ["bolt"] if flip % 2 == 0 else []
+            retried(lambda suppliers=suppliers: store.set_assignment("WO-3001", suppliers, None))
             flip += 1
-            # Between two changes, the writers get a turn: SQLite's busy handler is not fair,
-            # and a loop that retakes the write lock at once can starve them past
-            # busy_timeout on a loaded machine (assignments change rarely in a plant).
-            done.wait(0.002)
-        store.set_assignment("WO-3001", ["bolt"], None)
+            done.wait(0.002)  # the writers get a turn (assignments change rarely in a plant)
+        retried(lambda: store.set_assignment("WO-3001", ["bolt"], None))
 
     def follow() -> None:
         feed = Feed(stores[4])
