@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.api.auth import admin
 from hub.api.errors import invalid, responses
 from hub.api.models import AssignmentResult
-from hub.api.orders import OrderId, _context
+from hub.api.orders import OrderId, context_of
 from sync.packet import ID_PATTERN
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -32,7 +32,7 @@ class Assignment(BaseModel):
             summary="assign a work order to suppliers")
 async def put_assignment(request: Request, _who: Annotated[str, Depends(admin)],
                          order: OrderId, body: Assignment) -> dict[str, Any]:
-    context = _context(request)
+    context = context_of(request)
     unknown = sorted(set(body.suppliers) - set(context.config.suppliers))
     if unknown:
         raise invalid("body.suppliers", f"unknown {unknown}")
@@ -69,7 +69,7 @@ class WebhooksStatus(BaseModel):
             responses=responses(), summary="webhook endpoints and their delivery status")
 async def get_webhooks(request: Request, _who: Annotated[str, Depends(admin)]
                        ) -> dict[str, Any]:
-    context = _context(request)
+    context = context_of(request)
     status = context.webhook_status
     rows = [] if status is None else await context.run(status)
     return {"webhooks": rows}

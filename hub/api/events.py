@@ -25,7 +25,7 @@ from hub.api.models import (
     EventPage,
     LimitQuery,
 )
-from hub.api.orders import _context, _limit
+from hub.api.orders import context_of, page_limit
 from hub.badrows import reason
 from hub.feed import FeedEntry
 from hub.log_throttle import RepeatedWarnings
@@ -61,9 +61,9 @@ async def list_events(
 ) -> dict[str, Any]:
     """Events in feed order. `next` is the position of the page's last event; an empty page
     with the same `next` means: nothing new yet."""
-    context = _context(request)
+    context = context_of(request)
     found, following = await context.run(context.events_after, who,
-                                         position(after) or 0, _limit(request, limit))
+                                         position(after) or 0, page_limit(request, limit))
     return {"events": _decoded(found), "next": str(following)}
 
 
@@ -96,7 +96,7 @@ async def stream(
     """Each event is one SSE message whose `id` is its feed position: a client that
     reconnects with `Last-Event-ID` resumes exactly after it. `Last-Event-ID` and `after`
     together: 400."""
-    context = _context(request)
+    context = context_of(request)
     if last_event_id is not None and after is not None:
         raise HTTPException(status_code=400, detail="give either the Last-Event-ID header or "
                             "the `after` parameter, not both (they would name two places to "
@@ -166,9 +166,9 @@ async def list_alerts(
     """The alerts of the supplier's feed (`keyop.alert.delay_risk` / `keyop.alert.stalled`,
     raised, cleared and missed), in order; `after` and `next` are feed positions, as in
     /v1/events (which carries them too)."""
-    context = _context(request)
+    context = context_of(request)
     start = position(after) or 0
-    found = await context.run(context.feed.read_types, who, start, _limit(request, limit),
+    found = await context.run(context.feed.read_types, who, start, page_limit(request, limit),
                               "keyop.alert.")
     return {"alerts": _decoded(found),
             "next": str(found[-1].position if found else start)}

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.api.auth import admin
 from hub.api.errors import responses
-from hub.api.orders import _context
+from hub.api.orders import context_of
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["operations"])
                 "description": "the Prometheus text format",
                 "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(request: Request, _who: Annotated[str, Depends(admin)]) -> Response:
-    context = _context(request)
+    context = context_of(request)
     registry = context.metrics
     if registry is None:
         raise HTTPException(status_code=503, detail="metrics not available yet")

@@ -23,13 +23,15 @@ OrderId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x
 NOT_FOUND = "no such work order"
 
 
-def _context(request: Request) -> ApiContext:
+def context_of(request: Request) -> ApiContext:
+    """The API's shared context (hub/api/context.py), for every route module."""
     context: ApiContext = request.app.state.context
     return context
 
 
-def _limit(request: Request, limit: int | None) -> int:
-    maximum = _context(request).config.api.max_limit
+def page_limit(request: Request, limit: int | None) -> int:
+    """A page's size: `limit`, 100 when absent, never above `api.max_limit` (422)."""
+    maximum = context_of(request).config.api.max_limit
     if limit is None:
         return min(100, maximum)
     if limit > maximum:
@@ -55,7 +57,7 @@ async def list_orders(
 ) -> dict[str, Any]:
     """Assigned orders are listed before their first event (no operations yet). `next`
     moves past every order looked at: a short page with a `next` is not the end."""
-    context = _context(request)
+    context = context_of(request)
     if updated_since is not None and updated_since.tzinfo is None:
         raise invalid("query.updated_since", "needs a time zone (e.g. Z)")
     wanted = OrderFilter(
@@ -63,12 +65,12 @@ async def list_orders(
         updated_since=None if updated_since is None else updated_since.timestamp(),
         risks=frozenset(risk or ()))
     found, following = await context.run(context.orders.page, who, wanted, after,
-                                         _limit(request, limit))
+                                         page_limit(request, limit))
     return {"orders": found, "next": following}
 
 
 async def _order(request: Request, who: str, order: str) -> dict[str, Any]:
-    context = _context(request)
+    context = context_of(request)
     found = await context.run(context.orders.one, who, order)
     if found is None:
         # The same answer whether the order does not exist or concerns someone else.

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from hub.api.auth import principal
 from hub.api.errors import responses
 from hub.api.models import HubStatus
-from hub.api.orders import _context
+from hub.api.orders import context_of
 from hub.hubstatus import status_document
 
 router = APIRouter(prefix="/v1/hub", tags=["hub"])
@@ -21,6 +21,6 @@ router = APIRouter(prefix="/v1/hub", tags=["hub"])
 async def hub_status(request: Request, _who: Annotated[str, Depends(principal)]
                      ) -> dict[str, Any]:
     """The same document as the retained `keyop/v1/hub/status` on MQTT."""
-    context = _context(request)
+    context = context_of(request)
     return await context.run(status_document, context.config.hub.id, context.store,
                              context.online(), time.time())
